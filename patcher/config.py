@@ -1,0 +1,63 @@
+"""The editor's hyperparameters: one dataclass. Defaults are the reference implementation's (Huang et al.,
+ICLR 2023, see shared/TPATCHER.md) unless a field's help says otherwise."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class EditorConfig:
+    # optimisation of one patch
+    lr: float = _f(1e-2, "Adam learning rate for the patch parameters")
+    weight_decay: float = _f(0.01, "Adam weight decay")
+    grad_clip: float = _f(5.0, "max gradient norm per step")
+    plateau_factor: float = _f(0.5, "LR multiplier when the training loss plateaus")
+    plateau_patience: int = _f(10, "steps without improvement before the LR is cut")
+    max_steps: int = _f(2000, "step limit per edit; an edit not right by then has failed")
+    # early stopping on the validation memory (reference schedule)
+    check_after: int = _f(100, "first step at which success and the validation loss are checked")
+    check_every: int = _f(25, "steps between checks")
+    val_min_improvement: float = _f(1e-3, "stop at the first successful check that does not improve the "
+                                          "validation-memory loss by more than this")
+    # losses: L = l_e + alpha * l_a + beta * (l_m1 + l_m2)
+    alpha: float = _f(1.0, "weight of the activation loss l_a")
+    beta: float = _f(10.0, "weight of the memory loss l_m (reference: 5 for FEVER, 10 for zsRE)")
+    act_topk: int = _f(5, "l_a: mean of the top-k of exp(act_margin - a_edit)")
+    act_margin: float = _f(0.0, "l_a margin")
+    mem_topk: int = _f(1000, "l_m: top-k memory activations per neuron")
+    m1: float = _f(3.0, "l_m1 margin: a_edit must exceed every a_mem by m1")
+    m2: float = _f(-3.0, "l_m2 margin: every a_mem must stay below m2")
+    entropy_weight: float = _f(0.1, "classification l_e: cross-entropy minus this times the output entropy")
+    label_smoothing: float = _f(0.1, "generation l_e: label smoothing of the per-token NLL")
+    # the patch
+    max_neurons_per_edit: int = _f(5, "generation: at most this many neurons (wrong target tokens) per edit")
+    value_scale_init: float = _f(10.0, "initial trainable scale of the random value vector")
+    activation: str = _f("ffn", "patch neuron activation: 'ffn' (the FFN's own, reference: exactly mergeable "
+                                "where the FFN has biases) or any transformers activation name, e.g. 'relu'")
+    success_margin: float = _f(0.0, "an edit counts as right when every judged target leads the best other "
+                                    "logit by more than this (0: plain argmax, the reference)")
+    # the procedure
+    keep_failed: bool = _f(False, "keep the neurons of an edit that failed (the reference does, silently)")
+    edit_copies: int = _f(8, "reference path: the edit input is fed this many times per step")
+    reference_dropout: bool = _f(True, "reference path: dropout on while training (as the reference)")
+    seed: int = _f(0, "seed of the value initialisation, per edit: seed + edit index")
+    device: str = _f("cpu", "'cpu', 'cuda' or 'auto' (cuda when available)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EditorConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown editor settings: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata["help"] for f in fields(cls)}

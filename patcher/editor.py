@@ -1,0 +1,305 @@
+"""The sequential Transformer-Patcher editor.
+
+Each mistake is fixed by training a few new neurons in the last FFN (one for classification, one per wrong
+answer token for generation), with the model and all earlier neurons frozen:
+  L = l_e + alpha * l_a + beta * (l_m1 + l_m2)      (config.py documents every term)
+
+Two paths train the same neurons on the same schedule:
+  fast       (default) on cached tensors: logits = tail(h + earlier(q) + new(q)) at the judged positions only;
+             the model itself never runs during training.
+  reference  the reference implementation's procedure: the whole model, the edit input fed
+             `edit_copies` times per step (dropout on), the new neurons attached as a branch.
+With dropout off both produce the same neurons (tests/test_editor.py).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+from transformers.activations import ACT2FN
+
+from .arch import adapter_for
+from .config import EditorConfig
+from .memory import Memory
+from .patch import PatchBranch, PatchNeurons
+from .tasks import Cached, Example, task_for
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class NewNeurons(nn.Module):
+    """The n trainable neurons of one edit. Key k_i = q_i / ||q_i||^2 (pre-activation 1 on its own edit
+    position), bias 0, value = a random direction (unit norm in expectation) times a trainable scale."""
+
+    def __init__(self, q_edit: torch.Tensor, activation: str, scale_init: float, generator: torch.Generator):
+        super().__init__()
+        n, hidden = q_edit.shape                                                    # q_edit: (n, H)
+        self.keys = nn.Parameter(q_edit / q_edit.pow(2).sum(-1, keepdim=True))      # (n, H)
+        self.biases = nn.Parameter(torch.zeros(n, dtype=q_edit.dtype, device=q_edit.device))
+        direction = torch.randn(n, hidden, generator=generator, dtype=q_edit.dtype) / math.sqrt(hidden)
+        self.directions = nn.Parameter(direction.to(q_edit.device))                 # (n, H)
+        self.scales = nn.Parameter(torch.full((n,), scale_init, dtype=q_edit.dtype, device=q_edit.device))
+        self.act = ACT2FN[activation]
+
+    def values(self) -> torch.Tensor:
+        return self.scales.unsqueeze(-1) * self.directions                           # (n, H)
+
+    def preactivation(self, q: torch.Tensor) -> torch.Tensor:
+        return q @ self.keys.t() + self.biases                                       # (..., H) -> (..., n)
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return self.act(self.preactivation(q)) @ self.values()                       # (..., H)
+
+    def frozen(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return self.keys.clone(), self.biases.clone(), self.values().clone()
+
+
+def patch_loss(cfg: EditorConfig, edit_loss: torch.Tensor, a_edit: torch.Tensor, memory: Memory | None,
+               new: "NewNeurons") -> tuple[torch.Tensor, dict]:
+    """L = l_e + alpha * l_a + beta * (l_m1 + l_m2), from the edit loss and the new neurons' pre-activations
+    on the edit input, a_edit (C, n) for C copies of it. l_a pushes a_edit up; l_m1 pushes it above the
+    top-k memory pre-activations by m1; l_m2 pushes those below m2."""
+    k = min(cfg.act_topk, a_edit.shape[0])
+    l_a = torch.exp(cfg.act_margin - a_edit).topk(k, dim=0).values.mean()
+    parts = {"l_e": edit_loss, "l_a": l_a}
+    total = edit_loss + cfg.alpha * l_a
+    if memory is not None and len(memory):
+        parts["l_m1"], parts["l_m2"] = memory_losses(cfg, a_edit, memory, new)
+        total = total + cfg.beta * (parts["l_m1"] + parts["l_m2"])
+    return total, parts
+
+
+def memory_losses(cfg: EditorConfig, a_edit: torch.Tensor, memory: Memory, new: "NewNeurons"):
+    """a_edit (C, n) -> (l_m1, l_m2) over the top-k memory pre-activations of the new neurons."""
+    a_mem = new.preactivation(memory.vectors)                                       # (N, n)
+    top = a_mem.topk(min(cfg.mem_topk, a_mem.shape[0]), dim=0).values               # (k, n)
+    l_m1 = torch.exp(top.unsqueeze(0) - a_edit.unsqueeze(1) + cfg.m1).mean()         # (C, k, n)
+    l_m2 = torch.exp(top - cfg.m2).mean()
+    return l_m1, l_m2
+
+
+@dataclass
+class EditOutcome:
+    """What happened to one error record."""
+
+    error_id: str
+    status: str                      # "edited", "failed" (not right within the limits), "skipped" (already right)
+    prediction_before: str
+    prediction_after: str
+    target: str
+    steps: int = 0
+    seconds: float = 0.0
+    neurons: int = 0                 # neurons added to the patch set by this edit
+    lead: float | None = None        # smallest lead of a target over the best other logit, after the edit
+    generalization: float | None = None   # share of the rephrases right right after the edit
+    losses: dict = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "edited"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Editor:
+    """Sequential editor over one model. Holds the patch neurons (frozen model untouched), the memory, and
+    the cached inputs of every edit so ER and rollbacks are cheap."""
+
+    def __init__(self, model, tokenizer, config: EditorConfig | None = None, memory: Memory | None = None,
+                 val_memory: Memory | None = None, neurons: PatchNeurons | None = None,
+                 owners: list[str] | None = None):
+        self.cfg = config or EditorConfig()
+        self.device = resolve_device(self.cfg.device)
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.arch = adapter_for(model)
+        self.task = task_for(self.arch, tokenizer)
+        activation = self.arch.ffn_act_name if self.cfg.activation == "ffn" else self.cfg.activation
+        dtype = next(model.parameters()).dtype
+        self.neurons = neurons.to(self.device) if neurons is not None else \
+            PatchNeurons.empty(self.arch.hidden_size, activation, dtype, self.device)
+        if self.neurons.activation != activation:
+            raise ValueError(f"existing patches use {self.neurons.activation}, the config asks for {activation}")
+        self.owners: list[str] = list(owners or [])          # error id of each neuron
+        self.memory = memory.to(self.device) if memory is not None else None
+        self.val_memory = val_memory.to(self.device) if val_memory is not None else None
+        self.edited: dict[str, Cached] = {}                   # error id -> cached edit input
+        self.outcomes: list[EditOutcome] = []
+
+    # --- reading the patched model from the cache ---------------------------------------------------------
+    def cache(self, examples: list[Example]) -> list[Cached]:
+        return self.task.cache(examples)
+
+    def logits(self, c: Cached, neurons: PatchNeurons | None = None) -> torch.Tensor:
+        """(P, V) logits at the judged positions with the given neurons (default: the current patch set)."""
+        neurons = self.neurons if neurons is None else neurons
+        return self.arch.tail(c.h + neurons(c.q))
+
+    @torch.no_grad()
+    def judge(self, c: Cached, neurons: PatchNeurons | None = None) -> tuple[bool, float, str]:
+        """-> (right, smallest lead, decoded prediction)."""
+        logits = self.logits(c, neurons)
+        leads = self.task.leads(logits, c.targets)
+        return bool((leads > 0).all()), float(leads.min()), self.task.decode(logits)
+
+    @torch.no_grad()
+    def accuracy(self, cached: list[Cached], neurons: PatchNeurons | None = None) -> float | None:
+        if not cached:
+            return None
+        return sum(self.judge(c, neurons)[0] for c in cached) / len(cached)
+
+    @torch.no_grad()
+    def predictions(self, cached: list[Cached], neurons: PatchNeurons | None = None) -> list[str]:
+        return [self.judge(c, neurons)[2] for c in cached]
+
+    # --- editing ------------------------------------------------------------------------------------------
+    def edit(self, error_id: str, input: str, target: str, rephrases: list[str] = (),
+             path: str = "fast") -> EditOutcome:
+        """Fix one mistake on top of all earlier patches. Not patched again if already right."""
+        if error_id in self.owners or error_id in self.edited:
+            raise ValueError(f"error {error_id!r} was already edited")
+        start = time.perf_counter()
+        c = self.cache([Example(input, target)])[0]
+        right, lead, before = self.judge(c)
+        if right:
+            self._remember(c)
+            outcome = EditOutcome(error_id, "skipped", before, before, target, lead=lead,
+                                  seconds=time.perf_counter() - start)
+            self.outcomes.append(outcome)
+            return outcome
+        new, positions, steps, losses = self._train(c, Example(input, target), path)
+        trial = self.neurons.extend(*new.frozen())
+        right, lead, after = self.judge(c, trial)
+        status = "edited" if right else "failed"
+        keep = right or self.cfg.keep_failed
+        if keep:
+            self.neurons = trial
+            self.owners += [error_id] * len(positions)
+        self.edited[error_id] = c
+        self._remember(c)
+        generalization = None
+        if rephrases:
+            generalization = self.accuracy(self.cache([Example(r, target) for r in rephrases]))
+        outcome = EditOutcome(error_id, status, before, after if keep else before, target, steps=steps,
+                              seconds=time.perf_counter() - start, neurons=len(positions) if keep else 0,
+                              lead=lead, generalization=generalization, losses=losses)
+        self.outcomes.append(outcome)
+        return outcome
+
+    def _remember(self, c: Cached) -> None:
+        if self.memory is not None:
+            self.memory.append(c.q_memory)
+
+    def neuron_positions(self, c: Cached) -> torch.Tensor:
+        """Judged positions that get a neuron: classification [CLS]; generation the answer tokens not yet
+        right by the success margin, at most max_neurons_per_edit."""
+        if self.task.name == "classification":
+            return torch.tensor([0], device=self.device)
+        with torch.no_grad():
+            leads = self.task.leads(self.logits(c), c.targets)
+        wrong = (leads <= self.cfg.success_margin).nonzero().flatten()
+        if len(wrong) == 0:            # right, but not by the margin anywhere: patch the weakest token
+            wrong = leads.argmin().reshape(1)
+        return wrong[: self.cfg.max_neurons_per_edit]
+
+    def _train(self, c: Cached, example: Example, path: str):
+        cfg = self.cfg
+        positions = self.neuron_positions(c)                                   # (n,) judged-position indices
+        n = len(positions)
+        generator = torch.Generator().manual_seed(cfg.seed + len(self.outcomes))
+        new = NewNeurons(c.q[positions], self.neurons.activation, cfg.value_scale_init, generator)
+        if path == "fast":
+            forward = self._fast_forward(c, new, positions)
+            check = forward
+        elif path == "reference":
+            forward, check = self._reference_forward(c, example, new, positions)
+        else:
+            raise ValueError(f"unknown path {path!r}: 'fast' or 'reference'")
+
+        opt = torch.optim.Adam(new.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor,
+                                                           patience=cfg.plateau_patience)
+        previous_val, step, parts = None, 0, {}
+        for step in range(1, cfg.max_steps + 1):
+            logits, a_edit = forward(True)                                     # (C, P, V), (C, n)
+            loss, parts = patch_loss(cfg, self.task.edit_loss(logits, c.targets, cfg), a_edit, self.memory, new)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(new.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step(loss.item())
+            if step >= cfg.check_after and step % cfg.check_every == 0:
+                with torch.no_grad():
+                    logits, a_edit = check(False)
+                    if not bool((self.task.leads(logits[0], c.targets) > cfg.success_margin).all()):
+                        continue
+                    if self.val_memory is None or not len(self.val_memory):
+                        break
+                    val = sum(memory_losses(cfg, a_edit, self.val_memory, new)).item()
+                    if previous_val is not None and previous_val - val <= cfg.val_min_improvement:
+                        break
+                    previous_val = val
+        losses = {k: float(v.detach()) for k, v in parts.items()}
+        return new, positions, step, losses
+
+    def _fast_forward(self, c: Cached, new: NewNeurons, positions: torch.Tensor):
+        base = (c.h + self.neurons(c.q)).detach()                              # (P, H), fixed during training
+        columns = torch.arange(len(positions), device=self.device)
+
+        def forward(train: bool):
+            a = new.preactivation(c.q)                                         # (P, n)
+            logits = self.arch.tail(base + new.act(a) @ new.values())          # (P, V)
+            return logits.unsqueeze(0), a[positions, columns].unsqueeze(0)     # (1, P, V), (1, n)
+        return forward
+
+    def _reference_forward(self, c: Cached, example: Example, new: NewNeurons, positions: torch.Tensor):
+        inputs, judged, _, _ = self.task.encode([example])
+        judged = judged[0].to(self.device)                                     # (P,) absolute positions
+        copies = self.cfg.edit_copies
+        batch = {k: v.to(self.device).repeat(copies, *([1] * (v.dim() - 1))) for k, v in inputs.items()}
+        seen = {}
+        earlier = self.neurons
+        columns = torch.arange(len(positions), device=self.device)
+
+        class Branch(nn.Module):
+            def forward(self, q):                                              # (B, T, H)
+                seen["a"] = new.preactivation(q)                               # (B, T, n)
+                return earlier(q) + new.act(seen["a"]) @ new.values()
+
+        def run(n_copies: int, train: bool):
+            self.model.train(train and self.cfg.reference_dropout)
+            branch = PatchBranch(self.arch, Branch())
+            try:
+                out = self.model(**{k: v[:n_copies] for k, v in batch.items()}).logits
+            finally:
+                branch.remove()
+                self.model.eval()
+            if out.dim() == 2:                                                 # classification (B, V)
+                out = out.unsqueeze(1)
+            logits = out[:, judged]                                            # (B, P, V)
+            a_edit = seen["a"][:, judged[positions], columns]                  # (B, n)
+            return logits, a_edit
+
+        return (lambda train: run(copies, train)), (lambda train: run(1, False))
+
+    # --- rollback ------------------------------------------------------------------------------------------
+    def remove(self, error_id: str) -> int:
+        """Remove every neuron of one edit. Neurons are independent additive terms, so the model's output on
+        everything else is what it would be had this edit never been kept. -> number of neurons removed."""
+        keep = torch.tensor([o != error_id for o in self.owners], dtype=torch.bool, device=self.device)
+        removed = int((~keep).sum())
+        if removed == 0:
+            raise KeyError(f"no neurons belong to error {error_id!r}")
+        self.neurons = self.neurons.select(keep)
+        self.owners = [o for o in self.owners if o != error_id]
+        self.edited.pop(error_id, None)
+        return removed

@@ -1,0 +1,188 @@
+"""Classification and generation: how an (input, target) pair becomes model inputs, which positions are
+judged, the edit loss, and when an output counts as right.
+
+An example is cached once, from the UNPATCHED model: at each judged position p the FFN input q_p and the
+pre-norm stream h_p. Since everything after the last FFN is position-wise, the logits of the model with
+patch neurons N are tail(h_p + N(q_p)) exactly (see arch.py), so edits and checks never re-run the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .arch import Arch
+
+
+@dataclass
+class Example:
+    input: str
+    target: str
+
+
+@dataclass
+class Cached:
+    """One example at its judged positions. P judged positions, T input positions, H hidden size."""
+
+    q: torch.Tensor          # (P, H) FFN input at the judged positions
+    h: torch.Tensor          # (P, H) pre-norm stream after the unpatched FFN at the judged positions
+    targets: torch.Tensor    # (P,)   target label / token id per judged position
+    q_memory: torch.Tensor   # (M, H) FFN inputs this example contributes to the memory
+
+
+class Task:
+    """Base class: tokenisation and capture are shared, subclasses say what is judged."""
+
+    name = "base"
+
+    def __init__(self, arch: Arch, tokenizer, max_length: int = 128):
+        self.arch = arch
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    # --- subclasses ---------------------------------------------------------------------------------
+    def encode(self, examples: list[Example]) -> tuple[dict, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """-> (model inputs for the batch, judged positions per example, targets per example,
+        mask (B, T) of positions whose FFN input joins the memory)."""
+        raise NotImplementedError
+
+    def edit_loss(self, logits: torch.Tensor, targets: torch.Tensor, cfg) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, logits: torch.Tensor) -> str:
+        """The model's answer from the judged logits (P, V)."""
+        raise NotImplementedError
+
+    # --- shared -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def cache(self, examples: list[Example], batch_size: int = 32) -> list[Cached]:
+        """Runs the model (eval mode, no patch attached) and caches q and h at the judged positions."""
+        model, arch = self.arch.model, self.arch
+        device = next(model.parameters()).device
+        out: list[Cached] = []
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start:start + batch_size]
+            inputs, positions, targets, mem_mask = self.encode(batch)
+            seen = {}
+            h1 = arch.ffn_in.register_forward_pre_hook(lambda m, a: seen.__setitem__("q", a[0]))
+            h2 = arch.norm_in.register_forward_pre_hook(lambda m, a: seen.__setitem__("h", a[0]))
+            try:
+                was_training = model.training
+                model.eval()
+                model(**{k: v.to(device) for k, v in inputs.items()})
+                model.train(was_training)
+            finally:
+                h1.remove()
+                h2.remove()
+            q, h = seen["q"], seen["h"]                       # (B, T, H)
+            for i in range(len(batch)):
+                pos = positions[i].to(device)
+                out.append(Cached(q=q[i, pos].clone(), h=h[i, pos].clone(), targets=targets[i].to(device),
+                                  q_memory=q[i, mem_mask[i].to(device)].clone()))
+        return out
+
+    def leads(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(P, V), (P,) -> (P,): logit of the target minus the best other logit (> 0: target is the argmax)."""
+        target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        others = logits.scatter(-1, targets.unsqueeze(-1), float("-inf"))
+        return target_logit - others.max(-1).values
+
+    def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padding, so causal positions are untouched by the padding. -> ids (B, T), mask (B, T)."""
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id or 0
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, :len(s)] = 1
+        return ids, mask
+
+
+class ClassificationTask(Task):
+    """The edit fixes a label; the judged position is [CLS] (0), which is also what joins the memory."""
+
+    name = "classification"
+
+    def __init__(self, arch, tokenizer, max_length: int = 128):
+        super().__init__(arch, tokenizer, max_length)
+        id2label = arch.model.config.id2label
+        self.labels = [id2label[i] for i in range(len(id2label))]
+        self.label_ids = {name: i for i, name in enumerate(self.labels)}
+
+    def label_id(self, target: str) -> int:
+        if target not in self.label_ids:
+            raise ValueError(f"unknown label {target!r}; the model's labels are {self.labels}")
+        return self.label_ids[target]
+
+    def encode(self, examples):
+        enc = self.tokenizer([e.input for e in examples], padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        inputs = dict(enc)
+        positions = [torch.tensor([0]) for _ in examples]
+        targets = [torch.tensor([self.label_id(e.target)]) for e in examples]
+        mem_mask = torch.zeros_like(enc["input_ids"], dtype=torch.bool)
+        mem_mask[:, 0] = True
+        return inputs, positions, targets, mem_mask
+
+    def edit_loss(self, logits, targets, cfg):
+        # (C, P, V) or (P, V) -> scalar. Reference: cross-entropy minus 0.1 x the output entropy.
+        logits = logits.reshape(-1, logits.shape[-1])
+        targets = targets.reshape(-1).expand(logits.shape[0]) if targets.numel() == 1 else targets.reshape(-1)
+        ce = F.cross_entropy(logits, targets)
+        logp = logits.log_softmax(-1)
+        entropy = -(logp.exp() * logp).sum(-1).mean()
+        return ce - cfg.entropy_weight * entropy
+
+    def decode(self, logits):
+        return self.labels[int(logits[0].argmax())]
+
+
+class GenerationTask(Task):
+    """The edit fixes an answer. Teacher forcing on input + answer; position p judges answer token p.
+    Success (every answer token is the argmax, in order) is the same as: the greedy continuation of the
+    input equals the answer's tokens. The answer is joined to the input with one space unless it starts
+    with whitespace. Every non-pad position joins the memory."""
+
+    name = "generation"
+
+    def answer_ids(self, target: str) -> list[int]:
+        text = target if target[:1].isspace() else " " + target
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"target {target!r} has no tokens")
+        return ids
+
+    def encode(self, examples):
+        prompts = [self.tokenizer(e.input, truncation=True, max_length=self.max_length)["input_ids"]
+                   for e in examples]
+        answers = [self.answer_ids(e.target) for e in examples]
+        targets = [torch.tensor(a) for a in answers]
+        if self.arch.is_encoder_decoder:
+            start = self.arch.model.config.decoder_start_token_id
+            enc_ids, enc_mask = self._pad(prompts)
+            dec_ids, dec_mask = self._pad([[start] + a[:-1] for a in answers])
+            inputs = {"input_ids": enc_ids, "attention_mask": enc_mask,
+                      "decoder_input_ids": dec_ids, "decoder_attention_mask": dec_mask}
+            positions = [torch.arange(len(a)) for a in answers]
+            return inputs, positions, targets, dec_mask.bool()
+        seqs = [p + a[:-1] for p, a in zip(prompts, answers)]
+        ids, mask = self._pad(seqs)
+        positions = [torch.arange(len(p) - 1, len(p) - 1 + len(a)) for p, a in zip(prompts, answers)]
+        return {"input_ids": ids, "attention_mask": mask}, positions, targets, mask.bool()
+
+    def edit_loss(self, logits, targets, cfg):
+        # (C, P, V) or (P, V): label-smoothed NLL averaged over the answer tokens (and copies)
+        v = logits.shape[-1]
+        t = targets.expand(logits.shape[:-1]) if logits.dim() == 3 else targets
+        return F.cross_entropy(logits.reshape(-1, v), t.reshape(-1), label_smoothing=cfg.label_smoothing)
+
+    def decode(self, logits):
+        return self.tokenizer.decode(logits.argmax(-1).tolist()).strip()
+
+
+def task_for(arch: Arch, tokenizer) -> Task:
+    return ClassificationTask(arch, tokenizer) if arch.task == "classification" else GenerationTask(arch, tokenizer)
