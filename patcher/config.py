@@ -44,6 +44,9 @@ class EditorConfig:
     keep_failed: bool = _f(False, "keep the neurons of an edit that failed (the reference does, silently)")
     edit_copies: int = _f(8, "reference path: the edit input is fed this many times per step")
     reference_dropout: bool = _f(True, "reference path: dropout on while training (as the reference)")
+    memory_size: int = _f(40000, "most FFN-input vectors kept from the training split for the memory "
+                                 "(sampled with the seed); edit inputs are always added on top")
+    threads: int = _f(0, "torch CPU threads; 0: 1 for classification (tiny ops), all cores for generation")
     seed: int = _f(0, "seed of the value initialisation, per edit: seed + edit index")
     device: str = _f("cpu", "'cpu', 'cuda' or 'auto' (cuda when available)")
 

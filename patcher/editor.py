@@ -91,6 +91,7 @@ class EditOutcome:
     """What happened to one error record."""
 
     error_id: str
+    input: str
     status: str                      # "edited", "failed" (not right within the limits), "skipped" (already right)
     prediction_before: str
     prediction_after: str
@@ -172,7 +173,7 @@ class Editor:
         right, lead, before = self.judge(c)
         if right:
             self._remember(c)
-            outcome = EditOutcome(error_id, "skipped", before, before, target, lead=lead,
+            outcome = EditOutcome(error_id, input, "skipped", before, before, target, lead=lead,
                                   seconds=time.perf_counter() - start)
             self.outcomes.append(outcome)
             return outcome
@@ -189,7 +190,7 @@ class Editor:
         generalization = None
         if rephrases:
             generalization = self.accuracy(self.cache([Example(r, target) for r in rephrases]))
-        outcome = EditOutcome(error_id, status, before, after if keep else before, target, steps=steps,
+        outcome = EditOutcome(error_id, input, status, before, after if keep else before, target, steps=steps,
                               seconds=time.perf_counter() - start, neurons=len(positions) if keep else 0,
                               lead=lead, generalization=generalization, losses=losses)
         self.outcomes.append(outcome)

@@ -61,3 +61,34 @@ def base_model_dir(name: str) -> Path:
     if name not in BASE_MODELS:
         raise KeyError(f"unknown base model {name!r}; one of {', '.join(BASE_MODELS)}")
     return BASE_MODELS[name]()
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """A model directory from a path, or from a base model name (minilm, smollm2)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if str(name_or_path) in BASE_MODELS:
+        return base_model_dir(str(name_or_path))
+    raise FileNotFoundError(f"no model directory at {name_or_path!r} (nor a base model of that name: "
+                            f"{', '.join(BASE_MODELS)})")
+
+
+def load_model(name_or_path, dtype=None):
+    """-> (model in eval mode, tokenizer), offline. The head follows the config's architectures entry."""
+    import torch
+    import transformers as tf
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model_dir = resolve_model_dir(name_or_path)
+    config = tf.AutoConfig.from_pretrained(model_dir)
+    arch = (config.architectures or [""])[0]
+    if arch.endswith("ForSequenceClassification"):
+        auto = tf.AutoModelForSequenceClassification
+    elif arch.endswith("ForConditionalGeneration"):
+        auto = tf.AutoModelForSeq2SeqLM
+    else:
+        auto = tf.AutoModelForCausalLM
+    model = auto.from_pretrained(model_dir, dtype=dtype or torch.float32)
+    tokenizer = tf.AutoTokenizer.from_pretrained(model_dir)
+    return model.eval(), tokenizer

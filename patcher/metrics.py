@@ -1,0 +1,83 @@
+"""The five metrics of sequential model editing (Huang et al., ICLR 2023), plus cost and failure counts.
+
+  SR      share of attempted edits whose own input is right right after that edit
+  GR      accuracy on each edit's rephrases right after that edit (mean over edits that have rephrases)
+  ER      accuracy of the FINAL patched model on all past edit inputs (does it forget?)
+  TrainR  final accuracy on a fixed training subset / the ORIGINAL model's accuracy on it
+  TestR   the same on held-out test data
+Edits skipped because the model was already right are not attempted edits. Locality sets also report the
+share of examples whose prediction did not change at all (`*_unchanged`), a stricter view than the ratio.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from .editor import Editor, EditOutcome
+from .patch import PatchNeurons
+from .tasks import Cached, Example
+
+
+@dataclass
+class LocalitySet:
+    """Examples cached once, with the original (unpatched) model's accuracy and predictions."""
+
+    name: str
+    examples: list[Example]
+    cached: list[Cached]
+    accuracy_before: float
+    predictions_before: list[str]
+
+    @classmethod
+    def build(cls, editor: Editor, name: str, examples: list[Example]) -> "LocalitySet":
+        cached = editor.cache(examples)
+        base = PatchNeurons.empty(editor.arch.hidden_size, editor.neurons.activation,
+                                  editor.neurons.keys.dtype, editor.device)
+        return cls(name, examples, cached, editor.accuracy(cached, base), editor.predictions(cached, base))
+
+    def ratio(self, editor: Editor) -> float | None:
+        if not self.cached:
+            return None
+        after = editor.accuracy(self.cached)
+        return after / self.accuracy_before if self.accuracy_before else None
+
+    def changed(self, editor: Editor) -> list[dict]:
+        """Examples whose prediction differs from the original model's."""
+        after = editor.predictions(self.cached)
+        return [{"input": e.input, "target": e.target, "before": b, "after": a}
+                for e, b, a in zip(self.examples, self.predictions_before, after) if a != b]
+
+
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize(editor: Editor, outcomes: list[EditOutcome], train: LocalitySet | None = None,
+              test: LocalitySet | None = None, changed_limit: int = 50) -> dict:
+    """The metrics JSON: SR, GR, ER, TrainR, TestR (null where no data) and counts."""
+    attempted = [o for o in outcomes if o.status != "skipped"]
+    edited_seconds = [o.seconds for o in attempted]
+    result = {
+        "SR": _mean([1.0 if o.succeeded else 0.0 for o in attempted]),
+        "GR": _mean([o.generalization for o in attempted]),
+        "ER": editor.accuracy(list(editor.edited.values())),
+        "TrainR": train.ratio(editor) if train else None,
+        "TestR": test.ratio(editor) if test else None,
+        "n_records": len(outcomes),
+        "n_edits": len(attempted),
+        "n_failed": sum(o.status == "failed" for o in attempted),
+        "n_skipped_already_correct": sum(o.status == "skipped" for o in outcomes),
+        "n_neurons": len(editor.neurons),
+        "neurons_added": sum(o.neurons for o in outcomes),
+        "edit_seconds_median": statistics.median(edited_seconds) if edited_seconds else None,
+        "edit_steps_median": statistics.median([o.steps for o in attempted]) if attempted else None,
+        "failed_ids": [o.error_id for o in attempted if o.status == "failed"],
+    }
+    for name, loc in (("train", train), ("test", test)):
+        if loc is not None and loc.cached:
+            changed = loc.changed(editor)
+            result[f"{name}_unchanged"] = 1 - len(changed) / len(loc.cached)
+            result[f"{name}_accuracy_before"] = loc.accuracy_before
+            result[f"{name}_changed"] = changed[:changed_limit]
+    return result

@@ -1,0 +1,175 @@
+"""Patch sets on disk: `patches.safetensors` (keys, biases, values) plus `manifest.json` (base model and its
+hash, layer, activation, and per edit: the error it fixes, its neurons, its input/target and metrics).
+
+A patch set only ever holds the delta; it loads onto the base model as a branch, or merges into the FFN
+weights where that is exact. Rollback removes one edit's neurons and leaves every other output unchanged.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .arch import Arch, adapter_for
+from .patch import PatchBranch, PatchNeurons, can_merge, merge_into
+
+FORMAT = "patcher.patchset/1"
+WEIGHTS, MANIFEST = "patches.safetensors", "manifest.json"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def weights_sha256(model_dir: str | os.PathLike) -> str:
+    """sha256 over the model directory's weight files (*.safetensors, sorted by name), cached by size and
+    mtime so a 500 MB model is hashed once."""
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir} holds no *.safetensors weights")
+    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    from .models.base import cache_dir
+
+    cache_file = cache_dir() / "weights_sha256.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    key = str(model_dir.resolve())
+    if key in cache and cache[key]["stamp"] == [list(s) for s in stamp]:
+        return cache[key]["sha256"]
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                digest.update(chunk)
+    cache[key] = {"stamp": stamp, "sha256": digest.hexdigest()}
+    tmp = cache_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cache, indent=1))
+    tmp.replace(cache_file)
+    return cache[key]["sha256"]
+
+
+def module_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if m is module)
+
+
+@dataclass
+class PatchSet:
+    """Neurons plus who owns them. `edits` keeps one entry per kept edit, in edit order."""
+
+    neurons: PatchNeurons
+    owners: list[str]                       # error id per neuron
+    base_model: dict                        # name, sha256
+    architecture: str
+    layer: str                              # module path of the FFN output the neurons add to
+    edits: list[dict] = field(default_factory=list)
+    editor_config: dict = field(default_factory=dict)
+    created_at: str = field(default_factory=now)
+
+    def __len__(self) -> int:
+        return len(self.neurons)
+
+    @property
+    def error_ids(self) -> list[str]:
+        return [e["error_id"] for e in self.edits]
+
+    # --- disk ---------------------------------------------------------------------------------------------
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Writes both files to a temporary directory first, then renames it into place, so a crash never
+        leaves a half-written patch set under `out_dir`."""
+        out = Path(out_dir)
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}")
+        tmp.mkdir(parents=True)
+        tensors = {"keys": self.neurons.keys, "biases": self.neurons.biases, "values": self.neurons.values}
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / WEIGHTS)
+        manifest = {
+            "format": FORMAT,
+            "base_model": self.base_model,
+            "architecture": self.architecture,
+            "layer": self.layer,
+            "hidden_size": int(self.neurons.keys.shape[1]),
+            "activation": self.neurons.activation,
+            "n_neurons": len(self),
+            "neurons": [{"index": i, "error_id": o} for i, o in enumerate(self.owners)],
+            "edits": self.edits,
+            "editor_config": self.editor_config,
+            "created_at": self.created_at,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
+            out.rename(old)
+            tmp.rename(out)
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.rename(out)
+        return out
+
+    @classmethod
+    def load(cls, patch_dir: str | os.PathLike) -> "PatchSet":
+        patch_dir = Path(patch_dir)
+        manifest_path = patch_dir / MANIFEST
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{patch_dir} is not a patch set (no {MANIFEST})")
+        m = json.loads(manifest_path.read_text())
+        if m.get("format") != FORMAT:
+            raise ValueError(f"{manifest_path}: format {m.get('format')!r}, expected {FORMAT!r}")
+        t = load_file(patch_dir / WEIGHTS)
+        owners = [n["error_id"] for n in m["neurons"]]
+        if t["keys"].shape[0] != len(owners):
+            raise ValueError(f"{patch_dir}: {t['keys'].shape[0]} neurons in {WEIGHTS}, {len(owners)} in {MANIFEST}")
+        return cls(PatchNeurons(t["keys"], t["biases"], t["values"], m["activation"]), owners, m["base_model"],
+                   m["architecture"], m["layer"], m["edits"], m.get("editor_config", {}), m["created_at"])
+
+    # --- edits ------------------------------------------------------------------------------------------------
+    def without(self, error_id: str) -> "PatchSet":
+        """A new patch set without the neurons (and the edit entry) of one error."""
+        if error_id not in self.owners and error_id not in self.error_ids:
+            raise KeyError(f"error {error_id!r} is not in this patch set")
+        keep = torch.tensor([o != error_id for o in self.owners], dtype=torch.bool)
+        return PatchSet(self.neurons.select(keep), [o for o in self.owners if o != error_id], self.base_model,
+                        self.architecture, self.layer, [e for e in self.edits if e["error_id"] != error_id],
+                        self.editor_config, now())
+
+    # --- onto a model ---------------------------------------------------------------------------------------
+    def check_base(self, arch: Arch, model_dir: str | os.PathLike | None) -> None:
+        if arch.name != self.architecture:
+            raise ValueError(f"patch set is for a {self.architecture} model, this one is {arch.name}")
+        if model_dir is not None and self.base_model.get("sha256"):
+            digest = weights_sha256(model_dir)
+            if digest != self.base_model["sha256"]:
+                raise ValueError(f"patch set was trained on base {self.base_model.get('name')} "
+                                 f"(sha256 {self.base_model['sha256'][:12]}), {model_dir} has {digest[:12]}")
+
+    def apply(self, model: torch.nn.Module, merge: bool = True, model_dir=None) -> PatchBranch | None:
+        """Puts the neurons into `model`: merged into the FFN weights where exact (and `merge`), else as a
+        branch (returned, so it can be removed)."""
+        arch = adapter_for(model)
+        self.check_base(arch, model_dir)
+        neurons = self.neurons.to(next(model.parameters()).device)
+        if merge and can_merge(arch, neurons):
+            merge_into(arch, neurons)
+            return None
+        return PatchBranch(arch, neurons)
+
+
+def load_patched(model_dir, patch_dir=None, merge: bool = True):
+    """-> (model, tokenizer, patch set or None) with the patches applied (see PatchSet.apply)."""
+    from .models.base import load_model
+
+    model, tokenizer = load_model(model_dir)
+    patches = None
+    if patch_dir is not None:
+        patches = PatchSet.load(patch_dir)
+        branch = patches.apply(model, merge=merge, model_dir=model_dir)
+        model._patch_branch = branch            # keeps the branch (and its hooks) alive with the model
+    return model, tokenizer, patches

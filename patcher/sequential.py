@@ -1,0 +1,93 @@
+"""Sequential editing of a stream of error records: one function per job, shared by the command line, the
+benchmarks and the flows. Builds an editor on top of an existing patch set (its edits re-enter the memory and
+the retain set), runs the records in order with a progress bar, and turns the result into a patch set."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .config import EditorConfig
+from .editor import Editor, EditOutcome
+from .memory import Memory
+from .patchset import PatchSet, module_name, now, weights_sha256
+from .records import ErrorRecord, RecordError
+from .tasks import Example
+
+
+def set_threads(config: EditorConfig, task: str) -> int:
+    """torch's CPU thread count. On small machines 2 threads made tiny ops (a MiniLM step) 10-40x slower,
+    while the big output layer of an LM runs ~2x faster on 2: one thread for classification, all cores
+    for generation, unless config.threads says otherwise."""
+    n = config.threads or (1 if task == "classification" else (os.cpu_count() or 1))
+    torch.set_num_threads(n)
+    return n
+
+
+def build_editor(model, tokenizer, config: EditorConfig, memory: list[Example] = (),
+                 val_memory: list[Example] = (), patches: PatchSet | None = None) -> Editor:
+    """An editor whose memory holds the task's training examples plus every earlier edit input."""
+    editor = Editor(model, tokenizer, config,
+                    neurons=patches.neurons if patches is not None else None,
+                    owners=patches.owners if patches is not None else None)
+    set_threads(config, editor.task.name)
+    cfg = config
+    if memory:
+        editor.memory = Memory.from_examples(editor.task, list(memory), cfg.memory_size, cfg.seed)
+    if val_memory:
+        editor.val_memory = Memory.from_examples(editor.task, list(val_memory), cfg.memory_size, cfg.seed)
+    if patches is not None and patches.edits:
+        earlier = editor.cache([Example(e["input"], e["target"]) for e in patches.edits])
+        for entry, cached in zip(patches.edits, earlier):
+            editor.edited[entry["error_id"]] = cached
+            if editor.memory is None:
+                editor.memory = Memory(cached.q_memory)
+            else:
+                editor.memory.append(cached.q_memory)
+    return editor
+
+
+def check_task(editor: Editor, records: list[ErrorRecord]) -> None:
+    for r in records:
+        if r.task != editor.task.name:
+            raise RecordError(f"record {r.id}", r.id, [f"task {r.task!r}, but the model does {editor.task.name}"])
+
+
+def run_stream(editor: Editor, records: list[ErrorRecord], progress: bool = True, path: str = "fast",
+               on_outcome=None) -> list[EditOutcome]:
+    """Applies the records in order as sequential edits. The bar shows edits done and the running SR."""
+    check_task(editor, records)
+    outcomes: list[EditOutcome] = []
+    bar = tqdm(records, desc="editing", unit="edit", disable=not progress, dynamic_ncols=True)
+    for record in bar:
+        outcome = editor.edit(record.id, record.input, record.target, record.rephrases, path=path)
+        outcomes.append(outcome)
+        attempted = [o for o in outcomes if o.status != "skipped"]
+        if attempted:
+            bar.set_postfix(SR=f"{sum(o.succeeded for o in attempted) / len(attempted):.3f}",
+                            failed=sum(o.status == "failed" for o in attempted),
+                            skipped=len(outcomes) - len(attempted), neurons=len(editor.neurons))
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return outcomes
+
+
+def to_patchset(editor: Editor, outcomes: list[EditOutcome], base_name: str, model_dir: str | Path | None,
+                earlier: PatchSet | None = None) -> PatchSet:
+    """The editor's neurons as a patch set, with an entry for each kept edit (earlier ones first)."""
+    owners = set(editor.owners)
+    edits = [e for e in (earlier.edits if earlier else []) if e["error_id"] in owners]
+    created = now()
+    for o in outcomes:
+        if o.error_id in owners:
+            edits.append({"error_id": o.error_id, "input": o.input, "target": o.target, "status": o.status,
+                          "prediction_before": o.prediction_before, "prediction_after": o.prediction_after,
+                          "neurons": o.neurons, "steps": o.steps, "seconds": round(o.seconds, 4),
+                          "lead": o.lead, "generalization": o.generalization, "created_at": created})
+    base = {"name": base_name, "sha256": weights_sha256(model_dir) if model_dir else None}
+    if earlier is not None:
+        base = earlier.base_model
+    return PatchSet(editor.neurons, list(editor.owners), base, editor.arch.name,
+                    module_name(editor.model, editor.arch.ffn_out), edits, editor.cfg.to_dict())
