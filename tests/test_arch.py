@@ -1,0 +1,52 @@
+"""The cache is exact: tail(h + patch(q)) at the judged positions equals the whole model's logits, with and
+without patch neurons attached, for every architecture."""
+import pytest
+import torch
+
+from patcher import Editor, EditorConfig, PatchBranch, PatchNeurons
+from patcher.models.tiny import ARCHS
+from patcher.tasks import Example
+
+from conftest import FACTS
+
+
+def whole_model_logits(editor, example):
+    inputs, positions, _, _ = editor.task.encode([example])
+    with torch.no_grad():
+        out = editor.model(**inputs).logits
+    return out[0] if out.dim() == 2 else out[0, positions[0]]          # (P, V)
+
+
+def example_for(arch):
+    return Example("is this claim true or not", "L1") if arch == "bert" else FACTS[0]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cached_logits_equal_whole_model(arch, tokenizer, make_model):
+    editor = Editor(make_model(arch), tokenizer, EditorConfig())
+    example = example_for(arch)
+    cached = editor.cache([example])[0]
+    assert torch.allclose(editor.logits(cached), whole_model_logits(editor, example), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_patched_cache_equals_whole_model_with_branch(arch, tokenizer, make_model):
+    editor = Editor(make_model(arch), tokenizer, EditorConfig())
+    g = torch.Generator().manual_seed(1)
+    h = editor.arch.hidden_size
+    neurons = PatchNeurons(torch.randn(3, h, generator=g), torch.randn(3, generator=g),
+                           torch.randn(3, h, generator=g), editor.neurons.activation)
+    example = example_for(arch)
+    cached = editor.cache([example])[0]
+    plain = whole_model_logits(editor, example)
+    branch = PatchBranch(editor.arch, neurons)
+    patched = whole_model_logits(editor, example)
+    branch.remove()
+    assert not torch.allclose(plain, patched, atol=1e-3), "the neurons must change the output"
+    assert torch.allclose(editor.logits(cached, neurons), patched, atol=1e-5)
+    assert torch.equal(whole_model_logits(editor, example), plain), "removing the branch restores the model"
+
+
+def test_unsupported_architecture_is_named(tokenizer):
+    with pytest.raises(ValueError, match="unsupported architecture Linear"):
+        Editor(torch.nn.Linear(2, 2), tokenizer)

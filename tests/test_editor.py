@@ -1,0 +1,134 @@
+"""The editor: the fast (cached) path trains the same patch as the reference procedure, edits succeed,
+failure is explicit, already-right inputs are not patched again, and rollback removes exactly one edit."""
+import pytest
+import torch
+
+from patcher import Editor, EditorConfig, Memory, PatchBranch
+from patcher.tasks import Example
+
+from conftest import FACTS, MEMORY
+
+# distinct last tokens: a tiny random model tells inputs apart mostly by their last token
+EDITS = [("the capital of france is", "paris"), ("spain has its capital in", "madrid"),
+         ("the city of rome lies in", "italy")]
+
+
+def editor_for(make_model, tokenizer, arch, dtype=torch.float32, **cfg):
+    model = make_model(arch).to(dtype)
+    editor = Editor(model, tokenizer, EditorConfig(**cfg))
+    memory = [Example(m.input, "L0") for m in MEMORY] if arch == "bert" else MEMORY
+    editor.memory = Memory.from_examples(editor.task, memory[:7])
+    editor.val_memory = Memory.from_examples(editor.task, memory[7:])
+    return editor
+
+
+def wrong_label(editor, text):
+    right, _, pred = editor.judge(editor.cache([Example(text, "L0")])[0])
+    return "L1" if pred == "L0" else "L0"
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert", "llama", "bart"])
+def test_fast_path_equals_reference_procedure(arch, tokenizer, make_model):
+    # Same schedule and seed, dropout off: the reference runs the whole model on the edit fed 8 times.
+    # float64 so that Adam's sign-like steps on near-zero gradients do not amplify rounding noise.
+    settings = dict(max_steps=150, reference_dropout=False, edit_copies=8, beta=1.0)
+    results = {}
+    for path in ("fast", "reference"):
+        editor = editor_for(make_model, tokenizer, arch, torch.float64, **settings)
+        text = "the capital of france is"
+        target = wrong_label(editor, text) if arch == "bert" else "paris"
+        outcome = editor.edit("e1", text, target, path=path)
+        results[path] = (outcome, editor.neurons)
+    (fast, nf), (ref, nr) = results["fast"], results["reference"]
+    assert fast.steps == ref.steps and fast.status == ref.status
+    kept = len(nf)
+    assert kept == len(nr)
+    if kept:
+        for name in ("keys", "biases", "values"):
+            assert torch.allclose(getattr(nf, name), getattr(nr, name), atol=1e-4), name
+    for key in fast.losses:
+        assert fast.losses[key] == pytest.approx(ref.losses[key], rel=1e-4, abs=1e-6), key
+
+
+def test_sequential_edits_succeed_and_er_matches_the_whole_model(tokenizer, make_model):
+    editor = editor_for(make_model, tokenizer, "gpt2")
+    outcomes = [editor.edit(f"e{i}", text, target) for i, (text, target) in enumerate(EDITS)]
+    assert [o.status for o in outcomes] == ["edited"] * 3                 # SR = 1
+    assert all(o.neurons >= 1 and o.lead > 0 and o.steps >= 125 for o in outcomes)
+    assert outcomes[0].prediction_after == "paris"
+    assert len(editor.neurons) == sum(o.neurons for o in outcomes) == len(editor.owners)
+    # ER from the cache equals ER from the whole model with the patch attached as a branch
+    branch = PatchBranch(editor.arch, editor.neurons)
+    right = []
+    for text, target in EDITS:
+        inputs, positions, targets, _ = editor.task.encode([Example(text, target)])
+        with torch.no_grad():
+            logits = editor.model(**inputs).logits[0, positions[0]]
+        right.append(bool((logits.argmax(-1) == targets[0]).all()))
+    branch.remove()
+    assert editor.accuracy(list(editor.edited.values())) == sum(right) / 3
+    assert sum(right) >= 2
+
+
+def test_memory_grows_with_every_edit_input(tokenizer, make_model):
+    editor = editor_for(make_model, tokenizer, "gpt2")
+    before = len(editor.memory)
+    editor.edit("e0", FACTS[0].input, "paris")
+    c = editor.cache([Example(FACTS[0].input, "paris")])[0]
+    assert len(editor.memory) == before + len(c.q_memory)
+
+
+def test_failed_edit_is_reported_and_not_kept(tokenizer, make_model):
+    editor = editor_for(make_model, tokenizer, "gpt2", max_steps=2)
+    outcome = editor.edit("e0", FACTS[0].input, "paris")
+    assert outcome.status == "failed" and not outcome.succeeded
+    assert outcome.neurons == 0 and len(editor.neurons) == 0
+    assert outcome.prediction_after == outcome.prediction_before
+    assert "e0" in editor.edited                                          # still counts for ER
+
+
+def test_failed_edit_kept_only_when_asked(tokenizer, make_model):
+    editor = editor_for(make_model, tokenizer, "gpt2", max_steps=2, keep_failed=True)
+    outcome = editor.edit("e0", FACTS[0].input, "paris")
+    assert outcome.status == "failed" and outcome.neurons >= 1 and len(editor.neurons) == outcome.neurons
+
+
+def test_already_right_is_recognised_and_not_patched(tokenizer, make_model):
+    editor = editor_for(make_model, tokenizer, "gpt2")
+    first = editor.edit("e0", FACTS[0].input, "paris")
+    again = editor.edit("e0-again", FACTS[0].input, "paris")               # the same mistake logged again
+    assert first.status == "edited" and again.status == "skipped"
+    assert again.neurons == 0 and len(editor.neurons) == first.neurons
+
+
+def test_duplicate_error_id_is_refused(tokenizer, make_model):
+    editor = editor_for(make_model, tokenizer, "gpt2")
+    editor.edit("e0", FACTS[0].input, "paris")
+    with pytest.raises(ValueError, match="already edited"):
+        editor.edit("e0", FACTS[1].input, "madrid")
+
+
+def test_rollback_removes_one_edit_only(tokenizer, make_model):
+    editor = editor_for(make_model, tokenizer, "gpt2")
+    for i, (text, target) in enumerate(EDITS):
+        assert editor.edit(f"e{i}", text, target).succeeded
+    before = editor.neurons
+    kept = torch.tensor([o != "e1" for o in editor.owners])
+    removed = editor.remove("e1")
+    assert removed == int((~kept).sum()) >= 1 and "e1" not in editor.owners and "e1" not in editor.edited
+    for name in ("keys", "biases", "values"):                               # the other neurons, untouched
+        assert torch.equal(getattr(editor.neurons, name), getattr(before, name)[kept])
+    e1 = editor.cache([Example(*EDITS[1])])[0]
+    assert not editor.judge(e1)[0]                                          # e1's mistake is back
+    with pytest.raises(KeyError):
+        editor.remove("e1")
+
+
+def test_classification_edit_flips_the_label(tokenizer, make_model):
+    # a tiny random BERT maps every input to nearly the same [CLS] vector, so no memory here
+    editor = Editor(make_model("bert"), tokenizer, EditorConfig())
+    text = "the moon is made of cheese"
+    target = wrong_label(editor, text)
+    outcome = editor.edit("c0", text, target, rephrases=["the moon consists of cheese"])
+    assert outcome.status == "edited" and outcome.prediction_after == target and outcome.neurons == 1
+    assert outcome.generalization in (0.0, 1.0)

@@ -1,0 +1,49 @@
+"""Bad records are refused with the file, line, id and every problem named; good ones parse."""
+import json
+
+import pytest
+
+from patcher.records import RecordError, parse_record, read_records
+
+GOOD = {"id": "err-1", "model": "facts-smollm2", "task": "generation", "input": "The capital of Peru is",
+        "prediction": "Cusco", "target": "Lima", "rephrases": ["Peru's capital city is"],
+        "logged_at": "2026-11-24T10:00:00Z"}
+
+
+def test_good_record_parses():
+    r = parse_record(json.dumps(GOOD))
+    assert (r.id, r.target, r.rephrases) == ("err-1", "Lima", ["Peru's capital city is"])
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"id": "../etc/passwd"}, "id must be"),
+    ({"task": "translation"}, "task must be one of"),
+    ({"input": ""}, "input is empty"),
+    ({"input": 3}, "input must be a string"),
+    ({"target": "x" * 3000}, "more than 2000"),
+    ({"input": "bell\x07"}, "control characters"),
+    ({"logged_at": "yesterday"}, "not an RFC 3339"),
+    ({"rephrases": "one"}, "rephrases must be a list"),
+    ({"extra": 1}, "unknown fields"),
+])
+def test_each_problem_is_named(change, problem):
+    with pytest.raises(RecordError, match=problem) as info:
+        parse_record(json.dumps({**GOOD, **change}), "errors.jsonl:7")
+    assert str(info.value).startswith("errors.jsonl:7")
+
+
+def test_missing_fields_are_all_listed():
+    with pytest.raises(RecordError) as info:
+        parse_record(json.dumps({"id": "e2", "task": "generation"}), "f:1")
+    assert "(id 'e2')" in str(info.value)
+    assert all(f"missing field '{name}'" in str(info.value) for name in ("model", "input", "target", "logged_at"))
+
+
+def test_truncated_line_and_duplicate_ids(tmp_path):
+    path = tmp_path / "errors.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD)[:40] + "\n")
+    with pytest.raises(RecordError, match=r"errors.jsonl:2: not valid JSON"):
+        read_records(path)
+    path.write_text(json.dumps(GOOD) + "\n\n" + json.dumps(GOOD) + "\n")
+    with pytest.raises(RecordError, match=r":3 \(id 'err-1'\): duplicate id \(first at line 1\)"):
+        read_records(path)
