@@ -12,13 +12,7 @@ def _config(args):
     from .config import EditorConfig
 
     values = json.loads(Path(args.config).read_text()) if args.config else {}
-    defaults = EditorConfig()
-    for item in args.set or []:
-        key, _, raw = item.partition("=")
-        if not hasattr(defaults, key):
-            raise SystemExit(f"--set {item}: unknown setting {key!r} (see `patcher config`)")
-        kind = type(getattr(defaults, key))
-        values[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+    values.update(EditorConfig.parse_overrides(args.set or []))
     return EditorConfig.from_dict(values)
 
 

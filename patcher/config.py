@@ -61,6 +61,18 @@ class EditorConfig:
             raise ValueError(f"unknown editor settings: {', '.join(sorted(unknown))}")
         return cls(**d)
 
+    @staticmethod
+    def parse_overrides(items: list[str]) -> dict:
+        """["key=value", ...] -> {key: value typed like the field}; unknown keys are refused."""
+        defaults, out = EditorConfig(), {}
+        for item in items:
+            key, _, raw = item.partition("=")
+            if not hasattr(defaults, key):
+                raise ValueError(f"unknown setting {key!r} in {item!r} (see `patcher config`)")
+            kind = type(getattr(defaults, key))
+            out[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+        return out
+
     @classmethod
     def help(cls) -> dict[str, str]:
         return {f.name: f.metadata["help"] for f in fields(cls)}
