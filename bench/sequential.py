@@ -10,6 +10,7 @@ Writes JSON and a Markdown table to --out-dir (default docs/benchmarks/).
 
 Editors (settings on top of --set):
   patcher     the editor's defaults
+  reference   the reference implementation's settings (patcher.config.REFERENCE_SETTINGS)
   no-memory   ablation: no memory loss (beta = 0)
 """
 from __future__ import annotations
@@ -29,13 +30,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from patcher import EditorConfig  # noqa: E402
+from patcher.config import REFERENCE_SETTINGS  # noqa: E402
 from patcher.facts import all_facts, split_facts  # noqa: E402
 from patcher.facts.mistakes import examples, find_mistakes  # noqa: E402
 from patcher.metrics import LocalitySet  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
 from patcher.sequential import build_editor  # noqa: E402
 
-EDITORS = {"patcher": {}, "no-memory": {"beta": 0.0}}
+EDITORS = {"patcher": {}, "reference": REFERENCE_SETTINGS, "no-memory": {"beta": 0.0}}
 
 
 def checkpoints(n: int) -> list[int]:
@@ -111,7 +113,7 @@ def main() -> int:
     all_rows, details = [], []
     for name in args.editors.split(","):
         torch.manual_seed(args.seed)
-        rows, detail = run_editor(name, {**settings, **EDITORS[name], "seed": args.seed}, model, tokenizer,
+        rows, detail = run_editor(name, {**EDITORS[name], **settings, "seed": args.seed}, model, tokenizer,
                                   split, records, len(split["train"]) // 5, progress=not args.quiet)
         all_rows += rows
         details.append(detail)

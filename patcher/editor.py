@@ -124,7 +124,7 @@ class Editor:
         self.tokenizer = tokenizer
         self.arch = adapter_for(model)
         self.task = task_for(self.arch, tokenizer)
-        activation = self.arch.ffn_act_name if self.cfg.activation == "ffn" else self.cfg.activation
+        activation = self.patch_activation(self.arch, self.cfg.activation)
         dtype = next(model.parameters()).dtype
         self.neurons = neurons.to(self.device) if neurons is not None else \
             PatchNeurons.empty(self.arch.hidden_size, activation, dtype, self.device)
@@ -135,6 +135,12 @@ class Editor:
         self.val_memory = val_memory.to(self.device) if val_memory is not None else None
         self.edited: dict[str, Cached] = {}                   # error id -> cached edit input
         self.outcomes: list[EditOutcome] = []
+
+    @staticmethod
+    def patch_activation(arch, setting: str) -> str:
+        if setting == "ffn" or (setting == "auto" and arch.mergeable):
+            return arch.ffn_act_name
+        return "relu" if setting == "auto" else setting
 
     # --- reading the patched model from the cache ---------------------------------------------------------
     def cache(self, examples: list[Example]) -> list[Cached]:
@@ -187,11 +193,12 @@ class Editor:
             self.owners += [error_id] * len(positions)
         self.edited[error_id] = c
         self._remember(c)
+        seconds = time.perf_counter() - start              # the edit itself; measuring GR below is not part of it
         generalization = None
         if rephrases:
             generalization = self.accuracy(self.cache([Example(r, target) for r in rephrases]))
         outcome = EditOutcome(error_id, input, status, before, after if keep else before, target, steps=steps,
-                              seconds=time.perf_counter() - start, neurons=len(positions) if keep else 0,
+                              seconds=seconds, neurons=len(positions) if keep else 0,
                               lead=lead, generalization=generalization, losses=losses)
         self.outcomes.append(outcome)
         return outcome

@@ -54,7 +54,7 @@ def test_sequential_edits_succeed_and_er_matches_the_whole_model(tokenizer, make
     editor = editor_for(make_model, tokenizer, "gpt2")
     outcomes = [editor.edit(f"e{i}", text, target) for i, (text, target) in enumerate(EDITS)]
     assert [o.status for o in outcomes] == ["edited"] * 3                 # SR = 1
-    assert all(o.neurons >= 1 and o.lead > 0 and o.steps >= 125 for o in outcomes)
+    assert all(o.neurons >= 1 and o.lead > 0 and o.steps >= 50 for o in outcomes)   # two checks at least
     assert outcomes[0].prediction_after == "paris"
     assert len(editor.neurons) == sum(o.neurons for o in outcomes) == len(editor.owners)
     # ER from the cache equals ER from the whole model with the patch attached as a branch
@@ -132,3 +132,11 @@ def test_classification_edit_flips_the_label(tokenizer, make_model):
     outcome = editor.edit("c0", text, target, rephrases=["the moon consists of cheese"])
     assert outcome.status == "edited" and outcome.prediction_after == target and outcome.neurons == 1
     assert outcome.generalization in (0.0, 1.0)
+
+
+@pytest.mark.parametrize("arch, expected", [("llama", "relu"), ("gpt2", "gelu_new"), ("bert", "gelu"),
+                                            ("bart", "gelu")])
+def test_auto_activation_merges_where_exact_else_relu(arch, expected, tokenizer, make_model):
+    assert Editor(make_model(arch), tokenizer).neurons.activation == expected
+    reference = Editor(make_model(arch), tokenizer, EditorConfig.reference()).neurons.activation
+    assert reference == Editor(make_model(arch), tokenizer).arch.ffn_act_name
