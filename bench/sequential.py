@@ -124,7 +124,10 @@ def main() -> int:
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
             "date": time.strftime("%Y-%m-%d")}
     (out / f"{stem}.json").write_text(json.dumps({**meta, "rows": all_rows, "runs": details}, indent=1) + "\n")
-    header = (f"### {args.model}: {len(records)} sequential real edits, seed {args.seed}, settings {settings or 'defaults'}"
+    effective = EditorConfig(**settings).to_dict()
+    deviations = {k: v for k, v in effective.items() if EditorConfig.reference().to_dict()[k] != v and k != "seed"}
+    header = (f"### {args.model}: {len(records)} sequential real edits, seed {args.seed}, --set {settings or 'none'};"
+              f" 'patcher' deviates from the reference settings in {deviations or 'nothing'}"
               f" ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, torch {torch.__version__})")
     (out / f"{stem}.md").write_text(markdown(all_rows, header))
     print(markdown(all_rows, header))

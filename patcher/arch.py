@@ -81,9 +81,9 @@ class BertArch(Arch):
 
     def tail(self, h):
         # h: (..., H) taken at [CLS]; logits (..., n_labels)
-        x = self.norm_in(h)
-        pooled = self.model.bert.pooler.activation(self.model.bert.pooler.dense(x))
-        return self.model.classifier(self.model.dropout(pooled))
+        # eval semantics: the classifier's dropout is the identity here
+        pooled = self.model.bert.pooler.activation(self.model.bert.pooler.dense(self.norm_in(h)))
+        return self.model.classifier(pooled)
 
     def ffn_weights(self):
         d_in, d_out = self.layer.intermediate.dense, self.layer.output.dense

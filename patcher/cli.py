@@ -120,6 +120,67 @@ def cmd_demo(args) -> int:
     return run_demo(edits=args.edits, out_dir=Path(args.out))
 
 
+def cmd_facts_build(args) -> int:
+    from .facts.build import write_splits
+
+    stats = write_splits(args.out, seed=args.seed)
+    print(json.dumps({k: stats[k] for k in ("facts", "relations", "per_split")}))
+    return 0
+
+
+def cmd_models_build(args) -> int:
+    from .models.production import build
+
+    out = build(args.name, seed=args.seed, out=args.out, force=args.force,
+                progress=lambda msg: print(msg, file=sys.stderr), facts_dir=args.facts)
+    print(out)
+    return 0
+
+
+def cmd_models_path(args) -> int:
+    from .models.production import model_path
+
+    print(model_path(args.name))
+    return 0
+
+
+def cmd_errors_generate(args) -> int:
+    if not (args.out or args.batches):
+        raise ValueError("say where the records go: --out FILE.jsonl and/or --batches DIR")
+    from .editor import Editor
+    from .facts.bank import all_facts, load_split, split_facts
+    from .facts.mistakes import find_mistakes
+    from .models.base import load_model
+    from .models.production import build, model_path
+
+    model_dir = Path(args.model_dir) if args.model_dir else model_path(args.model)
+    if not (model_dir / "model_card.json").exists():
+        build(args.model, seed=args.seed, out=model_dir, progress=lambda m: print(m, file=sys.stderr))
+    facts = load_split(args.facts) if args.facts else split_facts(all_facts(), seed=args.seed)["edit"]
+    model, tokenizer = load_model(model_dir)
+    records = find_mistakes(Editor(model, tokenizer), facts, args.model, limit=args.limit, seed=args.seed)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as fh:
+            for r in records:
+                fh.write(r.to_json() + "\n")
+        print(f"{len(records)} real mistakes of {args.model} -> {args.out}", file=sys.stderr)
+    if args.batches:
+        from datetime import datetime, timezone
+
+        from .facts.stream import batches
+
+        files, damaged = batches(records, datetime.now(timezone.utc), hours=args.hours,
+                                 damaged_share=args.damaged, seed=args.seed)
+        for key, lines in files.items():
+            path = Path(args.batches) / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        print(f"{sum(map(len, files.values()))} lines ({len(damaged)} damaged) in {len(files)} hourly batch "
+              f"files under {args.batches}", file=sys.stderr)
+    return 0
+
+
 def _fmt(x):
     return "n/a" if x is None else f"{x:.3f}"
 
@@ -160,6 +221,38 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="list the editor settings with their defaults")
     c.set_defaults(func=cmd_config)
+
+    f = sub.add_parser("facts", help="the fact bank").add_subparsers(dest="facts_command", required=True)
+    fb = f.add_parser("build", help="write the seeded splits as JSON lines, with a data card")
+    fb.add_argument("--out", default="data/facts")
+    fb.add_argument("--seed", type=int, default=0)
+    fb.set_defaults(func=cmd_facts_build)
+
+    m = sub.add_parser("models", help="the production models").add_subparsers(dest="models_command", required=True)
+    mb = m.add_parser("build", help="build (or reuse) a production model directory with its model card")
+    mb.add_argument("name", choices=["factcheck-minilm", "facts-smollm2"])
+    mb.add_argument("--seed", type=int, default=0)
+    mb.add_argument("--out", help="directory (default: `patcher models path NAME`)")
+    mb.add_argument("--force", action="store_true", help="rebuild even if a matching build exists")
+    mb.add_argument("--facts", help="split files from `patcher facts build` (default: made with the seed)")
+    mb.set_defaults(func=cmd_models_build)
+    mp = m.add_parser("path", help="print where a production model is built")
+    mp.add_argument("name", choices=["factcheck-minilm", "facts-smollm2"])
+    mp.set_defaults(func=cmd_models_path)
+
+    er = sub.add_parser("errors", help="error streams").add_subparsers(dest="errors_command", required=True)
+    eg = er.add_parser("generate", help="run a production model over the edit split; log its real mistakes")
+    eg.add_argument("--model", required=True, choices=["factcheck-minilm", "facts-smollm2"])
+    eg.add_argument("--out", help="error records, JSON lines")
+    eg.add_argument("--batches", help="also write them as hourly batches (errors/YYYY/MM/DD/HH/*.jsonl) here, "
+                                      "with damaged lines mixed in")
+    eg.add_argument("--hours", type=int, default=1, help="hours the batches span")
+    eg.add_argument("--damaged", type=float, default=0.1, help="share of damaged lines in the batches")
+    eg.add_argument("--model-dir", help="the built model (default: `patcher models path NAME`, built if missing)")
+    eg.add_argument("--facts", help="a split file (default: the edit split of the fact bank)")
+    eg.add_argument("--limit", type=int, help="at most this many records")
+    eg.add_argument("--seed", type=int, default=0)
+    eg.set_defaults(func=cmd_errors_generate)
 
     d = sub.add_parser("demo", help="sequential editing of SmolLM2's real factual mistakes, end to end")
     d.add_argument("--edits", type=int, default=30, help="how many real mistakes to fix")

@@ -41,7 +41,9 @@ class EditorConfig:
     label_smoothing: float = _f(0.1, "generation l_e: label smoothing of the per-token NLL")
     # the patch
     max_neurons_per_edit: int = _f(5, "generation: at most this many neurons (wrong target tokens) per edit")
-    value_scale_init: float = _f(10.0, "initial trainable scale of the random value vector")
+    value_scale_init: float = _f(10.0, "initial trainable scale of the value vector")
+    value_init: str = _f("random", "value direction at the start: 'random' (reference) or 'lead': the "
+                                   "direction that most increases the target's lead at the neuron's position")
     activation: str = _f("auto", "patch neuron activation: 'ffn' (the FFN's own: the reference), any "
                                  "transformers activation name (e.g. 'relu'), or 'auto': the FFN's own where it "
                                  "merges exactly (GELU FFNs with biases: BERT, GPT-2, BART), else 'relu' "

@@ -38,13 +38,15 @@ class NewNeurons(nn.Module):
     """The n trainable neurons of one edit. Key k_i = q_i / ||q_i||^2 (pre-activation 1 on its own edit
     position), bias 0, value = a random direction (unit norm in expectation) times a trainable scale."""
 
-    def __init__(self, q_edit: torch.Tensor, activation: str, scale_init: float, generator: torch.Generator):
+    def __init__(self, q_edit: torch.Tensor, activation: str, scale_init: float, generator: torch.Generator,
+                 directions: torch.Tensor | None = None):
         super().__init__()
         n, hidden = q_edit.shape                                                    # q_edit: (n, H)
         self.keys = nn.Parameter(q_edit / q_edit.pow(2).sum(-1, keepdim=True))      # (n, H)
         self.biases = nn.Parameter(torch.zeros(n, dtype=q_edit.dtype, device=q_edit.device))
-        direction = torch.randn(n, hidden, generator=generator, dtype=q_edit.dtype) / math.sqrt(hidden)
-        self.directions = nn.Parameter(direction.to(q_edit.device))                 # (n, H)
+        if directions is None:
+            directions = torch.randn(n, hidden, generator=generator, dtype=q_edit.dtype) / math.sqrt(hidden)
+        self.directions = nn.Parameter(directions.to(q_edit.device, q_edit.dtype).clone())   # (n, H)
         self.scales = nn.Parameter(torch.full((n,), scale_init, dtype=q_edit.dtype, device=q_edit.device))
         self.act = ACT2FN[activation]
 
@@ -67,8 +69,7 @@ def patch_loss(cfg: EditorConfig, edit_loss: torch.Tensor, a_edit: torch.Tensor,
     """L = l_e + alpha * l_a + beta * (l_m1 + l_m2), from the edit loss and the new neurons' pre-activations
     on the edit input, a_edit (C, n) for C copies of it. l_a pushes a_edit up; l_m1 pushes it above the
     top-k memory pre-activations by m1; l_m2 pushes those below m2."""
-    k = min(cfg.act_topk, a_edit.shape[0])
-    l_a = torch.exp(cfg.act_margin - a_edit).topk(k, dim=0).values.mean()
+    l_a = _topk_mean(torch.exp(cfg.act_margin - a_edit), cfg.act_topk)
     parts = {"l_e": edit_loss, "l_a": l_a}
     total = edit_loss + cfg.alpha * l_a
     if memory is not None and len(memory):
@@ -77,10 +78,15 @@ def patch_loss(cfg: EditorConfig, edit_loss: torch.Tensor, a_edit: torch.Tensor,
     return total, parts
 
 
+def _topk_mean(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of the top-k along dim 0 (all of it when k covers it: one op less per training step)."""
+    return x.mean() if k >= x.shape[0] else x.topk(k, dim=0).values.mean()
+
+
 def memory_losses(cfg: EditorConfig, a_edit: torch.Tensor, memory: Memory, new: "NewNeurons"):
     """a_edit (C, n) -> (l_m1, l_m2) over the top-k memory pre-activations of the new neurons."""
     a_mem = new.preactivation(memory.vectors)                                       # (N, n)
-    top = a_mem.topk(min(cfg.mem_topk, a_mem.shape[0]), dim=0).values               # (k, n)
+    top = a_mem if len(memory) <= cfg.mem_topk else a_mem.topk(cfg.mem_topk, dim=0).values   # (k, n)
     l_m1 = torch.exp(top.unsqueeze(0) - a_edit.unsqueeze(1) + cfg.m1).mean()         # (C, k, n)
     l_m2 = torch.exp(top - cfg.m2).mean()
     return l_m1, l_m2
@@ -224,7 +230,8 @@ class Editor:
         positions = self.neuron_positions(c)                                   # (n,) judged-position indices
         n = len(positions)
         generator = torch.Generator().manual_seed(cfg.seed + len(self.outcomes))
-        new = NewNeurons(c.q[positions], self.neurons.activation, cfg.value_scale_init, generator)
+        directions = self.lead_directions(c, positions) if cfg.value_init == "lead" else None
+        new = NewNeurons(c.q[positions], self.neurons.activation, cfg.value_scale_init, generator, directions)
         if path == "fast":
             forward = self._fast_forward(c, new, positions)
             check = forward
@@ -258,6 +265,16 @@ class Editor:
                     previous_val = val
         losses = {k: float(v.detach()) for k, v in parts.items()}
         return new, positions, step, losses
+
+    def lead_directions(self, c: Cached, positions: torch.Tensor) -> torch.Tensor:
+        """(n, H) unit vectors: at each neuron's position, the direction of the residual stream that most
+        increases the target's lead over the best other output (the gradient of the lead through the
+        tail), so a new neuron starts out pushing toward the right answer instead of a random direction."""
+        h = (c.h + self.neurons(c.q))[positions].detach().requires_grad_(True)     # (n, H)
+        with torch.enable_grad():
+            lead = self.task.leads(self.arch.tail(h), c.targets[positions]).sum()
+            (grad,) = torch.autograd.grad(lead, h)
+        return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def _fast_forward(self, c: Cached, new: NewNeurons, positions: torch.Tensor):
         base = (c.h + self.neurons(c.q)).detach()                              # (P, H), fixed during training

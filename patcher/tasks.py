@@ -132,8 +132,8 @@ class ClassificationTask(Task):
         # (C, P, V) or (P, V) -> scalar. Reference: cross-entropy minus 0.1 x the output entropy.
         logits = logits.reshape(-1, logits.shape[-1])
         targets = targets.reshape(-1).expand(logits.shape[0]) if targets.numel() == 1 else targets.reshape(-1)
-        ce = F.cross_entropy(logits, targets)
         logp = logits.log_softmax(-1)
+        ce = -logp.gather(-1, targets.unsqueeze(-1)).mean()
         entropy = -(logp.exp() * logp).sum(-1).mean()
         return ce - cfg.entropy_weight * entropy
 

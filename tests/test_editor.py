@@ -140,3 +140,18 @@ def test_auto_activation_merges_where_exact_else_relu(arch, expected, tokenizer,
     assert Editor(make_model(arch), tokenizer).neurons.activation == expected
     reference = Editor(make_model(arch), tokenizer, EditorConfig.reference()).neurons.activation
     assert reference == Editor(make_model(arch), tokenizer).arch.ffn_act_name
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+def test_lead_directions_increase_the_target_lead(arch, tokenizer, make_model):
+    editor = Editor(make_model(arch), tokenizer, EditorConfig(value_init="lead"))
+    example = Example("the capital of france is", "L1" if arch == "bert" else "paris")
+    c = editor.cache([example])[0]
+    positions = editor.neuron_positions(c)
+    d = editor.lead_directions(c, positions)
+    assert torch.allclose(d.norm(dim=-1), torch.ones(len(positions)), atol=1e-5)
+    h = c.h[positions]
+    with torch.no_grad():
+        before = editor.task.leads(editor.arch.tail(h), c.targets[positions])
+        after = editor.task.leads(editor.arch.tail(h + 0.05 * d), c.targets[positions])
+    assert (after > before).all()

@@ -47,3 +47,28 @@ def test_truncated_line_and_duplicate_ids(tmp_path):
     path.write_text(json.dumps(GOOD) + "\n\n" + json.dumps(GOOD) + "\n")
     with pytest.raises(RecordError, match=r":3 \(id 'err-1'\): duplicate id \(first at line 1\)"):
         read_records(path)
+
+
+def test_damaged_batches_are_caught_and_clean_lines_parse():
+    from datetime import datetime, timezone
+
+    from patcher.facts.stream import DAMAGES, batches
+    from patcher.records import ErrorRecord
+
+    records = [ErrorRecord(f"g-{i}", "facts-smollm2", "generation", f"The capital of country {i} is", "x",
+                           f"City{i}", "2026-11-24T10:00:00Z", [f"Country {i}'s capital is"]) for i in range(400)]
+    files, damaged = batches(records, datetime(2026, 11, 24, 10, 30, tzinfo=timezone.utc), hours=2,
+                             per_batch=50, damaged_share=0.25, seed=1)
+    assert sorted({k.rsplit("/", 1)[0] for k in files}) == ["errors/2026/11/24/10", "errors/2026/11/24/11"]
+    assert sum(map(len, files.values())) == 400 and set(damaged.values()) == set(DAMAGES)
+    seen = set()
+    for key, lines in files.items():
+        for i, line in enumerate(lines):
+            kind = damaged.get((key, i))
+            try:
+                record = parse_record(line, f"{key}:{i + 1}")
+                problem = record.id in seen
+                seen.add(record.id)
+            except RecordError:
+                problem = True
+            assert problem == (kind is not None), (key, i, kind, line[:120])

@@ -1,26 +1,47 @@
-"""The fact bank: real facts from installed packages (countryinfo, periodictable, us), each with several
-phrasings. The first template of a relation is the edit/eval prompt; the others are rephrasings that
-measure Generality and are never used to train a patch.
+"""The fact bank: real facts from installed packages, each with several phrasings.
 
-Stale or ambiguous entries: countries whose capital entry is not one string (several capitals) or empty
-are left out, not guessed; the packages' values are taken as the ground truth otherwise (a stale value,
-e.g. Nur-Sultan, is still what the bank asks for: edits teach the bank's answer).
+Sources: countryinfo (capital, region, currency code, demonym), us (state capitals), periodictable
+(symbol, atomic number) and chatterbot-corpus (trivia question/answer pairs). The first template of a
+relation is the prompt that is edited and evaluated; the others are rephrasings that measure Generality
+and are never used to train a patch.
+
+Stale or ambiguous entries, decided once here:
+  - a country whose capital is not a single name (several capitals, or none) has no capital fact;
+  - a country with several currencies (or none) has no currency fact; neither has one without a demonym;
+  - otherwise the packages' values are the ground truth, stale ones included (countryinfo still says
+    Nur-Sultan for Kazakhstan): an edit teaches the bank's answer, which is what a reviewer sees;
+  - trivia answers lose a trailing period, and pairs whose answer is longer than 6 words or whose
+    question is longer than 200 characters are left out (they are explanations, not facts).
 """
 from __future__ import annotations
 
+import hashlib
 import random
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 TEMPLATES = {
     "capital": ["The capital of {s} is", "{s}'s capital city is", "The capital city of {s} is called"],
     "region": ["{s} is a country in the region of", "The country {s} is located in", "{s} lies in the region of"],
+    "currency_code": ["The ISO code of the currency of {s} is", "The currency used in {s} has the code",
+                      "In {s}, prices are quoted in the currency with code"],
+    "demonym": ["A person from {s} is called", "People from {s} are called", "Someone born in {s} is described as"],
     "state_capital": ["The capital of the state of {s} is", "The capital city of the US state {s} is",
                       "{s}'s state capital is"],
     "element_symbol": ["The chemical symbol of {s} is", "The symbol for the element {s} is",
                        "{s} has the chemical symbol"],
     "element_number": ["The atomic number of {s} is", "The element {s} has atomic number",
                        "{s} has the atomic number"],
+    "trivia": ["Question: {s}\nAnswer:", "Q: {s}\nA:", "{s} The answer is"],
 }
+RELATIONS = tuple(TEMPLATES)
+
+
+def slug(text: str, width: int = 48) -> str:
+    """A safe, unique id part: letters, digits and _ from the text, plus a short hash of the full text."""
+    base = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:width] or "x"
+    return f"{base}-{hashlib.sha1(text.encode()).hexdigest()[:6]}"
 
 
 @dataclass(frozen=True)
@@ -31,56 +52,106 @@ class Fact:
 
     @property
     def id(self) -> str:
-        return f"{self.relation}:{self.subject}".replace(" ", "_")
+        return f"{self.relation}:{slug(self.subject)}"
+
+    def phrase(self, template: int = 0) -> str:
+        return TEMPLATES[self.relation][template].format(s=self.subject)
 
     @property
     def prompt(self) -> str:
-        return TEMPLATES[self.relation][0].format(s=self.subject)
+        return self.phrase(0)
 
     @property
     def rephrases(self) -> list[str]:
-        return [t.format(s=self.subject) for t in TEMPLATES[self.relation][1:]]
+        return [self.phrase(i) for i in range(1, len(TEMPLATES[self.relation]))]
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "relation": self.relation, "subject": self.subject, "answer": self.answer,
+                "prompt": self.prompt, "rephrases": self.rephrases}
 
 
-def _countries():
+def _country_facts():
     import countryinfo
 
     for country in countryinfo.all_countries():
         try:
-            yield country.name(), country.capital(), country.region()
+            name, capital, region = country.name(), country.capital(), country.region()
+            currencies, demonym = country.currencies(), country.demonym()
         except Exception:            # a few entries lack fields: leave them out rather than guess
             continue
+        if not name:
+            continue
+        if isinstance(capital, str) and capital.strip():
+            yield Fact("capital", name, capital.strip())
+        if isinstance(region, str) and region.strip():
+            yield Fact("region", name, region.strip())
+        if isinstance(currencies, list) and len(currencies) == 1:
+            yield Fact("currency_code", name, currencies[0])
+        if isinstance(demonym, str) and demonym.strip():
+            yield Fact("demonym", name, demonym.strip())
+
+
+def _trivia_facts():
+    import yaml
+
+    from ..models.base import package_dir
+
+    path = package_dir("chatterbot_corpus") / "data" / "english" / "trivia.yml"
+    for pair in yaml.safe_load(path.read_text(encoding="utf-8"))["conversations"]:
+        if len(pair) != 2:
+            continue
+        question, answer = (str(x).strip() for x in pair)
+        answer = answer.rstrip(".").strip()
+        if answer and len(answer.split()) <= 6 and len(question) <= 200:
+            yield Fact("trivia", question, answer)
 
 
 def all_facts() -> list[Fact]:
-    """Every fact, in a fixed order."""
+    """Every fact, in a fixed order, without duplicates (same relation and subject: the first is kept)."""
     import periodictable
     import us
 
-    facts = []
-    for name, capital, region in _countries():
-        if isinstance(capital, str) and capital.strip():
-            facts.append(Fact("capital", name, capital.strip()))
-        if isinstance(region, str) and region.strip():
-            facts.append(Fact("region", name, region.strip()))
-    for state in us.states.STATES:
-        facts.append(Fact("state_capital", state.name, state.capital))
+    facts = list(_country_facts())
+    facts += [Fact("state_capital", s.name, s.capital) for s in us.states.STATES]
     for element in periodictable.elements:
         if element.number == 0:      # periodictable's neutron placeholder
             continue
-        name = element.name.capitalize()
-        facts.append(Fact("element_symbol", name, element.symbol))
-        facts.append(Fact("element_number", name, str(element.number)))
-    return facts
+        facts.append(Fact("element_symbol", element.name.capitalize(), element.symbol))
+        facts.append(Fact("element_number", element.name.capitalize(), str(element.number)))
+    facts += list(_trivia_facts())
+    seen, unique = set(), []
+    for f in facts:
+        if f.id not in seen:
+            seen.add(f.id)
+            unique.append(f)
+    return unique
+
+
+SPLITS = ("train", "validation", "test", "edit")
 
 
 def split_facts(facts: list[Fact], seed: int = 0, fractions=(0.4, 0.1, 0.1)) -> dict[str, list[Fact]]:
-    """Splits by fact (so no phrasing of an edited fact is locality data): train (memory, TrainR),
-    validation (validation memory), test (TestR) and the rest, the edit stream."""
-    shuffled = list(facts)
-    random.Random(seed).shuffle(shuffled)
-    n = len(shuffled)
-    a = int(n * fractions[0])
-    b = a + int(n * fractions[1])
-    c = b + int(n * fractions[2])
-    return {"train": shuffled[:a], "validation": shuffled[a:b], "test": shuffled[b:c], "edit": shuffled[c:]}
+    """Splits by fact (so no phrasing of an edited fact is locality data), stratified by relation:
+    train (memory, TrainR), validation (validation memory), test (TestR), the rest the edit stream."""
+    out = {name: [] for name in SPLITS}
+    rng = random.Random(seed)
+    for relation in RELATIONS:
+        group = [f for f in facts if f.relation == relation]
+        rng.shuffle(group)
+        n = len(group)
+        a = round(n * fractions[0])
+        b = a + round(n * fractions[1])
+        c = b + round(n * fractions[2])
+        for name, part in zip(SPLITS, (group[:a], group[a:b], group[b:c], group[c:])):
+            out[name] += part
+    for name in SPLITS:                 # interleave relations, so any prefix of a split mixes them
+        rng.shuffle(out[name])
+    return out
+
+
+def load_split(path: str | Path) -> list[Fact]:
+    """Facts from a split file written by `patcher facts build`."""
+    import json
+
+    with open(path, encoding="utf-8") as fh:
+        return [Fact(r["relation"], r["subject"], r["answer"]) for r in map(json.loads, fh) if r]

@@ -1,5 +1,5 @@
-"""Real mistakes: run a model over facts and log the ones it gets wrong as error records, as a serving
-system would (the prediction is the model's own greedy output)."""
+"""Real mistakes: run a production model over facts and log the ones it gets wrong as error records, as a
+serving system would (the prediction is the model's own output: greedy for generation)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -10,6 +10,7 @@ from ..editor import Editor
 from ..records import ErrorRecord
 from ..tasks import Example
 from .bank import Fact
+from .claims import claims
 
 
 def examples(facts: list[Fact], phrasings: str = "prompt") -> list[Example]:
@@ -17,6 +18,13 @@ def examples(facts: list[Fact], phrasings: str = "prompt") -> list[Example]:
     if phrasings == "prompt":
         return [Example(f.prompt, f.answer) for f in facts]
     return [Example(p, f.answer) for f in facts for p in [f.prompt, *f.rephrases]]
+
+
+def task_examples(task: str, facts: list[Fact], phrasings: str = "prompt", seed: int = 0) -> list[Example]:
+    """The examples of a task over facts: answers (generation) or true/false claims (classification)."""
+    if task == "classification":
+        return [Example(c.text, c.label) for c in claims(facts, seed, phrasings)]
+    return examples(facts, phrasings)
 
 
 @torch.no_grad()
@@ -28,20 +36,25 @@ def greedy_answer(editor: Editor, prompt: str, max_new_tokens: int) -> str:
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
-def find_mistakes(editor: Editor, facts: list[Fact], model_name: str, limit: int | None = None) -> list[ErrorRecord]:
-    """Error records for the facts whose prompt the (unpatched) model gets wrong, in fact order."""
-    cached = editor.cache(examples(facts))
+def find_mistakes(editor: Editor, facts: list[Fact], model_name: str, limit: int | None = None,
+                  seed: int = 0) -> list[ErrorRecord]:
+    """Error records for what the (unpatched) model gets wrong, in fact order: generation, each fact's
+    prompt; classification, each fact's true and false claim."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if editor.task.name == "classification":
+        items = [(c.id, c.text, c.label, c.rephrases) for c in claims(facts, seed)]
+    else:
+        items = [(f.id, f.prompt, f.answer, f.rephrases) for f in facts]
+    cached = editor.cache([Example(text, target) for _, text, target, _ in items])
     records = []
-    for fact, c in zip(facts, cached):
+    for (rid, text, target, rephrases), c in zip(items, cached):
         if limit is not None and len(records) >= limit:
             break
         right, _, decoded = editor.judge(c)
         if right:
             continue
-        prediction = greedy_answer(editor, fact.prompt, len(c.targets)) if editor.task.name == "generation" \
-            else decoded
-        records.append(ErrorRecord(id=fact.id, model=model_name, task=editor.task.name, input=fact.prompt,
-                                   prediction=prediction or "(empty)", target=fact.answer, logged_at=stamp,
-                                   rephrases=fact.rephrases))
+        prediction = greedy_answer(editor, text, len(c.targets)) if editor.task.name == "generation" else decoded
+        records.append(ErrorRecord(id=rid, model=model_name, task=editor.task.name, input=text,
+                                   prediction=prediction or "(empty)", target=target, logged_at=stamp,
+                                   rephrases=rephrases))
     return records

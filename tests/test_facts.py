@@ -1,0 +1,69 @@
+"""The fact bank: enough real facts over enough relations, phrasings for every relation, splits by fact
+that never share a fact, deterministic files, safe ids, and claims for fact checking."""
+import json
+from collections import Counter
+
+from patcher.facts.bank import RELATIONS, TEMPLATES, all_facts, load_split, split_facts
+from patcher.facts.build import write_splits
+from patcher.facts.claims import claims
+from patcher.records import ID_PATTERN
+
+
+def test_counts_relations_and_phrasings():
+    facts = all_facts()
+    per_relation = Counter(f.relation for f in facts)
+    assert len(facts) >= 1000 and len(per_relation) >= 6
+    assert set(per_relation) == set(RELATIONS) and min(per_relation.values()) >= 50
+    assert all(len(TEMPLATES[r]) >= 3 for r in RELATIONS)
+    assert all(len(f.rephrases) >= 2 and f.prompt not in f.rephrases for f in facts)
+    assert len({f.id for f in facts}) == len(facts) and all(ID_PATTERN.match(f.id) for f in facts)
+
+
+def test_known_facts_are_there():
+    facts = {(f.relation, f.subject): f.answer for f in all_facts()}
+    assert facts[("capital", "France")] == "Paris"
+    assert facts[("element_symbol", "Iron")] == "Fe" and facts[("element_number", "Iron")] == "26"
+    assert facts[("state_capital", "Texas")] == "Austin"
+    assert facts[("currency_code", "Japan")] == "JPY"
+
+
+def test_splits_are_by_fact_and_disjoint():
+    facts = all_facts()
+    splits = split_facts(facts, seed=0)
+    ids = {name: {f.id for f in part} for name, part in splits.items()}
+    assert sum(len(v) for v in ids.values()) == len(facts)
+    names = list(ids)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not ids[a] & ids[b], f"{a} and {b} share facts"
+    for part in splits.values():                                 # stratified: every relation in every split
+        assert {f.relation for f in part} == set(RELATIONS)
+    assert split_facts(facts, seed=1)["edit"] != splits["edit"]
+
+
+def test_written_splits_are_deterministic_and_reload(tmp_path):
+    a = write_splits(tmp_path / "a", seed=0)
+    write_splits(tmp_path / "b", seed=0)
+    for name in ("train", "validation", "test", "edit", "CARD"):
+        ext = "md" if name == "CARD" else "jsonl"
+        assert (tmp_path / "a" / f"{name}.{ext}").read_bytes() == (tmp_path / "b" / f"{name}.{ext}").read_bytes()
+    edit = load_split(tmp_path / "a" / "edit.jsonl")
+    assert len(edit) == a["per_split"]["edit"] and edit == split_facts(all_facts(), seed=0)["edit"]
+    row = json.loads((tmp_path / "a" / "edit.jsonl").read_text().splitlines()[0])
+    assert set(row) == {"id", "relation", "subject", "answer", "prompt", "rephrases"}
+    assert f"{a['facts']} real facts over {len(RELATIONS)} relations" in (tmp_path / "a" / "CARD.md").read_text()
+
+
+def test_claims_true_and_false_of_the_same_relation():
+    facts = split_facts(all_facts(), seed=0)["test"]
+    cs = claims(facts, seed=0)
+    assert len(cs) == 2 * len(facts)
+    answers = {}
+    for f in facts:
+        answers.setdefault(f.relation, set()).add(f.answer)
+    for c in cs:
+        assert c.text.startswith(c.fact.prompt) and c.text.endswith(f" {c.answer}.")
+        assert (c.label == "SUPPORTED") == (c.answer == c.fact.answer)
+        assert c.answer in answers[c.fact.relation]
+        assert len(c.rephrases) == 2 and all(r.endswith(f" {c.answer}.") for r in c.rephrases)
+    assert len(claims(facts, seed=0, phrasings="all")) == 6 * len(facts)

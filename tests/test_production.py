@@ -1,0 +1,88 @@
+"""The production models and their real mistakes: builds load, reach the accuracy measured here, are
+deterministic and cached; error records are valid and each one is a real mistake of the model."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from patcher import Editor
+from patcher.models.base import load_model
+from patcher.models.production import FinetuneSettings, build
+from patcher.patchset import weights_sha256
+from patcher.records import read_records
+from patcher.tasks import Example
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def factcheck(models_dir):
+    return build("factcheck-minilm", seed=0, out=models_dir / "factcheck-minilm", progress=lambda m: None)
+
+
+def test_factcheck_build_accuracy_and_card(factcheck):
+    card = json.loads((factcheck / "model_card.json").read_text())
+    assert card["task"] == "classification" and card["build"]["seed"] == 0
+    acc = card["accuracy"]
+    assert acc["train"] >= 0.9                 # it learned its training claims
+    assert acc["test"] >= 0.6 and acc["edit"] >= 0.6   # better than chance on unseen facts, far from perfect
+    model, _ = load_model(factcheck)
+    assert model.config.id2label == {0: "SUPPORTED", 1: "REFUTED"}
+    assert (factcheck / "MODEL_CARD.md").read_text().startswith("# Model card: factcheck-minilm")
+
+
+def test_factcheck_build_is_cached(factcheck):
+    before = (factcheck / "model_card.json").stat().st_mtime_ns
+    assert build("factcheck-minilm", seed=0, out=factcheck) == factcheck
+    assert (factcheck / "model_card.json").stat().st_mtime_ns == before
+
+
+def test_finetune_is_deterministic(tmp_path):
+    settings = FinetuneSettings(seed=3, epochs=1, limit=96)
+    a = build("factcheck-minilm", out=tmp_path / "a", settings=settings, progress=lambda m: None)
+    b = build("factcheck-minilm", out=tmp_path / "b", settings=settings, progress=lambda m: None)
+    assert weights_sha256(a) == weights_sha256(b)
+    assert json.loads((a / "model_card.json").read_text())["accuracy"] == \
+        json.loads((b / "model_card.json").read_text())["accuracy"]
+
+
+def test_factcheck_errors_are_real_mistakes(factcheck, tmp_path):
+    out = tmp_path / "errors.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "patcher.cli", "errors", "generate", "--model", "factcheck-minilm",
+                           "--model-dir", str(factcheck), "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = read_records(out)                     # every line parses: valid format, unique ids
+    assert len(records) >= 300
+    assert all(r.model == "factcheck-minilm" and r.task == "classification" and len(r.rephrases) == 2
+               for r in records)
+    model, tokenizer = load_model(factcheck)
+    torch.set_num_threads(1)
+    editor = Editor(model, tokenizer)
+    cached = editor.cache([Example(r.input, r.target) for r in records])
+    assert all(not editor.judge(c)[0] for c in cached)                  # each one the model gets wrong
+    assert all(r.prediction == editor.judge(c)[2] != r.target for r, c in zip(records, cached))
+
+
+def test_smollm2_build_and_errors(models_dir, tmp_path):
+    path = build("facts-smollm2", seed=0, out=models_dir / "facts-smollm2", progress=lambda m: None)
+    card = json.loads((path / "model_card.json").read_text())
+    assert card["task"] == "generation" and 0.1 <= card["accuracy"]["edit"] <= 0.6
+    model, tokenizer = load_model(path)
+    torch.set_num_threads(2)
+    editor = Editor(model, tokenizer)
+    from patcher.facts import all_facts, split_facts
+    from patcher.facts.mistakes import find_mistakes, greedy_answer
+
+    edit = split_facts(all_facts(), seed=0)["edit"]
+    records = find_mistakes(editor, edit[:60], "facts-smollm2")
+    assert len(records) >= 20
+    for r in records[:5]:
+        assert greedy_answer(editor, r.input, len(editor.task.answer_ids(r.target))) == r.prediction != r.target
+    torch.set_num_threads(1)
