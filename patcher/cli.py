@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 
@@ -164,6 +165,9 @@ def cmd_errors_generate(args) -> int:
         with open(args.out, "w", encoding="utf-8") as fh:
             for r in records:
                 fh.write(r.to_json() + "\n")
+        stats = {"model": args.model, "facts": len(facts), "records": len(records),
+                 "by_relation": dict(sorted(Counter(r.id.split(":")[0] for r in records).items()))}
+        Path(args.out).with_suffix(".stats.json").write_text(json.dumps(stats, indent=1) + "\n")
         print(f"{len(records)} real mistakes of {args.model} -> {args.out}", file=sys.stderr)
     if args.batches:
         from datetime import datetime, timezone

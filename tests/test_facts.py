@@ -67,3 +67,6 @@ def test_claims_true_and_false_of_the_same_relation():
         assert c.answer in answers[c.fact.relation]
         assert len(c.rephrases) == 2 and all(r.endswith(f" {c.answer}.") for r in c.rephrases)
     assert len(claims(facts, seed=0, phrasings="all")) == 6 * len(facts)
+    two = claims(facts, seed=0, false_per_fact=2)
+    assert len(two) == 3 * len(facts) and len({c.id for c in two}) == len(two)
+    assert len({c.text for c in two}) == len(two)                       # two distinct wrong answers

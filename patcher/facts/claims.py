@@ -16,6 +16,7 @@ class Claim:
     answer: str          # the answer the claim states (the fact's own, or a wrong one)
     label: str
     template: int = 0
+    variant: int = 0     # which false answer (0 for the true claim)
 
     @property
     def text(self) -> str:
@@ -23,17 +24,17 @@ class Claim:
 
     @property
     def id(self) -> str:
-        return f"{self.fact.id}:{'true' if self.label == 'SUPPORTED' else 'false'}"
+        return f"{self.fact.id}:{'true' if self.label == 'SUPPORTED' else f'false{self.variant}'}"
 
     @property
     def rephrases(self) -> list[str]:
-        return [Claim(self.fact, self.answer, self.label, t).text
+        return [Claim(self.fact, self.answer, self.label, t, self.variant).text
                 for t in range(len(TEMPLATES[self.fact.relation])) if t != self.template]
 
 
-def claims(facts: list[Fact], seed: int = 0, phrasings: str = "prompt") -> list[Claim]:
-    """A true and a false claim per fact (false answers drawn with the seed). 'prompt': in the first
-    phrasing only; 'all': in every phrasing."""
+def claims(facts: list[Fact], seed: int = 0, phrasings: str = "prompt", false_per_fact: int = 1) -> list[Claim]:
+    """Per fact, its true claim and `false_per_fact` false ones (distinct wrong answers of the same relation,
+    drawn with the seed). 'prompt': in the first phrasing only; 'all': in every phrasing."""
     rng = random.Random(seed)
     answers: dict[str, set[str]] = {}
     for f in facts:
@@ -43,8 +44,9 @@ def claims(facts: list[Fact], seed: int = 0, phrasings: str = "prompt") -> list[
         wrong = sorted(answers[f.relation] - {f.answer})
         if not wrong:
             continue
-        false_answer = rng.choice(wrong)
+        false_answers = rng.sample(wrong, min(false_per_fact, len(wrong)))
         templates = range(len(TEMPLATES[f.relation])) if phrasings == "all" else [0]
         for t in templates:
-            out += [Claim(f, f.answer, "SUPPORTED", t), Claim(f, false_answer, "REFUTED", t)]
+            out.append(Claim(f, f.answer, "SUPPORTED", t))
+            out += [Claim(f, a, "REFUTED", t, i + 1) for i, a in enumerate(false_answers)]
     return out

@@ -39,10 +39,10 @@ def greedy_answer(editor: Editor, prompt: str, max_new_tokens: int) -> str:
 def find_mistakes(editor: Editor, facts: list[Fact], model_name: str, limit: int | None = None,
                   seed: int = 0) -> list[ErrorRecord]:
     """Error records for what the (unpatched) model gets wrong, in fact order: generation, each fact's
-    prompt; classification, each fact's true and false claim."""
+    prompt; classification, each fact's true claim and two false ones."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if editor.task.name == "classification":
-        items = [(c.id, c.text, c.label, c.rephrases) for c in claims(facts, seed)]
+        items = [(c.id, c.text, c.label, c.rephrases) for c in claims(facts, seed, false_per_fact=2)]
     else:
         items = [(f.id, f.prompt, f.answer, f.rephrases) for f in facts]
     cached = editor.cache([Example(text, target) for _, text, target, _ in items])
