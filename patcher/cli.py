@@ -146,8 +146,8 @@ def cmd_models_path(args) -> int:
 
 
 def cmd_errors_generate(args) -> int:
-    if not (args.out or args.batches):
-        raise ValueError("say where the records go: --out FILE.jsonl and/or --batches DIR")
+    if not (args.out or args.batches or args.s3):
+        raise ValueError("say where the records go: --out FILE.jsonl, --batches DIR and/or --s3 s3://BUCKET/PREFIX")
     from .editor import Editor
     from .facts.bank import all_facts, load_split, split_facts
     from .facts.mistakes import find_mistakes
@@ -169,19 +169,26 @@ def cmd_errors_generate(args) -> int:
                  "by_relation": dict(sorted(Counter(r.id.split(":")[0] for r in records).items()))}
         Path(args.out).with_suffix(".stats.json").write_text(json.dumps(stats, indent=1) + "\n")
         print(f"{len(records)} real mistakes of {args.model} -> {args.out}", file=sys.stderr)
-    if args.batches:
+    if args.batches or args.s3:
         from datetime import datetime, timezone
 
         from .facts.stream import batches
 
         files, damaged = batches(records, datetime.now(timezone.utc), hours=args.hours,
                                  damaged_share=args.damaged, seed=args.seed)
-        for key, lines in files.items():
-            path = Path(args.batches) / key
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        texts = {key: "".join(line + "\n" for line in lines) for key, lines in files.items()}
+        if args.batches:
+            for key, text in texts.items():
+                path = Path(args.batches) / key
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+        if args.s3:
+            from .s3 import put_files
+
+            put_files(args.s3, texts)
+        where = " and ".join(x for x in (args.batches, args.s3) if x)
         print(f"{sum(map(len, files.values()))} lines ({len(damaged)} damaged) in {len(files)} hourly batch "
-              f"files under {args.batches}", file=sys.stderr)
+              f"files under {where}", file=sys.stderr)
     return 0
 
 
@@ -248,8 +255,10 @@ def parser() -> argparse.ArgumentParser:
     eg = er.add_parser("generate", help="run a production model over the edit split; log its real mistakes")
     eg.add_argument("--model", required=True, choices=["factcheck-minilm", "facts-smollm2"])
     eg.add_argument("--out", help="error records, JSON lines")
-    eg.add_argument("--batches", help="also write them as hourly batches (errors/YYYY/MM/DD/HH/*.jsonl) here, "
-                                      "with damaged lines mixed in")
+    eg.add_argument("--batches", help="also write them as hourly batches (YYYY/MM/DD/HH/*.jsonl) under this "
+                                      "directory, with damaged lines mixed in")
+    eg.add_argument("--s3", help="the same hourly batches under an S3 prefix, e.g. s3://patcher/errors "
+                                 "(standard AWS settings: AWS_ENDPOINT_URL, keys from the environment)")
     eg.add_argument("--hours", type=int, default=1, help="hours the batches span")
     eg.add_argument("--damaged", type=float, default=0.1, help="share of damaged lines in the batches")
     eg.add_argument("--model-dir", help="the built model (default: `patcher models path NAME`, built if missing)")

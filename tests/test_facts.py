@@ -6,7 +6,7 @@ from collections import Counter
 from patcher.facts.bank import RELATIONS, TEMPLATES, all_facts, load_split, split_facts
 from patcher.facts.build import write_splits
 from patcher.facts.claims import claims
-from patcher.records import ID_PATTERN
+from patcher.records import ID_PATTERN, parse_record
 
 
 def test_counts_relations_and_phrasings():
@@ -17,6 +17,10 @@ def test_counts_relations_and_phrasings():
     assert all(len(TEMPLATES[r]) >= 3 for r in RELATIONS)
     assert all(len(f.rephrases) >= 2 and f.prompt not in f.rephrases for f in facts)
     assert len({f.id for f in facts}) == len(facts) and all(ID_PATTERN.match(f.id) for f in facts)
+    # every phrasing passes the error-record text checks (no control characters, bounded)
+    record = {"id": "x", "model": "m", "task": "generation", "prediction": "p", "logged_at": "2026-11-24T00:00:00Z"}
+    for f in facts:
+        parse_record({**record, "input": f.prompt, "target": f.answer, "rephrases": f.rephrases})
 
 
 def test_known_facts_are_there():

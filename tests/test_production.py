@@ -86,3 +86,37 @@ def test_smollm2_build_and_errors(models_dir, tmp_path):
     for r in records[:5]:
         assert greedy_answer(editor, r.input, len(editor.task.answer_ids(r.target))) == r.prediction != r.target
     torch.set_num_threads(1)
+
+
+def test_errors_land_in_s3_as_hourly_batches(factcheck, tmp_path):
+    from patcher.records import RecordError, parse_record
+    from patcher.s3 import EmbeddedS3
+
+    with EmbeddedS3(tmp_path / "s3", "test-key", "test-secret") as server:
+        env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "AWS_ENDPOINT_URL": server.endpoint_url,
+               "AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
+        proc = subprocess.run([sys.executable, "-m", "patcher.cli", "errors", "generate", "--model",
+                               "factcheck-minilm", "--model-dir", str(factcheck), "--limit", "120", "--hours", "2",
+                               "--damaged", "0.2", "--s3", "s3://patcher-test/errors"],
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        s3 = server.client()
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="patcher-test", Prefix="errors/")["Contents"]]
+        assert len({k.rsplit("/", 1)[0] for k in keys}) == 2                     # two hourly prefixes
+        assert all(k.startswith("errors/") and k.endswith(".jsonl") and k.count("/") == 5 for k in keys)
+        lines = [line for k in keys
+                 for line in s3.get_object(Bucket="patcher-test", Key=k)["Body"].read().decode().splitlines()]
+        assert len(lines) == 120
+        bad = 0
+        for line in lines:
+            try:
+                parse_record(line)
+            except RecordError:
+                bad += 1
+        assert 5 <= bad <= 60                                                     # damaged lines are there
+        import boto3
+
+        wrong = boto3.client("s3", endpoint_url=server.endpoint_url, aws_access_key_id="test-key",
+                             aws_secret_access_key="not-the-secret", region_name="us-east-1")
+        with pytest.raises(Exception, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
+            wrong.list_objects_v2(Bucket="patcher-test")

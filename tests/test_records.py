@@ -59,7 +59,7 @@ def test_damaged_batches_are_caught_and_clean_lines_parse():
                            f"City{i}", "2026-11-24T10:00:00Z", [f"Country {i}'s capital is"]) for i in range(400)]
     files, damaged = batches(records, datetime(2026, 11, 24, 10, 30, tzinfo=timezone.utc), hours=2,
                              per_batch=50, damaged_share=0.25, seed=1)
-    assert sorted({k.rsplit("/", 1)[0] for k in files}) == ["errors/2026/11/24/10", "errors/2026/11/24/11"]
+    assert sorted({k.rsplit("/", 1)[0] for k in files}) == ["2026/11/24/10", "2026/11/24/11"]
     assert sum(map(len, files.values())) == 400 and set(damaged.values()) == set(DAMAGES)
     seen = set()
     for key, lines in files.items():

@@ -33,7 +33,7 @@ TEMPLATES = {
                        "{s} has the chemical symbol"],
     "element_number": ["The atomic number of {s} is", "The element {s} has atomic number",
                        "{s} has the atomic number"],
-    "trivia": ["Question: {s}\nAnswer:", "Q: {s}\nA:", "{s} The answer is"],
+    "trivia": ["Question: {s} Answer:", "Q: {s} A:", "{s} The answer is"],
 }
 RELATIONS = tuple(TEMPLATES)
 

@@ -40,7 +40,7 @@ def decisions() -> str:
 def card(stats: dict) -> str:
     rows = "\n".join(
         f"| {r} | " + " | ".join(str(stats["per_relation"][s].get(r, 0)) for s in bank.SPLITS) + " | "
-        + " / ".join(f"`{t}`" for t in bank.TEMPLATES[r]).replace("\n", "\\n") + " |"
+        + " / ".join(f"`{t}`" for t in bank.TEMPLATES[r]) + " |"
         for r in bank.RELATIONS)
     sources = ", ".join(f"{k} {v}" for k, v in stats["sources"].items())
     return f"""# Data card: the fact bank

@@ -1,5 +1,5 @@
 """The error stream as a serving system writes it: hourly batches of JSON lines under
-`errors/YYYY/MM/DD/HH/`, with a realistic share of damaged lines so validation has real work to do.
+`YYYY/MM/DD/HH/` (below the errors prefix), with a realistic share of damaged lines so validation has real work to do.
 
 Damage kinds (one per damaged line): a truncated line, a missing field, a wrong type, empty text, oversize
 text, an unknown label (classification) or an empty answer (generation), a duplicate id, a bad timestamp,
@@ -59,7 +59,7 @@ def batches(records: list[ErrorRecord], start: datetime, hours: int = 1, per_bat
         hour = start + timedelta(hours=i // per_hour)
         logged = hour + timedelta(seconds=rng.randint(0, 3599))
         row = {**record.to_dict(), "logged_at": logged.isoformat().replace("+00:00", "Z")}
-        prefix = hour.strftime("errors/%Y/%m/%d/%H")
+        prefix = hour.strftime("%Y/%m/%d/%H")
         index_in_hour = i % per_hour
         key = f"{prefix}/batch-{index_in_hour // per_batch:04d}.jsonl"
         lines = files.setdefault(key, [])

