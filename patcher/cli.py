@@ -192,6 +192,19 @@ def cmd_errors_generate(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    from .validation import validate_lines
+
+    lines = Path(args.inp).read_text(encoding="utf-8", errors="replace").splitlines()
+    result = validate_lines(lines)
+    for path, rows in ((args.accepted, result.accepted), (args.quarantine, result.quarantined)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    print(json.dumps({"received": result.received, "accepted": len(result.accepted),
+                      "quarantined": len(result.quarantined)}))
+    return 0
+
+
 def cmd_s3(args) -> int:
     from . import s3
 
@@ -282,6 +295,13 @@ def parser() -> argparse.ArgumentParser:
     eg.add_argument("--limit", type=int, help="at most this many records")
     eg.add_argument("--seed", type=int, default=0)
     eg.set_defaults(func=cmd_errors_generate)
+
+    va = sub.add_parser("validate", help="validate error records (great-expectations); quarantine with reasons")
+    va.add_argument("--in", dest="inp", required=True, help="error records, JSON lines")
+    va.add_argument("--accepted", required=True, help="valid records, JSON lines")
+    va.add_argument("--quarantine", required=True,
+                    help="the rest, one JSON line each: line number, original text, reasons")
+    va.set_defaults(func=cmd_validate)
 
     s3p = sub.add_parser("s3", help="the embedded S3 server (SeaweedFS on 127.0.0.1)")
     s3p.add_argument("s3_command", choices=["up", "down", "status"])

@@ -1,0 +1,145 @@
+"""Validation of error-record batches with a great-expectations suite. Every input line ends up accepted or
+quarantined with its original text and a list of reasons: accepted + quarantined = received, always.
+
+Lines that are not JSON objects are quarantined before the suite runs; the rest become one DataFrame
+row each (`line` numbers the input) and the suite checks schema, types, text bounds, control characters,
+ids (bounded, safe characters, unique in the batch: the first occurrence is kept), task, known model,
+the model's allowed labels, and RFC 3339 timestamps.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from .records import ID_PATTERN, MAX_TEXT, REQUIRED
+
+TEXT = ("model", "input", "prediction", "target")
+CONTROL = r"[\x00-\x08\x0a-\x1f\x7f]"
+RFC3339 = (r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])[Tt ](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d+)?"
+           r"(?:[Zz]|[+-]\d{2}:\d{2})$")
+
+
+def known_models() -> dict[str, list[str] | None]:
+    """Production model -> its allowed target labels (None: free text)."""
+    from .facts.claims import LABELS
+
+    return {"factcheck-minilm": list(LABELS), "facts-smollm2": None}
+
+
+@dataclass
+class Validated:
+    accepted: list[dict] = field(default_factory=list)        # the records, as parsed
+    quarantined: list[dict] = field(default_factory=list)     # {"line", "record" (original text), "reasons"}
+
+    @property
+    def received(self) -> int:
+        return len(self.accepted) + len(self.quarantined)
+
+
+def _suite(gx, models: dict[str, list[str] | None]):
+    E = gx.expectations
+    suite = gx.ExpectationSuite(name="error_records")
+    for name in REQUIRED:
+        suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column=name, meta={"reason": f"missing field {name!r}"}))
+    for name in TEXT + ("id", "logged_at"):
+        suite.add_expectation(E.ExpectColumnValuesToBeOfType(column=name, type_="str",
+                                                             meta={"reason": f"{name} must be a string"}))
+    for name in TEXT:
+        suite.add_expectation(E.ExpectColumnValuesToMatchRegex(column=name, regex=r"\S",
+                                                               meta={"reason": f"{name} is empty"}))
+        suite.add_expectation(E.ExpectColumnValueLengthsToBeBetween(
+            column=name, min_value=1, max_value=MAX_TEXT, meta={"reason": f"{name} longer than {MAX_TEXT}"}))
+        suite.add_expectation(E.ExpectColumnValuesToNotMatchRegex(
+            column=name, regex=CONTROL, meta={"reason": f"{name} contains control characters"}))
+    suite.add_expectation(E.ExpectColumnValuesToMatchRegex(
+        column="id", regex=ID_PATTERN.pattern, meta={"reason": "id must be 1-128 of letters, digits and . _ : -"}))
+    suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="id", meta={"reason": "duplicate id"}))
+    suite.add_expectation(E.ExpectColumnValuesToBeInSet(
+        column="task", value_set=["classification", "generation"], meta={"reason": "unknown task"}))
+    suite.add_expectation(E.ExpectColumnValuesToBeInSet(
+        column="model", value_set=sorted(models), meta={"reason": "unknown model"}))
+    suite.add_expectation(E.ExpectColumnValuesToMatchRegex(
+        column="logged_at", regex=RFC3339, meta={"reason": "logged_at is not an RFC 3339 timestamp"}))
+    suite.add_expectation(E.ExpectColumnValuesToBeInSet(
+        column="rephrases_ok", value_set=[True], meta={"reason": "rephrases must be a list of valid texts"}))
+    for model, labels in models.items():
+        if labels:
+            suite.add_expectation(E.ExpectColumnValuesToBeInSet(
+                column="target", value_set=labels, row_condition=f'model=="{model}"', condition_parser="pandas",
+                meta={"reason": f"target is not one of {model}'s labels {labels}"}))
+    return suite
+
+
+def _rephrases_ok(value) -> bool:
+    if value is None:
+        return True
+    return isinstance(value, list) and all(
+        isinstance(r, str) and r.strip() and len(r) <= MAX_TEXT and not re.search(CONTROL, r) for r in value)
+
+
+def validate_lines(lines: list[str], models: dict[str, list[str] | None] | None = None) -> Validated:
+    """Validates raw JSON lines (blank lines are skipped, not counted)."""
+    import great_expectations as gx
+    import pandas as pd
+
+    models = models if models is not None else known_models()
+    out = Validated()
+    rows, raw = [], {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            out.quarantined.append({"line": number, "record": line, "reasons": [f"not valid JSON ({e.msg})"]})
+            continue
+        if not isinstance(data, dict):
+            out.quarantined.append({"line": number, "record": line, "reasons": ["not a JSON object"]})
+            continue
+        unknown = sorted(set(data) - set(REQUIRED) - {"rephrases"})
+        row = {name: data.get(name) for name in REQUIRED}
+        row.update(line=number, rephrases_ok=_rephrases_ok(data.get("rephrases")),
+                   unknown=", ".join(unknown))
+        rows.append(row)
+        raw[number] = (line, data)
+    if not rows:
+        return out
+    frame = pd.DataFrame(rows).astype(object)
+    context = gx.get_context(mode="ephemeral")
+    batch = context.data_sources.add_pandas("errors").add_dataframe_asset("batch") \
+        .add_batch_definition_whole_dataframe("all")
+    suite = context.suites.add(_suite(gx, models))
+    result = context.validation_definitions.add(gx.ValidationDefinition(name="errors", data=batch, suite=suite)) \
+        .run(batch_parameters={"dataframe": frame},
+             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["line"]})
+    reasons: dict[int, list[str]] = {}
+    first_line_of_id: dict = {}
+    for row in rows:
+        if isinstance(row["id"], str):
+            first_line_of_id.setdefault(row["id"], row["line"])
+    for r in result.results:
+        reason = r.expectation_config.meta["reason"]
+        for hit in r.result.get("unexpected_index_list") or []:
+            number = int(hit["line"])
+            if reason == "duplicate id":
+                if first_line_of_id.get(hit.get("id")) == number:
+                    continue                       # the first occurrence is kept
+                reason_text = f"duplicate id (first at line {first_line_of_id.get(hit.get('id'))})"
+            else:
+                reason_text = reason
+            reasons.setdefault(number, []).append(reason_text)
+        if not r.success and not r.result.get("unexpected_index_list"):
+            # an expectation that failed without naming rows (it raised): never accept the batch blindly
+            raise RuntimeError(f"validation suite could not evaluate {r.expectation_config.type} on "
+                               f"{r.expectation_config.kwargs.get('column')}: {getattr(r, 'exception_info', None)}")
+    for row in rows:
+        number = row["line"]
+        problems = reasons.get(number, []) + ([f"unknown fields {row['unknown']}"] if row["unknown"] else [])
+        line, data = raw[number]
+        if problems:
+            out.quarantined.append({"line": number, "record": line, "reasons": sorted(set(problems))})
+        else:
+            out.accepted.append(data)
+    out.quarantined.sort(key=lambda q: q["line"])
+    return out

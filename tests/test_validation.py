@@ -1,0 +1,61 @@
+"""Validation with the great-expectations suite: every damaged line of a realistic batch is quarantined
+with a reason and its original text, every clean line accepted: accepted + quarantined = received."""
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+from patcher.facts.stream import batches
+from patcher.records import ErrorRecord, parse_record
+from patcher.validation import validate_lines
+
+
+def stream(task="classification", n=240, share=0.3, seed=2):
+    model, target = ("factcheck-minilm", "REFUTED") if task == "classification" else ("facts-smollm2", "Lima")
+    records = [ErrorRecord(f"r-{i}", model, task, f"Claim number {i}.", "x", target, "2026-11-24T10:00:00Z",
+                           [f"Claim {i}, said again."]) for i in range(n)]
+    files, damaged = batches(records, datetime(2026, 11, 24, 10, tzinfo=timezone.utc), hours=1, per_batch=n,
+                             damaged_share=share, seed=seed)
+    (key, lines), = files.items()
+    return lines, {i + 1: kind for (k, i), kind in damaged.items()}
+
+
+def test_every_damaged_line_is_quarantined_with_its_reason():
+    for task in ("classification", "generation"):
+        lines, damaged = stream(task)
+        result = validate_lines(lines)
+        assert result.received == len(lines) and len(result.accepted) + len(result.quarantined) == len(lines)
+        quarantined = {q["line"]: q for q in result.quarantined}
+        assert set(quarantined) == set(damaged), task
+        for number, q in quarantined.items():
+            assert q["record"] == lines[number - 1] and q["reasons"]        # original text kept, reason given
+        for record in result.accepted:
+            parse_record(record)                                           # accepted ones are valid records
+
+
+def test_reasons_name_the_problem():
+    ok = {"id": "a-1", "model": "factcheck-minilm", "task": "classification", "input": "The sky is green.",
+          "prediction": "SUPPORTED", "target": "REFUTED", "logged_at": "2026-11-24T10:00:00Z"}
+    lines = [json.dumps(ok), json.dumps({**ok, "target": "MAYBE", "id": "a-2"}), json.dumps(ok),
+             json.dumps({**ok, "id": "a-3", "model": "gpt-9"}), "{not json", json.dumps({**ok, "id": "a-4", "x": 1})]
+    result = validate_lines(lines)
+    reasons = {q["line"]: q["reasons"] for q in result.quarantined}
+    assert [r["id"] for r in result.accepted] == ["a-1"]
+    assert reasons[2] == ["target is not one of factcheck-minilm's labels ['SUPPORTED', 'REFUTED']"]
+    assert reasons[3] == ["duplicate id (first at line 1)"]
+    assert "unknown model" in reasons[4]
+    assert reasons[5][0].startswith("not valid JSON")
+    assert reasons[6] == ["unknown fields x"]
+
+
+def test_cli(tmp_path):
+    lines, damaged = stream(n=60, share=0.25, seed=5)
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "patcher.cli", "validate", "--in", str(tmp_path / "in.jsonl"),
+                           "--accepted", str(tmp_path / "ok.jsonl"), "--quarantine", str(tmp_path / "q.jsonl")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert counts == {"received": 60, "accepted": 60 - len(damaged), "quarantined": len(damaged)}
+    quarantine = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
+    assert {q["line"] for q in quarantine} == set(damaged) and all(q["reasons"] for q in quarantine)
