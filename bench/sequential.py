@@ -32,10 +32,9 @@ import torch  # noqa: E402
 from patcher import EditorConfig  # noqa: E402
 from patcher.config import REFERENCE_SETTINGS  # noqa: E402
 from patcher.facts import all_facts, split_facts  # noqa: E402
-from patcher.facts.mistakes import examples, find_mistakes  # noqa: E402
-from patcher.metrics import LocalitySet  # noqa: E402
+from patcher.facts.mistakes import find_mistakes  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
-from patcher.sequential import build_editor  # noqa: E402
+from patcher.sequential import build_editor, editor_on_facts  # noqa: E402
 
 EDITORS = {"patcher": {}, "reference": REFERENCE_SETTINGS, "no-memory": {"beta": 0.0}}
 
@@ -45,12 +44,9 @@ def checkpoints(n: int) -> list[int]:
     return marks
 
 
-def run_editor(name, settings, model, tokenizer, split, records, n_train_locality, progress=True):
+def run_editor(name, settings, model, tokenizer, split, records, progress=True):
     config = EditorConfig(**settings)
-    memory = examples(split["train"][n_train_locality:], "all")
-    editor = build_editor(model, tokenizer, config, memory, examples(split["validation"], "all"))
-    train = LocalitySet.build(editor, "train", examples(split["train"][:n_train_locality]))
-    test = LocalitySet.build(editor, "test", examples(split["test"]))
+    editor, train, test = editor_on_facts(model, tokenizer, config, split)
     marks, rows, outcomes = checkpoints(len(records)), [], []
     start = time.perf_counter()
     for i, r in enumerate(records, 1):
@@ -114,7 +110,7 @@ def main() -> int:
     for name in args.editors.split(","):
         torch.manual_seed(args.seed)
         rows, detail = run_editor(name, {**EDITORS[name], **settings, "seed": args.seed}, model, tokenizer,
-                                  split, records, len(split["train"]) // 5, progress=not args.quiet)
+                                  split, records, progress=not args.quiet)
         all_rows += rows
         details.append(detail)
     stem = f"sequential_{args.model}_{len(records)}{('_' + args.tag) if args.tag else ''}"

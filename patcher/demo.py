@@ -10,10 +10,10 @@ from pathlib import Path
 
 from .config import EditorConfig
 from .facts import all_facts, split_facts
-from .facts.mistakes import examples, find_mistakes
-from .metrics import LocalitySet, summarize
+from .facts.mistakes import find_mistakes
+from .metrics import summarize
 from .models.base import load_model, smollm2_dir
-from .sequential import build_editor, run_stream, to_patchset
+from .sequential import editor_on_facts, run_stream, to_patchset
 
 
 def write_jsonl(path: Path, rows) -> None:
@@ -30,11 +30,7 @@ def run_demo(edits: int = 30, out_dir: Path = Path("runs/demo"), config: EditorC
     model_dir = smollm2_dir()
     model, tokenizer = load_model(model_dir)
     split = split_facts(all_facts(), seed=seed)
-    n_train_locality = len(split["train"]) // 5          # TrainR subset, kept apart from the memory
-    memory = examples(split["train"][n_train_locality:], "all")
-    editor = build_editor(model, tokenizer, config, memory, examples(split["validation"], "all"))
-    train = LocalitySet.build(editor, "train", examples(split["train"][:n_train_locality]))
-    test = LocalitySet.build(editor, "test", examples(split["test"]))
+    editor, train, test = editor_on_facts(model, tokenizer, config, split)
     records = find_mistakes(editor, split["edit"], "smollm2", limit=edits)
     write_jsonl(out_dir / "errors.jsonl", [r.to_dict() for r in records])
     print(f"{len(records)} real mistakes of SmolLM2-135M to fix (memory: {len(editor.memory)} vectors)",

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .arch import adapter_for
 from .config import EditorConfig
 from .editor import Editor, EditOutcome
 from .memory import Memory
@@ -47,6 +48,23 @@ def build_editor(model, tokenizer, config: EditorConfig, memory: list[Example] =
             else:
                 editor.memory.append(cached.q_memory)
     return editor
+
+
+def editor_on_facts(model, tokenizer, config: EditorConfig, split: dict, train_locality_share: float = 0.2):
+    """An editor for a fact-bank split: memory from the train split (every phrasing) except its first
+    `train_locality_share`, which is the TrainR set kept apart from the memory; validation memory from the
+    validation split; TestR set from the test split. -> (editor, train LocalitySet, test LocalitySet)."""
+    from .facts.mistakes import task_examples
+    from .metrics import LocalitySet
+
+    task = "classification" if adapter_for(model).task == "classification" else "generation"
+    n = int(len(split["train"]) * train_locality_share)
+    examples = lambda facts, phrasings="prompt": task_examples(task, facts, phrasings, config.seed)  # noqa: E731
+    editor = build_editor(model, tokenizer, config, examples(split["train"][n:], "all"),
+                          examples(split["validation"], "all"))
+    train = LocalitySet.build(editor, "train", examples(split["train"][:n]))
+    test = LocalitySet.build(editor, "test", examples(split["test"]))
+    return editor, train, test
 
 
 def check_task(editor: Editor, records: list[ErrorRecord]) -> None:
