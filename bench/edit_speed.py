@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from patcher import Editor, EditorConfig, Memory  # noqa: E402
+from patcher import Editor, EditorConfig  # noqa: E402
 from patcher.facts import all_facts, split_facts  # noqa: E402
 from patcher.facts.mistakes import examples, find_mistakes  # noqa: E402
 from patcher.models.base import load_model, minilm_dir  # noqa: E402

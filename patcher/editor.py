@@ -228,7 +228,6 @@ class Editor:
     def _train(self, c: Cached, example: Example, path: str):
         cfg = self.cfg
         positions = self.neuron_positions(c)                                   # (n,) judged-position indices
-        n = len(positions)
         generator = torch.Generator().manual_seed(cfg.seed + len(self.outcomes))
         directions = self.lead_directions(c, positions) if cfg.value_init == "lead" else None
         new = NewNeurons(c.q[positions], self.neurons.activation, cfg.value_scale_init, generator, directions)

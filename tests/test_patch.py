@@ -3,7 +3,7 @@ refused (the branch remains) where it is not: SwiGLU, or a different activation.
 import pytest
 import torch
 
-from patcher import Editor, EditorConfig, PatchBranch, PatchNeurons, merge_into
+from patcher import Editor, PatchBranch, PatchNeurons, merge_into
 from patcher.arch import adapter_for
 from patcher.tasks import Example
 

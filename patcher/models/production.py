@@ -85,19 +85,12 @@ def _train_factcheck(out: Path, settings: FinetuneSettings, splits) -> dict:
 
 def _accuracy(model_dir: Path, splits, task: str, seed: int) -> dict:
     from ..editor import Editor
-    from ..facts.mistakes import examples
-    from ..tasks import Example
+    from ..facts.mistakes import task_examples
 
     model, tokenizer = load_model(model_dir)
     editor = Editor(model, tokenizer)
-    acc = {}
-    for name, facts in splits.items():
-        if task == "classification":
-            exs = [Example(c.text, c.label) for c in claims(facts, seed)]
-        else:
-            exs = examples(facts)
-        acc[name] = round(editor.accuracy(editor.cache(exs)), 4)
-    return acc
+    return {name: round(editor.accuracy(editor.cache(task_examples(task, facts, "prompt", seed))), 4)
+            for name, facts in splits.items()}
 
 
 def build(name: str, seed: int = 0, out: str | Path | None = None, force: bool = False,
