@@ -71,11 +71,7 @@ class EditorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "EditorConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown editor settings: {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return from_section(cls, d)
 
     @staticmethod
     def parse_overrides(items: list[str]) -> dict:
@@ -92,3 +88,12 @@ class EditorConfig:
     @classmethod
     def help(cls) -> dict[str, str]:
         return {f.name: f.metadata["help"] for f in fields(cls)}
+
+
+def from_section(cls, data: dict | None):
+    """A settings dataclass from a dict (a params.yaml section, a JSON file); unknown keys are refused."""
+    data = dict(data or {})
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings: {', '.join(sorted(unknown))}")
+    return cls(**data)

@@ -50,10 +50,12 @@ def build_editor(model, tokenizer, config: EditorConfig, memory: list[Example] =
     return editor
 
 
-def editor_on_facts(model, tokenizer, config: EditorConfig, split: dict, train_locality_share: float = 0.2):
-    """An editor for a fact-bank split: memory from the train split (every phrasing) except its first
-    `train_locality_share`, which is the TrainR set kept apart from the memory; validation memory from the
-    validation split; TestR set from the test split. -> (editor, train LocalitySet, test LocalitySet)."""
+def editor_on_facts(model, tokenizer, config: EditorConfig, split: dict, train_locality_share: float = 0.2,
+                    patches: PatchSet | None = None):
+    """An editor for a fact-bank split, on top of an existing patch set if given: memory from the train
+    split (every phrasing) except its first `train_locality_share`, which is the TrainR set kept apart from
+    the memory; validation memory from the validation split; TestR set from the test split. Locality sets
+    remember the UNPATCHED model's predictions. -> (editor, train LocalitySet, test LocalitySet)."""
     from .facts.mistakes import task_examples
     from .metrics import LocalitySet
 
@@ -61,7 +63,7 @@ def editor_on_facts(model, tokenizer, config: EditorConfig, split: dict, train_l
     n = int(len(split["train"]) * train_locality_share)
     examples = lambda facts, phrasings="prompt": task_examples(task, facts, phrasings, config.seed)  # noqa: E731
     editor = build_editor(model, tokenizer, config, examples(split["train"][n:], "all"),
-                          examples(split["validation"], "all"))
+                          examples(split["validation"], "all"), patches)
     train = LocalitySet.build(editor, "train", examples(split["train"][:n]))
     test = LocalitySet.build(editor, "test", examples(split["test"]))
     return editor, train, test

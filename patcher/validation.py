@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .records import ID_PATTERN, MAX_TEXT, REQUIRED
 
@@ -58,7 +59,7 @@ def _suite(gx, models: dict[str, list[str] | None]):
     suite.add_expectation(E.ExpectColumnValuesToBeInSet(
         column="task", value_set=["classification", "generation"], meta={"reason": "unknown task"}))
     suite.add_expectation(E.ExpectColumnValuesToBeInSet(
-        column="model", value_set=sorted(models), meta={"reason": "unknown model"}))
+        column="model", value_set=sorted(models), meta={"reason": f"model is not {' or '.join(sorted(models))}"}))
     suite.add_expectation(E.ExpectColumnValuesToMatchRegex(
         column="logged_at", regex=RFC3339, meta={"reason": "logged_at is not an RFC 3339 timestamp"}))
     suite.add_expectation(E.ExpectColumnValuesToBeInSet(
@@ -78,8 +79,10 @@ def _rephrases_ok(value) -> bool:
         isinstance(r, str) and r.strip() and len(r) <= MAX_TEXT and not re.search(CONTROL, r) for r in value)
 
 
-def validate_lines(lines: list[str], models: dict[str, list[str] | None] | None = None) -> Validated:
-    """Validates raw JSON lines (blank lines are skipped, not counted)."""
+def validate_lines(lines: list[str], models: dict[str, list[str] | None] | None = None,
+                   docs_dir: str | Path | None = None) -> Validated:
+    """Validates raw JSON lines (blank lines are skipped, not counted). With `docs_dir`, great-expectations
+    Data Docs of this validation are built there (open its index.html, or the page under validations/)."""
     import great_expectations as gx
     import pandas as pd
 
@@ -107,6 +110,14 @@ def validate_lines(lines: list[str], models: dict[str, list[str] | None] | None 
         return out
     frame = pd.DataFrame(rows).astype(object)
     context = gx.get_context(mode="ephemeral")
+    if docs_dir is not None:
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        context.add_data_docs_site(site_name="report", site_config={
+            "class_name": "SiteBuilder", "show_how_to_buttons": False,
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
     batch = context.data_sources.add_pandas("errors").add_dataframe_asset("batch") \
         .add_batch_definition_whole_dataframe("all")
     suite = context.suites.add(_suite(gx, models))
@@ -142,4 +153,51 @@ def validate_lines(lines: list[str], models: dict[str, list[str] | None] | None 
         else:
             out.accepted.append(data)
     out.quarantined.sort(key=lambda q: q["line"])
+    if docs_dir is not None:
+        context.build_data_docs(site_names=["report"])
+    return out
+
+
+@dataclass
+class BatchValidation:
+    """A run's batch files validated together (ids must be unique across them)."""
+
+    accepted: list[dict] = field(default_factory=list)                    # records, in batch and line order
+    quarantined: dict[str, list[dict]] = field(default_factory=dict)      # batch key -> its quarantined lines
+
+    @property
+    def counts(self) -> dict:
+        q = sum(map(len, self.quarantined.values()))
+        return {"received": len(self.accepted) + q, "accepted": len(self.accepted), "quarantined": q}
+
+
+def validate_batches(batches: dict[str, list[str]], model: str, processed: dict[str, str] | None = None,
+                     docs_dir: str | Path | None = None) -> BatchValidation:
+    """Validates the batch files of one model's error stream as one suite run. Records of another model, and
+    records whose id an earlier run already processed (`processed`: id -> run id), are quarantined too."""
+    labels = known_models()
+    if model not in labels:
+        raise KeyError(f"unknown production model {model!r}; one of {', '.join(labels)}")
+    lines, origin = [], []
+    for key, batch in batches.items():
+        for number, line in enumerate(batch, 1):
+            if line.strip():
+                lines.append(line)
+                origin.append((key, number))
+    result = validate_lines(lines, {model: labels[model]}, docs_dir)
+    out = BatchValidation()
+    processed = processed or {}
+    by_line = {q["line"]: q for q in result.quarantined}
+    accepted = iter(result.accepted)
+    for index, (key, number) in enumerate(origin, 1):
+        if index in by_line:
+            q = by_line[index]
+            out.quarantined.setdefault(key, []).append({**q, "line": number})
+            continue
+        record = next(accepted)
+        if record["id"] in processed:
+            out.quarantined.setdefault(key, []).append({"line": number, "record": lines[index - 1], "reasons": [
+                f"id already processed by run {processed[record['id']]}"]})
+        else:
+            out.accepted.append(record)
     return out

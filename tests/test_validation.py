@@ -43,7 +43,7 @@ def test_reasons_name_the_problem():
     assert [r["id"] for r in result.accepted] == ["a-1"]
     assert reasons[2] == ["target is not one of factcheck-minilm's labels ['SUPPORTED', 'REFUTED']"]
     assert reasons[3] == ["duplicate id (first at line 1)"]
-    assert "unknown model" in reasons[4]
+    assert reasons[4] == ["model is not factcheck-minilm or facts-smollm2"]
     assert reasons[5][0].startswith("not valid JSON")
     assert reasons[6] == ["unknown fields x"]
 
@@ -59,3 +59,24 @@ def test_cli(tmp_path):
     assert counts == {"received": 60, "accepted": 60 - len(damaged), "quarantined": len(damaged)}
     quarantine = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
     assert {q["line"] for q in quarantine} == set(damaged) and all(q["reasons"] for q in quarantine)
+
+
+def test_batches_of_one_stream_with_data_docs(tmp_path):
+    from patcher.validation import validate_batches
+
+    ok = {"id": "b-1", "model": "factcheck-minilm", "task": "classification", "input": "The sky is green.",
+          "prediction": "SUPPORTED", "target": "REFUTED", "logged_at": "2026-11-24T10:00:00Z"}
+    batches = {"2026/11/24/10/a.jsonl": [json.dumps(ok), json.dumps({**ok, "id": "b-2", "model": "facts-smollm2"})],
+               "2026/11/24/11/b.jsonl": ["", json.dumps(ok), json.dumps({**ok, "id": "b-3"}),
+                                         json.dumps({**ok, "id": "old-1"})]}
+    result = validate_batches(batches, "factcheck-minilm", processed={"old-1": "run-7"}, docs_dir=tmp_path / "docs")
+    assert [r["id"] for r in result.accepted] == ["b-1", "b-3"]
+    assert result.counts == {"received": 5, "accepted": 2, "quarantined": 3}
+    q = {(key, row["line"]): row["reasons"] for key, rows in result.quarantined.items() for row in rows}
+    assert q == {("2026/11/24/10/a.jsonl", 2): ["model is not factcheck-minilm"],
+                 ("2026/11/24/11/b.jsonl", 2): ["duplicate id (first at line 1)"],
+                 ("2026/11/24/11/b.jsonl", 4): ["id already processed by run run-7"]}
+    pages = list((tmp_path / "docs" / "validations").rglob("*.html"))
+    assert (tmp_path / "docs" / "index.html").exists() and len(pages) == 1
+    page = pages[0].read_text()
+    assert "Failed" in page and "belong to this set" in page and "facts-smollm2" in page   # the unexpected value

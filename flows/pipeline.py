@@ -1,0 +1,169 @@
+"""The edit-management loop, one model per run: ingest -> validate -> train -> gate -> approve -> register,
+then one conditional write of the ledger that records the whole outcome (patcher/store.py explains why that
+makes each batch exactly-once). The run holds the model's lock throughout; a second run started meanwhile
+waits up to ingest.lock_wait_s, then ends without touching anything.
+
+    patcher pipeline run --model facts-smollm2            # or as the deployment in prefect.yaml
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict
+
+from prefect import flow, get_run_logger
+from prefect.exceptions import FlowPauseTimeout
+
+from flows import s3_tasks
+from flows.approve import approve
+from flows.gate import gate_step
+from flows.ingest import ingest
+from flows.register import register
+from flows.report import publish
+from flows.train import train
+from flows.validate import validate
+from patcher.approval import ApprovalRecord
+from patcher.settings import PipelineSettings
+from patcher.store import Layout, Lock, LockHeld, stamp, utc_now
+
+
+def new_run_id() -> str:
+    from prefect.runtime import flow_run
+
+    return f"{utc_now():%Y%m%dT%H%M%SZ}-{(flow_run.id or uuid.uuid4().hex)[:8]}"
+
+
+def gpu_worker_online(pool: str = "gpu") -> bool:
+    """Whether a worker serves the work pool now (else the train step runs in this process)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            work_pool = client.read_work_pool(pool)
+        except ObjectNotFound:
+            return False
+        online = client.read_workers_for_work_pool(
+            pool, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])))
+        return work_pool.status is not None and work_pool.status.value == "READY" and bool(online)
+
+
+def run_train(deployment: str, pool: str, **parameters) -> tuple[str, str]:
+    """The train deployment when a worker serves its pool, else the train flow in this process.
+    -> (the train report's URI, where it ran)."""
+    if gpu_worker_online(pool):
+        from prefect.deployments import run_deployment
+
+        child = run_deployment(name=deployment, parameters=parameters, as_subflow=True)
+        if not child.state or not child.state.is_completed():
+            raise RuntimeError(f"train run {child.id} of {deployment} ended {child.state_type}: "
+                               f"{child.state.message if child.state else ''}")
+        return f"{parameters['out_uri']}/train_report.json", f"deployment {deployment}"
+    return train(**parameters), "in-process"
+
+
+def decide(gated: dict, settings: PipelineSettings) -> dict:
+    """The approval step's answer; a gate failure or a timeout is a rejection."""
+    if not gated["passed"]:
+        return ApprovalRecord.gate_failed().to_dict()
+    a = settings.approve
+    state = approve(gated["markdown"], a.policy, a.timeout_s, a.poll_s, return_state=True)
+    if state.is_completed():
+        return state.result()
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, FlowPauseTimeout) or "pause" in (state.message or "").lower():
+        return ApprovalRecord.timed_out(a.timeout_s).to_dict()
+    raise RuntimeError(f"the approval step failed: {state.message}")
+
+
+@flow(name="pipeline")
+def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: str | None = None,
+             params: str = "params.yaml", train_deployment: str = "train/train-gpu", train_pool: str = "gpu") -> dict:
+    """One pass of the loop for `model`. `approval` overrides params.yaml's approve.policy ("manual" or
+    "auto"; auto is for the demo and tests). -> the run summary (also at runs/MODEL/RUN/summary.json)."""
+    log = get_run_logger()
+    settings = PipelineSettings.load(params, {"approve": {"policy": approval}} if approval else None)
+    layout = Layout(root or settings.ingest.root, model)
+    run_id = new_run_id()
+    run = layout.run(run_id)
+    summary = {"run_id": run_id, "model": model, "started_at": stamp(), "outcome": None, "seconds": {},
+               "counts": {}, "where": {}}
+    lock = Lock(layout, run_id, settings.ingest.lock_ttl_s, settings.ingest.lock_wait_s)
+    try:
+        s3_tasks.s3_task(name="acquire-lock")(lock.acquire)()
+    except LockHeld as held:
+        log.warning("not running: %s", held)
+        return {**summary, "outcome": "skipped: another run holds the lock", "reason": str(held)}
+    report_uri = None
+    try:
+        clock = time.perf_counter()
+
+        def lap(step: str) -> None:
+            nonlocal clock
+            summary["seconds"][step] = round(time.perf_counter() - clock, 2)
+            clock = time.perf_counter()
+
+        state, etag = s3_tasks.load_state(layout)
+        got = ingest(layout.root, model, asdict(state))
+        lap("ingest")
+        if not got["batches"]:
+            summary["outcome"] = "nothing new"
+            return summary
+        checked = validate(layout.root, model, run_id, got["batches"], state.records)
+        lap("validate")
+        summary["counts"] = {k: checked[k] for k in ("received", "accepted", "quarantined")}
+        summary["where"] |= {"quarantine": layout.quarantine, "data docs": checked["docs_uri"]}
+        decision = None
+        if not checked["accepted"]:
+            summary["outcome"] = "nothing to edit: every record quarantined"
+        else:
+            report_uri, where = run_train(train_deployment, train_pool, model=model, accepted_uri=checked["accepted_uri"],
+                                          out_uri=run, base_uri=state.patches, settings=asdict(settings.train))
+            summary["train_ran"] = where
+            lap("train")
+            gated = gate_step(report_uri, asdict(settings.gate))
+            summary["metrics"] = gated["metrics"]
+            summary["gate_passed"] = gated["passed"]
+            lap("gate")
+            decision = decide(gated, settings)
+            summary["approval"] = decision
+            s3_tasks.write_json(f"{run}/approval.json", decision)
+            lap("approve")
+            review = list(gated["review"])
+            if decision["approved"]:
+                state.version += 1
+                state.patches = register(layout.root, model, run_id, state.version, decision)
+                summary["version"] = state.version
+                summary["where"]["patch set"] = state.patches
+                summary["outcome"] = f"approved: v{state.version:04d}"
+            else:
+                why = decision["comment"] if decision["reviewer"] in ("gate", "timeout") else \
+                    f"rejected by {decision['reviewer'] or 'a reviewer'}: {decision['comment']}"
+                flagged = {r["error_id"] for r in review}
+                review += [{"error_id": i, "reason": why} for i in checked["accepted_ids"] if i not in flagged]
+                summary["outcome"] = "rejected: " + ("gate failed" if decision["reviewer"] == "gate" else
+                                                     "approval timed out" if decision["reviewer"] == "timeout"
+                                                     else f"by {decision['reviewer'] or 'a reviewer'}")
+            if review:
+                records = {json.loads(x)["id"]: json.loads(x) for x in
+                           s3_tasks.read_text(checked["accepted_uri"]).splitlines() if x.strip()}
+                s3_tasks.write_jsonl(layout.review(run_id), [{**records[r["error_id"]], "reason": r["reason"],
+                                                              "run_id": run_id} for r in review])
+                summary["where"]["review"] = layout.review(run_id)
+            lap("register")
+        state.batches.update(got["etags"])
+        state.records.update({i: run_id for i in checked["accepted_ids"]})
+        state.runs.append({"run_id": run_id, "at": stamp(), "outcome": summary["outcome"], "version": state.version,
+                           **summary["counts"]})
+        s3_tasks.commit_state(layout, state, etag)
+        summary["where"] |= {"run": run, "ledger": layout.state}
+        return summary
+    finally:
+        summary["finished_at"] = stamp()
+        if summary["outcome"] not in (None, "nothing new"):
+            s3_tasks.write_json(f"{run}/summary.json", summary)
+        if summary["outcome"] is not None:
+            publish(summary, report_uri)
+        s3_tasks.s3_task(name="release-lock")(lock.release)()

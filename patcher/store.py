@@ -1,0 +1,328 @@
+"""Edge module: the pipeline's objects in S3 (boto3), and the state that makes each run exactly-once.
+
+Layout under a root such as s3://patcher, per production model M:
+
+  errors/M/YYYY/MM/DD/HH/*.jsonl     the error stream, as serving systems write it (input)
+  quarantine/M/YYYY/MM/DD/HH/*.jsonl rejected lines of the same batch file: line, original text, reasons
+  runs/M/RUN/                        one run's accepted records, patch set, train and gate reports, approval,
+                                     data docs, plot
+  review/M/RUN.jsonl                 errors a person has to look at: failed edits, gate failures, rejections
+  patches/M/vNNNN/                   approved patch sets, each the full set that applies to the base model
+  pipeline/M/state.json              the ledger: current version, processed batch files and record ids, runs
+  pipeline/M/lock.json               held by the run in progress
+
+Exactly once: a run records nothing in the ledger until its outcome is final, and then records everything
+(processed batches, record ids, the new version) in one conditional PUT of state.json (If-Match on the
+ETag it read). A crash before that leaves the ledger as it was, so the next run does the same batches again
+and nothing twice; a version prefix that no ledger names is never read. The lock (a create-only PUT,
+If-None-Match: *) keeps a second run from working on the same model at the same time; a lock past its
+expiry (a crashed run) is broken with a conditional DELETE.
+"""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from .s3 import client, ensure_bucket, parse_uri
+
+BATCH_KEY = re.compile(r"^\d{4}/\d{2}/\d{2}/\d{2}/[^/]+\.jsonl$")
+
+
+class LockHeld(RuntimeError):
+    """Another run holds the model's pipeline lock."""
+
+
+class StateConflict(RuntimeError):
+    """The ledger changed under this run (its lock was broken): nothing of this run was recorded."""
+
+
+def _is(error, *codes) -> bool:
+    return getattr(error, "response", {}).get("Error", {}).get("Code") in codes
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def stamp(at: datetime | None = None) -> str:
+    return (at or utc_now()).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a model's pipeline objects live under the root URI."""
+
+    root: str          # s3://bucket[/prefix]
+    model: str
+
+    def __post_init__(self):
+        parse_uri(self.root)
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *(p.strip("/") for p in parts if p)])
+
+    @property
+    def errors(self) -> str:
+        return self.uri("errors", self.model)
+
+    @property
+    def quarantine(self) -> str:
+        return self.uri("quarantine", self.model)
+
+    def run(self, run_id: str) -> str:
+        return self.uri("runs", self.model, run_id)
+
+    def review(self, run_id: str) -> str:
+        return self.uri("review", self.model, f"{run_id}.jsonl")
+
+    def version(self, number: int) -> str:
+        return self.uri("patches", self.model, f"v{number:04d}")
+
+    @property
+    def state(self) -> str:
+        return self.uri("pipeline", self.model, "state.json")
+
+    @property
+    def lock(self) -> str:
+        return self.uri("pipeline", self.model, "lock.json")
+
+
+# --- objects -------------------------------------------------------------------------------------------
+
+def _bucket_key(uri: str) -> tuple[str, str]:
+    bucket, key = parse_uri(uri)
+    return bucket, key
+
+
+def read_bytes(uri: str, s3=None) -> bytes:
+    bucket, key = _bucket_key(uri)
+    return (s3 or client()).get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def read_text(uri: str, s3=None) -> str:
+    return read_bytes(uri, s3).decode("utf-8", errors="replace")
+
+
+def write_bytes(uri: str, data: bytes, s3=None, content_type: str = "application/octet-stream") -> None:
+    s3 = s3 or client()
+    bucket, key = _bucket_key(uri)
+    ensure_bucket(s3, bucket)
+    s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+
+
+def write_text(uri: str, text: str, s3=None, content_type: str = "text/plain; charset=utf-8") -> None:
+    write_bytes(uri, text.encode("utf-8"), s3, content_type)
+
+
+def write_json(uri: str, data, s3=None) -> None:
+    write_text(uri, json.dumps(data, indent=1, ensure_ascii=False) + "\n", s3, "application/json")
+
+
+def write_jsonl(uri: str, rows, s3=None) -> None:
+    write_text(uri, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), s3, "application/x-ndjson")
+
+
+def list_objects(uri: str, s3=None) -> dict[str, str]:
+    """{key relative to the prefix: ETag} of every object under an s3:// prefix."""
+    s3 = s3 or client()
+    bucket, prefix = _bucket_key(uri)
+    found = {}
+    try:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/" if prefix else "")
+        for page in pages:
+            for obj in page.get("Contents", []):
+                found[obj["Key"][len(prefix) + 1 if prefix else 0:]] = obj["ETag"]
+    except s3.exceptions.NoSuchBucket:
+        return {}
+    return found
+
+
+_TYPES = {".json": "application/json", ".jsonl": "application/x-ndjson", ".html": "text/html; charset=utf-8",
+          ".md": "text/markdown; charset=utf-8", ".svg": "image/svg+xml", ".css": "text/css"}
+
+
+def upload_dir(local: str | Path, uri: str, s3=None) -> list[str]:
+    """Every file under a local directory -> the same relative keys under an s3:// prefix."""
+    s3 = s3 or client()
+    local = Path(local)
+    written = []
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        rel = path.relative_to(local).as_posix()
+        write_bytes(f"{uri.rstrip('/')}/{rel}", path.read_bytes(), s3,
+                    _TYPES.get(path.suffix, "application/octet-stream"))
+        written.append(rel)
+    return written
+
+
+def download_dir(uri: str, local: str | Path, s3=None) -> Path:
+    s3 = s3 or client()
+    local = Path(local)
+    objects = list_objects(uri, s3)
+    if not objects:
+        raise FileNotFoundError(f"nothing under {uri}")
+    for rel in objects:
+        path = local / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(read_bytes(f"{uri.rstrip('/')}/{rel}", s3))
+    return local
+
+
+def presigned(uri: str, seconds: int = 7 * 24 * 3600, s3=None) -> str:
+    bucket, key = _bucket_key(uri)
+    return (s3 or client()).generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                                   ExpiresIn=seconds)
+
+
+# --- the ledger ----------------------------------------------------------------------------------------
+
+@dataclass
+class State:
+    """The ledger of one model's pipeline (pipeline/M/state.json)."""
+
+    version: int = 0                                           # latest approved version (0: none yet)
+    patches: str | None = None                                 # its s3:// prefix
+    batches: dict[str, str] = field(default_factory=dict)      # processed batch key -> ETag it had
+    records: dict[str, str] = field(default_factory=dict)      # processed record id -> run id
+    runs: list[dict] = field(default_factory=list)             # run id, time, outcome, version, counts
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "State":
+        return cls(**{k: data[k] for k in ("version", "patches", "batches", "records", "runs") if k in data})
+
+
+def load_state(layout: Layout, s3=None) -> tuple[State, str | None]:
+    """-> (the ledger, its ETag); a fresh ledger and None when the pipeline never ran."""
+    s3 = s3 or client()
+    bucket, key = _bucket_key(layout.state)
+    try:
+        obj = s3.get_object(Bucket=bucket, Key=key)
+    except Exception as e:  # noqa: BLE001 (botocore raises per-client exception classes)
+        if _is(e, "NoSuchKey", "404", "NoSuchBucket"):
+            return State(), None
+        raise
+    return State.from_dict(json.loads(obj["Body"].read())), obj["ETag"]
+
+
+def commit_state(layout: Layout, state: State, etag: str | None, s3=None) -> str:
+    """Writes the ledger only if it is still the one read (ETag), in one PUT. -> the new ETag."""
+    s3 = s3 or client()
+    bucket, key = _bucket_key(layout.state)
+    ensure_bucket(s3, bucket)
+    condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+    try:
+        return s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(asdict(state), indent=1).encode(),
+                             ContentType="application/json", **condition)["ETag"]
+    except Exception as e:  # noqa: BLE001
+        if _is(e, "PreconditionFailed", "ConditionalRequestConflict", "412"):
+            raise StateConflict(f"{layout.state} changed since this run read it; nothing of the run was recorded "
+                                f"(was its lock broken?)") from None
+        raise
+
+
+def new_batches(layout: Layout, state: State, s3=None) -> tuple[list[tuple[str, str]], list[str]]:
+    """Batch files under the errors prefix not in the ledger (or rewritten since: another ETag), oldest
+    first. -> ([(key, etag)], keys that do not look like YYYY/MM/DD/HH/NAME.jsonl and are left alone)."""
+    objects = list_objects(layout.errors, s3)
+    ignored = sorted(k for k in objects if not BATCH_KEY.match(k))
+    fresh = sorted((k, e) for k, e in objects.items() if BATCH_KEY.match(k) and state.batches.get(k) != e)
+    return fresh, ignored
+
+
+# --- the lock ------------------------------------------------------------------------------------------
+
+class Lock:
+    """A create-only lock object. Waits up to `wait_s` for a running holder; breaks a lock past its expiry."""
+
+    def __init__(self, layout: Layout, run_id: str, ttl_s: float = 6 * 3600, wait_s: float = 0.0,
+                 poll_s: float = 2.0, s3=None):
+        self.layout, self.run_id, self.ttl_s, self.wait_s, self.poll_s = layout, run_id, ttl_s, wait_s, poll_s
+        self.s3 = s3 or client()
+        self.bucket, self.key = _bucket_key(layout.lock)
+        self.etag: str | None = None
+
+    def _holder(self) -> tuple[dict | None, str | None]:
+        try:
+            obj = self.s3.get_object(Bucket=self.bucket, Key=self.key)
+            return json.loads(obj["Body"].read()), obj["ETag"]
+        except Exception as e:  # noqa: BLE001
+            if _is(e, "NoSuchKey", "404"):
+                return None, None
+            raise
+
+    def acquire(self) -> "Lock":
+        ensure_bucket(self.s3, self.bucket)
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            body = {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
+                    "acquired_at": stamp(), "expires_at": stamp(utc_now() + timedelta(seconds=self.ttl_s))}
+            try:
+                self.etag = self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=json.dumps(body).encode(),
+                                               ContentType="application/json", IfNoneMatch="*")["ETag"]
+                return self
+            except Exception as e:  # noqa: BLE001
+                if not _is(e, "PreconditionFailed", "ConditionalRequestConflict", "412"):
+                    raise
+            holder, etag = self._holder()
+            if holder is None:
+                continue
+            if datetime.fromisoformat(holder["expires_at"].replace("Z", "+00:00")) < utc_now():
+                try:          # a crashed run's lock: delete exactly that one, then try again
+                    self.s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag)
+                except Exception as e:  # noqa: BLE001
+                    if not _is(e, "PreconditionFailed", "412"):
+                        raise
+                continue
+            if time.monotonic() >= deadline:
+                raise LockHeld(f"run {holder['run_id']} (host {holder['host']}, pid {holder['pid']}) holds "
+                               f"{self.layout.lock} since {holder['acquired_at']}, until {holder['expires_at']}")
+            time.sleep(self.poll_s)
+
+    def release(self) -> None:
+        if self.etag is None:
+            return
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
+        except Exception as e:  # noqa: BLE001
+            if not _is(e, "PreconditionFailed", "412", "NoSuchKey"):
+                raise
+        self.etag = None
+
+    def __enter__(self) -> "Lock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth retrying: the server could not be reached, timed out, or answered 5xx / slow down."""
+    from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    if isinstance(error, (BotoConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectionError,
+                          TimeoutError)):
+        return True
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout", "InternalError",
+                                         "ServiceUnavailable")
+    return False
+
+
+def copy_prefix(source: str, target: str, s3=None) -> list[str]:
+    """Copies every object under one s3:// prefix to another (server side). -> relative keys copied."""
+    s3 = s3 or client()
+    copied = []
+    for rel in sorted(list_objects(source, s3)):
+        (sb, sk), (tb, tk) = _bucket_key(f"{source}/{rel}"), _bucket_key(f"{target}/{rel}")
+        ensure_bucket(s3, tb)
+        s3.copy_object(Bucket=tb, Key=tk, CopySource={"Bucket": sb, "Key": sk})
+        copied.append(rel)
+    return copied
