@@ -22,7 +22,7 @@ def approve(gate_markdown: str, policy: str = "manual", timeout_s: float = 86400
     """-> an ApprovalRecord as a dict. A timeout fails this flow run (Prefect's FlowPauseTimeout); the
     pipeline reads that as a rejection."""
     if policy != "manual":
-        return ApprovalRecord.by_policy(policy).to_dict()
+        return ApprovalRecord.from_policy(policy).to_dict()
     intro = ("Approve this patch set to make it the model's next registry version; reject to send its errors "
              "to review.\n\n")
     answer = pause_flow_run(wait_for_input=Approval.with_initial_data(description=intro + gate_markdown,

@@ -73,19 +73,28 @@ def decide(gated: dict, settings: PipelineSettings) -> dict:
     if state.is_completed():
         return state.result()
     error = state.result(raise_on_failure=False)
-    if isinstance(error, FlowPauseTimeout) or "pause" in (state.message or "").lower():
+    # the server fails an expired pause itself ("...paused/failed and never resumed"), so the client-side
+    # FlowPauseTimeout is not always what the state holds
+    if isinstance(error, FlowPauseTimeout) or "never resumed" in (state.message or ""):
         return ApprovalRecord.timed_out(a.timeout_s).to_dict()
     raise RuntimeError(f"the approval step failed: {state.message}")
 
 
 @flow(name="pipeline")
 def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: str | None = None,
-             params: str = "params.yaml", train_deployment: str = "train/train-gpu", train_pool: str = "gpu") -> dict:
-    """One pass of the loop for `model`. `approval` overrides params.yaml's approve.policy ("manual" or
-    "auto"; auto is for the demo and tests). -> the run summary (also at runs/MODEL/RUN/summary.json)."""
+             params: str = "params.yaml", overrides: dict | None = None, train_deployment: str = "train/train-gpu",
+             train_pool: str = "gpu") -> dict:
+    """One pass of the loop for `model`. Settings: params.yaml, then `overrides` ({section: {key: value}}),
+    then `root` and `approval` ("manual" or "auto"; auto is for the demo and tests).
+    -> the run summary (also at runs/MODEL/RUN/summary.json)."""
     log = get_run_logger()
-    settings = PipelineSettings.load(params, {"approve": {"policy": approval}} if approval else None)
-    layout = Layout(root or settings.ingest.root, model)
+    overrides = {k: dict(v) for k, v in (overrides or {}).items()}
+    if approval:
+        overrides.setdefault("approve", {})["policy"] = approval
+    if root:
+        overrides.setdefault("ingest", {})["root"] = root
+    settings = PipelineSettings.load(params, overrides)
+    layout = Layout(settings.ingest.root, model)
     run_id = new_run_id()
     run = layout.run(run_id)
     summary = {"run_id": run_id, "model": model, "started_at": stamp(), "outcome": None, "seconds": {},

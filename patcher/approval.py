@@ -22,7 +22,7 @@ class ApprovalRecord:
         return asdict(self)
 
     @classmethod
-    def by_policy(cls, policy: str) -> "ApprovalRecord":
+    def from_policy(cls, policy: str) -> "ApprovalRecord":
         if policy != "auto":
             raise ValueError(f"no approval by policy {policy!r}")
         return cls(True, "policy:auto", "approved by policy (auto-approve: demo and tests only)", stamp(), True)

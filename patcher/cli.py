@@ -118,7 +118,59 @@ def cmd_config(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(edits=args.edits, out_dir=Path(args.out))
+    return run_demo(model=args.model, edits=args.edits, out_dir=Path(args.out))
+
+
+def _section_overrides(items: list[str]) -> dict:
+    """["gate.test_retain=0.995", ...] -> {"gate": {"test_retain": 0.995}} (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not (sep and dot and section and name):
+            raise ValueError(f"expected SECTION.KEY=VALUE (a params.yaml setting), got {item!r}")
+        out.setdefault(section, {})[name] = yaml.safe_load(raw)
+    return out
+
+
+def cmd_pipeline_run(args) -> int:
+    from flows.pipeline import pipeline
+
+    summary = pipeline(model=args.model, root=args.root, approval=args.approval, params=args.params,
+                       overrides=_section_overrides(args.set))
+    print(json.dumps(summary, indent=1, ensure_ascii=False))
+    return 0 if not str(summary["outcome"]).startswith("rejected") else 4
+
+
+def cmd_pipeline_pending(args) -> int:
+    from .review import pending_approvals
+
+    for run in pending_approvals():
+        print(json.dumps(run))
+    return 0
+
+
+def cmd_pipeline_resume(args) -> int:
+    from .review import resume
+
+    resume(args.flow_run, args.approve, args.reviewer, args.comment)
+    print(f"{'approved' if args.approve else 'rejected'} {args.flow_run} as {args.reviewer}")
+    return 0
+
+
+def cmd_pipeline_status(args) -> int:
+    from .settings import PipelineSettings
+    from .store import Layout, load_state
+
+    settings = PipelineSettings.load(args.params)
+    layout = Layout(args.root or settings.ingest.root, args.model)
+    state, _ = load_state(layout)
+    print(json.dumps({"ledger": layout.state, "version": state.version, "patches": state.patches,
+                      "batches": len(state.batches), "records": len(state.records), "runs": state.runs[-10:]},
+                     indent=1))
+    return 0
 
 
 def cmd_facts_build(args) -> int:
@@ -308,9 +360,35 @@ def parser() -> argparse.ArgumentParser:
     s3p.add_argument("--port", type=int, default=8333, help="S3 port for `up`")
     s3p.set_defaults(func=cmd_s3)
 
-    d = sub.add_parser("demo", help="sequential editing of SmolLM2's real factual mistakes, end to end")
-    d.add_argument("--edits", type=int, default=30, help="how many real mistakes to fix")
-    d.add_argument("--out", default="runs/demo", help="where errors, patches and metrics go")
+    pl = sub.add_parser("pipeline", help="the Prefect pipeline: errors in S3 -> approved patch set") \
+        .add_subparsers(dest="pipeline_command", required=True)
+    pr = pl.add_parser("run", help="one run of the pipeline for a model (flows/pipeline.py)")
+    pr.add_argument("--model", default="facts-smollm2", choices=["factcheck-minilm", "facts-smollm2"])
+    pr.add_argument("--root", help="S3 root (default: params.yaml ingest.root)")
+    pr.add_argument("--approval", choices=["manual", "auto"], help="override approve.policy (auto: demo/tests)")
+    pr.add_argument("--params", default="params.yaml")
+    pr.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a params.yaml setting")
+    pr.set_defaults(func=cmd_pipeline_run)
+    pp = pl.add_parser("pending", help="runs waiting for approval (needs PREFECT_API_URL of the server)")
+    pp.set_defaults(func=cmd_pipeline_pending)
+    pz = pl.add_parser("resume", help="approve or reject a paused approval run (as the UI's form does)")
+    pz.add_argument("flow_run", help="the paused approve run's id (`patcher pipeline pending`)")
+    decision = pz.add_mutually_exclusive_group(required=True)
+    decision.add_argument("--approve", action="store_true")
+    decision.add_argument("--reject", action="store_true")
+    pz.add_argument("--reviewer", required=True)
+    pz.add_argument("--comment", default="")
+    pz.set_defaults(func=cmd_pipeline_resume)
+    ps = pl.add_parser("status", help="a model's ledger: live version, processed batches, recent runs")
+    ps.add_argument("--model", default="facts-smollm2", choices=["factcheck-minilm", "facts-smollm2"])
+    ps.add_argument("--root")
+    ps.add_argument("--params", default="params.yaml")
+    ps.set_defaults(func=cmd_pipeline_status)
+
+    d = sub.add_parser("demo", help="the pipeline end to end on the embedded defaults (S3, Prefect, real errors)")
+    d.add_argument("--model", default="facts-smollm2", choices=["factcheck-minilm", "facts-smollm2"])
+    d.add_argument("--edits", type=int, default=40, help="how many real mistakes the seeded hour holds")
+    d.add_argument("--out", default="runs/demo", help="local copies of the run's summary and reports")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -27,7 +27,7 @@ def parse_uri(uri: str) -> tuple[str, str]:
 
 def client(endpoint_url: str | None = None):
     """A boto3 S3 client from the standard AWS configuration; retries with backoff on throttling and
-    connection errors. With no AWS_ENDPOINT_URL and no keys in the environment it talks to the embedded
+    connection errors (AWS_MAX_ATTEMPTS attempts, default 8). With no AWS_ENDPOINT_URL and no keys in the environment it talks to the embedded
     server started by `patcher s3 up`, with the keys that command generated (never printed)."""
     import boto3
     from botocore.config import Config
@@ -41,8 +41,8 @@ def client(endpoint_url: str | None = None):
             creds = json.loads((STATE_DIR() / "credentials.json").read_text())
             keys = {"aws_access_key_id": creds["access_key"], "aws_secret_access_key": creds["secret_key"]}
     return boto3.client("s3", endpoint_url=endpoint_url, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-                        config=Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=5,
-                                      read_timeout=30), **keys)
+                        config=Config(retries={"max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", 8)),
+                                               "mode": "adaptive"}, connect_timeout=5, read_timeout=30), **keys)
 
 
 def ensure_bucket(s3, bucket: str) -> None:
@@ -54,15 +54,14 @@ def ensure_bucket(s3, bucket: str) -> None:
 
 def put_files(uri: str, files: dict[str, str], s3=None) -> list[str]:
     """Uploads {relative key: text} under an s3:// prefix. -> the object keys written."""
+    from .store import write_text
+
     s3 = s3 or client()
     bucket, prefix = parse_uri(uri)
-    ensure_bucket(s3, bucket)
-    keys = []
-    for key, text in files.items():
-        full = f"{prefix}/{key}" if prefix else key
-        s3.put_object(Bucket=bucket, Key=full, Body=text.encode("utf-8"), ContentType="application/x-ndjson")
-        keys.append(full)
-    return keys
+    for key in files:
+        write_text(f"s3://{bucket}/{prefix}/{key}" if prefix else f"s3://{bucket}/{key}", files[key], s3,
+                   "application/x-ndjson")
+    return [f"{prefix}/{key}" if prefix else key for key in files]
 
 
 def _free_port() -> int:

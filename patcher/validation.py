@@ -83,9 +83,12 @@ def validate_lines(lines: list[str], models: dict[str, list[str] | None] | None 
                    docs_dir: str | Path | None = None) -> Validated:
     """Validates raw JSON lines (blank lines are skipped, not counted). With `docs_dir`, great-expectations
     Data Docs of this validation are built there (open its index.html, or the page under validations/)."""
+    import logging
+
     import great_expectations as gx
     import pandas as pd
 
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)    # its INFO lines are per-run noise
     models = models if models is not None else known_models()
     out = Validated()
     rows, raw = [], {}

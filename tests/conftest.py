@@ -28,3 +28,24 @@ MEMORY = [Example(t, "yes") for t in [
     "a red house stands by the river", "numbers go up and down", "the weather was cold in june",
     "music played all night long", "he wrote a letter to his brother", "three dogs ran across the park",
     "the book was closed", "she likes green tea", "trains leave every hour", "a small boat drifted"]]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) on 127.0.0.1 for the whole session, with its own keys."""
+    from patcher.s3 import EmbeddedS3
+
+    server = EmbeddedS3(tmp_path_factory.mktemp("s3"), "test-key", "test-secret-0123456789").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This test's boto3 clients talk to the session's S3 server; -> a fresh root (bucket) for the test."""
+    import uuid
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    return f"s3://t-{uuid.uuid4().hex[:12]}"

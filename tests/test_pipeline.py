@@ -1,0 +1,219 @@
+"""The Prefect pipeline end to end on real components: a SeaweedFS S3 server, a Prefect test server, the real
+factcheck-minilm model and its real mistakes (data/errors/), great-expectations validation.
+
+Every record of a damaged batch ends up accepted or quarantined with a reason; a rerun processes nothing
+twice; an S3 outage is retried; a gate failure rejects; an approval given from another process lets the
+run go on, a rejection or a timeout stops it; a run that finds the lock held touches nothing."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from patcher import store
+from patcher.facts.stream import batches
+from patcher.records import read_records
+from patcher.s3 import put_files
+from patcher.store import Layout, Lock
+
+pytestmark = pytest.mark.real
+MODEL = "factcheck-minilm"
+HOUR = datetime(2026, 11, 24, 10, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    with prefect_test_harness():
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="module")
+def factcheck():
+    from patcher.models.production import build, model_path
+
+    return build(MODEL, out=model_path(MODEL), progress=lambda m: None)     # cached across sessions
+
+
+@pytest.fixture(scope="module")
+def mistakes():
+    return read_records(f"data/errors/{MODEL}.jsonl")
+
+
+def seed(root, records, start=HOUR, hours=1, damaged_share=0.0, seed=0):
+    files, damaged = batches(records, start, hours=hours, damaged_share=damaged_share, seed=seed)
+    put_files(f"{root}/errors/{MODEL}", {k: "".join(line + "\n" for line in v) for k, v in files.items()})
+    return files, damaged
+
+
+def run(root, **kwargs):
+    from flows.pipeline import pipeline
+
+    return pipeline(model=MODEL, root=root, **{"approval": "auto", **kwargs})
+
+
+def jsonl(uri):
+    return [json.loads(x) for x in store.read_text(uri).splitlines() if x.strip()]
+
+
+def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck, mistakes):
+    root, layout = s3_env, Layout(s3_env, MODEL)
+    files, damaged = seed(root, mistakes[:24], hours=2, damaged_share=0.25, seed=3)
+    lines = sum(map(len, files.values()))
+    assert len(files) == 2 and damaged
+
+    first = run(root)
+    assert first["outcome"] == "approved: v0001", first
+    assert first["counts"] == {"received": lines, "accepted": lines - len(damaged), "quarantined": len(damaged)}
+    quarantined = {(key, row["line"] - 1): row for key in files for row in
+                   (jsonl(f"{layout.quarantine}/{key}") if f"{key}" in store.list_objects(layout.quarantine) else [])}
+    assert set(quarantined) == set(damaged)                             # exactly the damaged lines, each with
+    assert all(row["reasons"] and row["record"] == files[k][i] for (k, i), row in quarantined.items())  # why
+    accepted = jsonl(f"{layout.run(first['run_id'])}/accepted.jsonl")
+    assert len(accepted) == first["counts"]["accepted"]
+
+    manifest = json.loads(store.read_text(f"{layout.version(1)}/manifest.json"))
+    edited = {e["error_id"] for e in manifest["edits"]}
+    assert edited and edited <= {r["id"] for r in accepted}
+    approval = json.loads(store.read_text(f"{layout.version(1)}/approval.json"))
+    assert approval["by_policy"] and approval["reviewer"] == "policy:auto" and approval["version"] == 1
+    gate_report = json.loads(store.read_text(f"{layout.version(1)}/gate_report.json"))
+    assert gate_report["passed"] and gate_report["metrics"]["SR"] == first["metrics"]["SR"]
+    state, etag = store.load_state(layout)
+    assert state.version == 1 and state.patches == layout.version(1) and set(state.batches) == set(files)
+    assert set(state.records) == {r["id"] for r in accepted}
+
+    again = run(root)                                                   # nothing new: nothing twice
+    assert again["outcome"] == "nothing new"
+    assert store.load_state(layout)[1] == etag
+
+    later = mistakes[24:28]
+    repeat = accepted[0]                                                # an id already processed
+    extra = {**repeat, "logged_at": "2026-11-24T12:30:00Z"}
+    files2, _ = seed(root, later, start=datetime(2026, 11, 24, 12, tzinfo=timezone.utc))
+    key = next(iter(files2))
+    store.write_text(f"{layout.errors}/{key}", "".join(x + "\n" for x in files2[key]) + json.dumps(extra) + "\n")
+    third = run(root)
+    assert third["outcome"] == "approved: v0002", third
+    assert third["counts"] == {"received": 5, "accepted": 4, "quarantined": 1}
+    assert jsonl(f"{layout.quarantine}/{key}")[0]["reasons"] == [f"id already processed by run {first['run_id']}"]
+    manifest2 = json.loads(store.read_text(f"{layout.version(2)}/manifest.json"))
+    assert edited <= {e["error_id"] for e in manifest2["edits"]}        # v2 = v1's edits + the new ones
+    report = json.loads(store.read_text(f"{layout.run(third['run_id'])}/train_report.json"))
+    assert report["base_edits"] == len(manifest["edits"]) and report["registry_ER"] >= 0.99
+    assert store.load_state(layout)[0].version == 2
+
+
+def test_s3_outage_during_ingest_is_retried(s3_env, s3_server, prefect_api, monkeypatch):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    root, layout = s3_env, Layout(s3_env, MODEL)
+    store.write_text(f"{layout.errors}/2026/11/24/10/batch-0000.jsonl", "{not json\n[1, 2]\n")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")          # no retries inside boto3: Prefect's task retries
+    s3_server.stop()
+    restart = threading.Timer(3.0, s3_server.start)
+    restart.start()
+    from flows.pipeline import pipeline
+
+    state = pipeline(model=MODEL, root=root, approval="auto", return_state=True)
+    restart.join()
+    summary = state.result()
+    assert summary["outcome"] == "nothing to edit: every record quarantined"
+    assert [len(r["reasons"]) for r in jsonl(f"{layout.quarantine}/2026/11/24/10/batch-0000.jsonl")] == [1, 1]
+    with get_client(sync_client=True) as client:
+        flow_runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=None, id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_runs[0].id])))
+    assert any(t.run_count > 1 for t in tasks), [(t.name, t.run_count) for t in tasks]
+
+
+def test_gate_failure_rejects_and_sends_errors_to_review(s3_env, prefect_api, factcheck, mistakes):
+    root, layout = s3_env, Layout(s3_env, MODEL)
+    seed(root, mistakes[30:36])
+    summary = run(root, overrides={"gate": {"test_retain": 1.5}})       # a threshold nothing can pass
+    assert summary["outcome"] == "rejected: gate failed" and not summary["gate_passed"]
+    review = jsonl(layout.review(summary["run_id"]))
+    assert {r["id"] for r in review} == {r.id for r in mistakes[30:36]} and all(r["reason"] for r in review)
+    state, _ = store.load_state(layout)
+    assert state.version == 0 and state.patches is None and len(state.records) == 6     # handled, not live
+    assert store.list_objects(layout.uri("patches", MODEL)) == {}
+    assert run(root)["outcome"] == "nothing new"
+
+
+def _decide_from_another_process(prefect_api, approve: bool | None, reviewer="alice", deadline=240):
+    """Waits for the paused approval run, then answers it with `patcher pipeline resume` in a subprocess
+    (approve None: never answers)."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        out = subprocess.run([sys.executable, "-m", "patcher.cli", "pipeline", "pending"], capture_output=True,
+                             text=True, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        pending = [json.loads(x) for x in out.stdout.splitlines() if x.strip()]
+        if pending:
+            if approve is None:
+                return pending
+            flag = "--approve" if approve else "--reject"
+            done = subprocess.run([sys.executable, "-m", "patcher.cli", "pipeline", "resume", pending[0]["flow_run"],
+                                   flag, "--reviewer", reviewer, "--comment", "checked the report"],
+                                  capture_output=True, text=True, env=env)
+            assert done.returncode == 0, done.stderr[-2000:]
+            return pending
+        time.sleep(1)
+    raise AssertionError("no approval run paused")
+
+
+def _run_in_thread(root, **kwargs):
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(summary=run(root, **kwargs)))
+    thread.start()
+    return thread, result
+
+
+@pytest.mark.parametrize("approve", [True, False])
+def test_manual_decision_from_another_process(s3_env, prefect_api, factcheck, mistakes, approve):
+    root, layout = s3_env, Layout(s3_env, MODEL)
+    seed(root, mistakes[40:45])
+    thread, result = _run_in_thread(root, approval="manual", overrides={"approve": {"poll_s": 1, "timeout_s": 300}})
+    _decide_from_another_process(prefect_api, approve, reviewer="alice" if approve else "bob")
+    thread.join(timeout=300)
+    summary = result["summary"]
+    state, _ = store.load_state(layout)
+    if approve:
+        assert summary["outcome"] == "approved: v0001", summary
+        record = json.loads(store.read_text(f"{layout.version(1)}/approval.json"))
+        assert (record["reviewer"], record["comment"], record["by_policy"]) == ("alice", "checked the report", False)
+        assert state.version == 1
+    else:
+        assert summary["outcome"] == "rejected: by bob", summary
+        assert {r["reason"] for r in jsonl(layout.review(summary["run_id"]))} >= \
+            {"rejected by bob: checked the report"}
+        assert state.version == 0 and len(state.records) == 5
+
+
+def test_no_decision_in_time_is_a_rejection(s3_env, prefect_api, factcheck, mistakes):
+    root, layout = s3_env, Layout(s3_env, MODEL)
+    seed(root, mistakes[50:53])
+    summary = run(root, approval="manual", overrides={"approve": {"poll_s": 1, "timeout_s": 2}})
+    assert summary["outcome"] == "rejected: approval timed out", summary
+    approval = json.loads(store.read_text(f"{layout.run(summary['run_id'])}/approval.json"))
+    assert approval["reviewer"] == "timeout" and not approval["approved"]
+    assert store.load_state(layout)[0].version == 0
+
+
+def test_a_held_lock_keeps_a_second_run_out(s3_env, prefect_api):
+    root, layout = s3_env, Layout(s3_env, MODEL)
+    store.write_text(f"{layout.errors}/2026/11/24/10/batch-0000.jsonl", "{not json\n")
+    with Lock(layout, "the-first-run"):
+        summary = run(root)
+        assert summary["outcome"] == "skipped: another run holds the lock" and "the-first-run" in summary["reason"]
+        assert store.load_state(layout) == (store.State(), None)
+    assert run(root)["outcome"] == "nothing to edit: every record quarantined"
