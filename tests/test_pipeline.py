@@ -146,6 +146,12 @@ def test_gate_failure_rejects_and_sends_errors_to_review(s3_env, prefect_api, fa
     assert state.version == 0 and state.patches is None and len(state.records) == 6     # handled, not live
     assert store.list_objects(layout.uri("patches", MODEL)) == {}
     assert run(root)["outcome"] == "nothing new"
+    status = subprocess.run([sys.executable, "-m", "patcher.cli", "pipeline", "status", "--model", MODEL,
+                             "--root", root], capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr[-2000:]
+    shown = json.loads(status.stdout)
+    assert (shown["version"], shown["records"], [r["outcome"] for r in shown["runs"]]) == \
+        (0, 6, ["rejected: gate failed"])
 
 
 def _decide_from_another_process(prefect_api, approve: bool | None, reviewer="alice", deadline=240):
@@ -217,3 +223,31 @@ def test_a_held_lock_keeps_a_second_run_out(s3_env, prefect_api):
         assert summary["outcome"] == "skipped: another run holds the lock" and "the-first-run" in summary["reason"]
         assert store.load_state(layout) == (store.State(), None)
     assert run(root)["outcome"] == "nothing to edit: every record quarantined"
+
+
+def test_train_runs_as_the_gpu_deployment_when_a_worker_serves_the_pool(s3_env, prefect_api, factcheck, mistakes):
+    """prefect.yaml's train deployment, a real process worker on the `gpu` pool: the pipeline's train step
+    goes there (on this CPU-only machine the worker trains on CPU) and the result comes back through S3."""
+    from flows.pipeline import gpu_worker_online
+
+    root = s3_env
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_LOGGING_LEVEL": "WARNING"}
+    prefect = [sys.executable, "-m", "prefect"]
+    for cmd in (["work-pool", "create", "gpu", "--type", "process"], ["--no-prompt", "deploy", "--name", "train-gpu"]):
+        out = subprocess.run(prefect + cmd, capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    worker = subprocess.Popen(prefect + ["worker", "start", "--pool", "gpu"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not gpu_worker_online() and time.monotonic() < deadline:
+            time.sleep(1)
+        seed(root, mistakes[60:64])
+        summary = run(root)
+        assert summary["train_ran"] == "deployment train/train-gpu"
+        assert summary["outcome"] == "approved: v0001", summary
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        subprocess.run(prefect + ["work-pool", "delete", "gpu"], capture_output=True, text=True, env=env)
+    assert not gpu_worker_online()
