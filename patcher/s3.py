@@ -64,6 +64,15 @@ def put_files(uri: str, files: dict[str, str], s3=None) -> list[str]:
     return [f"{prefix}/{key}" if prefix else key for key in files]
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -179,6 +188,8 @@ def up(port: int = 8333) -> dict:
     if state:
         return state
     access, secret = _credentials()
+    if not _port_free(port):          # something else listens there: any free port will do
+        port = _free_port()
     server = EmbeddedS3(STATE_DIR() / "data", access, secret, s3_port=port).start()
     state = {"pid": server.process.pid, "endpoint_url": server.endpoint_url, "data_dir": str(server.data_dir)}
     server.process = None               # leave it running after this process exits

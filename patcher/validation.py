@@ -88,7 +88,8 @@ def validate_lines(lines: list[str], models: dict[str, list[str] | None] | None 
     import great_expectations as gx
     import pandas as pd
 
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)    # its INFO lines are per-run noise
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)             # its INFO lines are per-run noise
     models = models if models is not None else known_models()
     out = Validated()
     rows, raw = [], {}

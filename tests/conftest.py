@@ -49,3 +49,12 @@ def s3_env(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     return f"s3://t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def factcheck_model():
+    """factcheck-minilm built where the pipeline looks for it (`patcher models path`), once: a build with
+    the same settings is reused, also across sessions."""
+    from patcher.models.production import build, model_path
+
+    return build("factcheck-minilm", seed=0, out=model_path("factcheck-minilm"), progress=lambda m: None)

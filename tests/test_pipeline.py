@@ -36,10 +36,8 @@ def prefect_api():
 
 
 @pytest.fixture(scope="module")
-def factcheck():
-    from patcher.models.production import build, model_path
-
-    return build(MODEL, out=model_path(MODEL), progress=lambda m: None)     # cached across sessions
+def factcheck(factcheck_model):
+    return factcheck_model
 
 
 @pytest.fixture(scope="module")

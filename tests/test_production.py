@@ -23,8 +23,8 @@ def models_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def factcheck(models_dir):
-    return build("factcheck-minilm", seed=0, out=models_dir / "factcheck-minilm", progress=lambda m: None)
+def factcheck(factcheck_model):
+    return factcheck_model
 
 
 def test_factcheck_build_accuracy_and_card(factcheck):
