@@ -273,6 +273,45 @@ def cmd_s3(args) -> int:
     return 0
 
 
+def cmd_registry(args) -> int:
+    from .registry import Registry
+
+    if args.registry_command == "init":
+        registry = Registry.init(args.repo, args.remote)
+        print(f"registry in {registry.repo}" + (f", DVC remote {args.remote}" if args.remote else ""))
+        return 0
+    registry, model = Registry(args.repo), args.model
+    which = {"version": getattr(args, "version", None), "stage": getattr(args, "stage", None)}
+    if args.registry_command == "list":
+        for v in registry.versions(model):
+            m = v.get("metrics", {})
+            print(f"{v['version']:9} {v['action']:12} {v['edits']:5} edits {v['neurons']:5} neurons  "
+                  + " ".join(f"{k} {_fmt(m.get(k))}" for k in ("SR", "ER", "TrainR", "TestR"))
+                  + f"  {','.join(v['stages']) or '-':10} {v['registered_at']}  by {v['approved_by']}"
+                  + (f"  ({v['note']})" if v.get("note") else ""))
+    elif args.registry_command == "show":
+        v = registry.resolve(model, **which)
+        print(json.dumps({**v, "approval": registry.read(model, "approval.json", v["number"]),
+                          "gate": {k: registry.read(model, "gate_report.json", v["number"]).get(k)
+                                   for k in ("passed", "checks")}}, indent=1, ensure_ascii=False))
+    elif args.registry_command == "diff":
+        d = registry.diff(model, args.a, args.b)
+        print(json.dumps({"from": d["from"], "to": d["to"], "kept": d["kept"],
+                          "added": [e["error_id"] for e in d["added"]],
+                          "removed": [e["error_id"] for e in d["removed"]]}, indent=1))
+    elif args.registry_command == "get":
+        print(registry.fetch(model, args.out, **which))
+    elif args.registry_command == "promote":
+        print(registry.promote(model, args.version, args.stage))
+    elif args.registry_command == "rollback":
+        if bool(args.to) == bool(args.edit):
+            raise ValueError("say what to roll back: --to VERSION (a whole version) or --edit ERROR_ID (one edit)")
+        v = registry.rollback(model, args.to, args.reviewer, args.comment) if args.to else \
+            registry.remove_edit(model, args.edit, args.reviewer, args.comment)
+        print(f"{model} {v['version']}: {v['action']} ({v['note']}), {v['edits']} edits")
+    return 0
+
+
 def _fmt(x):
     return "n/a" if x is None else f"{x:.3f}"
 
@@ -384,6 +423,38 @@ def parser() -> argparse.ArgumentParser:
     ps.add_argument("--root")
     ps.add_argument("--params", default="params.yaml")
     ps.set_defaults(func=cmd_pipeline_status)
+
+    rg = sub.add_parser("registry", help="the patch registry (git + DVC, GTO tags)") \
+        .add_subparsers(dest="registry_command", required=True)
+
+    def registry_parser(name, help_, model=True):
+        sp = rg.add_parser(name, help=help_)
+        sp.add_argument("--repo", default=".", help="the registry's git + DVC repository (default: here)")
+        if model:
+            sp.add_argument("--model", required=True, help="production model name")
+        sp.set_defaults(func=cmd_registry)
+        return sp
+
+    ri = registry_parser("init", "make a repository a registry, with a DVC remote", model=False)
+    ri.add_argument("--remote", help="DVC remote URL, e.g. s3://patcher/dvc (AWS settings give endpoint, keys)")
+    registry_parser("list", "versions with their metrics, stages and approvals")
+    for name, help_ in (("show", "one version (default: the latest)"), ("get", "fetch a version's patch set")):
+        sp = registry_parser(name, help_)
+        sp.add_argument("--version")
+        sp.add_argument("--stage")
+        if name == "get":
+            sp.add_argument("--out", required=True)
+    rd = registry_parser("diff", "edits added and removed between two versions")
+    rd.add_argument("a")
+    rd.add_argument("b")
+    rp = registry_parser("promote", "assign a version to a stage (GTO tag NAME#STAGE#N)")
+    rp.add_argument("version")
+    rp.add_argument("stage")
+    rr = registry_parser("rollback", "a new version: an earlier version's content, or the latest without one edit")
+    rr.add_argument("--to", help="version whose content becomes the new version")
+    rr.add_argument("--edit", help="error id whose neurons the new version drops")
+    rr.add_argument("--reviewer", required=True)
+    rr.add_argument("--comment", default="")
 
     d = sub.add_parser("demo", help="the pipeline end to end on the embedded defaults (S3, Prefect, real errors)")
     d.add_argument("--model", default="facts-smollm2", choices=["factcheck-minilm", "facts-smollm2"])
