@@ -8,9 +8,11 @@ waits up to ingest.lock_wait_s, then ends without touching anything.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 import uuid
 from dataclasses import asdict
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.exceptions import FlowPauseTimeout
@@ -62,6 +64,22 @@ def run_train(deployment: str, pool: str, **parameters) -> tuple[str, str]:
                                f"{child.state.message if child.state else ''}")
         return f"{parameters['out_uri']}/train_report.json", f"deployment {deployment}"
     return train(**parameters), "in-process"
+
+
+def live_version(layout: Layout, run: str, state, settings: PipelineSettings) -> str | None:
+    """The S3 URI of the patch set new patches go on top of: the registry's latest version when there is a
+    registry (the source of truth: a rollback there is what the next run builds on), else the ledger's."""
+    if not settings.register.repo:
+        return state.patches
+    from patcher.registry import Registry
+
+    registry = Registry(settings.register.repo)
+    if not registry.versions(layout.model):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        registry.fetch(layout.model, Path(tmp) / "base")
+        s3_tasks.upload_dir(Path(tmp) / "base", f"{run}/base")
+    return f"{run}/base"
 
 
 def decide(gated: dict, settings: PipelineSettings) -> dict:
@@ -129,7 +147,8 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
             summary["outcome"] = "nothing to edit: every record quarantined"
         else:
             report_uri, where = run_train(train_deployment, train_pool, model=model, accepted_uri=checked["accepted_uri"],
-                                          out_uri=run, base_uri=state.patches, settings=asdict(settings.train))
+                                          out_uri=run, base_uri=live_version(layout, run, state, settings),
+                                          settings=asdict(settings.train))
             summary["train_ran"] = where
             lap("train")
             gated = gate_step(report_uri, asdict(settings.gate))
@@ -142,10 +161,12 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
             lap("approve")
             review = list(gated["review"])
             if decision["approved"]:
-                state.version += 1
-                state.patches = register(layout.root, model, run_id, state.version, decision)
+                version = register(layout.root, model, run_id, state.version + 1, decision, settings.register.repo)
+                state.version, state.patches = version["number"], version["uri"]
                 summary["version"] = state.version
                 summary["where"]["patch set"] = state.patches
+                if version["tag"]:
+                    summary["where"]["registry"] = f"{settings.register.repo} ({version['tag']})"
                 summary["outcome"] = f"approved: v{state.version:04d}"
             else:
                 why = decision["comment"] if decision["reviewer"] in ("gate", "timeout") else \

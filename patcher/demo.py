@@ -1,11 +1,13 @@
 """The main job on the embedded defaults: the whole loop on real components. Starts the embedded S3 server,
 builds the production model (cached), logs an hour of its real mistakes into S3 as a serving system
 would (with damaged lines among them), and runs the Prefect pipeline once with the demo approval policy
-(approved by policy, and recorded as such). Prints the outcome and where to look."""
+(approved by policy, and recorded as such) into a patch registry of its own (OUT/registry: git + DVC,
+remote in the demo bucket). Prints the outcome and where to look."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,15 +16,14 @@ DEMO_ROOT = "s3://patcher-demo"
 
 
 def _use_embedded_s3() -> dict:
-    """This process talks to the embedded server (started if needed), whatever AWS settings are around."""
+    """This process (and DVC in it) talks to the embedded server, started if needed, whatever AWS
+    settings are around."""
     from . import s3
 
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.pop(name, None)
     state = s3.up()
-    creds = json.loads((s3.STATE_DIR() / "credentials.json").read_text()) if \
-        (s3.STATE_DIR() / "credentials.json").exists() else None
-    os.environ["AWS_ENDPOINT_URL"] = state["endpoint_url"]
-    if creds and os.environ.get("AWS_ACCESS_KEY_ID") in (None, creds["access_key"]):
-        os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = creds["access_key"], creds["secret_key"]
+    s3.export_settings()
     return state
 
 
@@ -73,10 +74,13 @@ def run_demo(model: str = "facts-smollm2", edits: int = 40, out_dir: Path = Path
           f"damaged) under {DEMO_ROOT}/errors/{model}/", file=sys.stderr)
     seeded_s = time.perf_counter() - start
     from flows.pipeline import pipeline
+    from .registry import Registry
     from .store import read_text
 
-    summary = pipeline(model=model, root=DEMO_ROOT, approval="auto")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir / "registry", ignore_errors=True)
+    registry = Registry.init(out_dir / "registry", f"{DEMO_ROOT}/dvc")      # a registry of the demo's own
+    summary = pipeline(model=model, approval="auto", overrides={"ingest": {"root": DEMO_ROOT},
+                                                               "register": {"repo": str(registry.repo)}})
     run = summary["where"].get("run")
     for name in ("summary.json", "train_report.json", "gate_report.md", "metrics.svg"):
         try:
@@ -95,4 +99,5 @@ def run_demo(model: str = "facts-smollm2", edits: int = 40, out_dir: Path = Path
         print(f"  {what}: {uri}", file=sys.stderr)
     print(f"  local copies: {out_dir}/ (summary.json, train_report.json, gate_report.md, metrics.svg)",
           file=sys.stderr)
+    print(f"  versions: patcher registry list --repo {out_dir / 'registry'} --model {model}", file=sys.stderr)
     return 0 if str(summary["outcome"]).startswith("approved") else 4

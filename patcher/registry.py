@@ -42,6 +42,9 @@ def _fault(point: str) -> None:
 
 class Registry:
     def __init__(self, repo: str | Path):
+        from .s3 import export_settings
+
+        export_settings()                 # DVC reads the AWS settings itself
         self.repo = Path(repo).resolve()
         if not (self.repo / ".dvc").is_dir():
             raise RegistryError(f"{self.repo} is not a DVC repository: `patcher registry init --repo {repo}`")
@@ -66,9 +69,13 @@ class Registry:
         if not (repo / ".git").exists():
             subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
         if not (repo / ".dvc").exists():
+            from contextlib import redirect_stdout
+            from io import StringIO
+
             from dvc.repo import Repo
 
-            Repo.init(str(repo))
+            with redirect_stdout(StringIO()):          # DVC's "now commit the changes" advice
+                Repo.init(str(repo))
         registry = cls(repo)
         if remote:
             from dvc.repo import Repo

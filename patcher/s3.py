@@ -45,6 +45,19 @@ def client(endpoint_url: str | None = None):
                                                "mode": "adaptive"}, connect_timeout=5, read_timeout=30), **keys)
 
 
+def export_settings() -> None:
+    """For libraries that read the standard AWS settings themselves (DVC): with none in the environment,
+    point them at the embedded server `patcher s3 up` started, with its keys."""
+    embedded = embedded_state()
+    if embedded is None or os.environ.get("AWS_ENDPOINT_URL"):
+        return
+    os.environ["AWS_ENDPOINT_URL"] = embedded["endpoint_url"]
+    creds = STATE_DIR() / "credentials.json"
+    if "AWS_ACCESS_KEY_ID" not in os.environ and creds.exists():
+        keys = json.loads(creds.read_text())
+        os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = keys["access_key"], keys["secret_key"]
+
+
 def ensure_bucket(s3, bucket: str) -> None:
     try:
         s3.head_bucket(Bucket=bucket)

@@ -42,17 +42,31 @@ class ApproveSettings:
 
 
 @dataclass
+class RegisterSettings:
+    """params.yaml `register`."""
+
+    repo: str | None = None    # the patch registry's git + DVC repository (patcher/registry.py); None: approved
+                               # versions go to S3 only (patches/MODEL/vNNNN/)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "RegisterSettings":
+        return from_section(cls, data)
+
+
+@dataclass
 class PipelineSettings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     gate: GateThresholds = field(default_factory=GateThresholds)
     approve: ApproveSettings = field(default_factory=ApproveSettings)
+    register: RegisterSettings = field(default_factory=RegisterSettings)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "PipelineSettings":
         data = data or {}
         return cls(IngestSettings.from_dict(data.get("ingest")), TrainSettings.from_dict(data.get("train")),
-                   GateThresholds.from_dict(data.get("gate")), ApproveSettings.from_dict(data.get("approve")))
+                   GateThresholds.from_dict(data.get("gate")), ApproveSettings.from_dict(data.get("approve")),
+                   RegisterSettings.from_dict(data.get("register")))
 
     @classmethod
     def load(cls, path: str | Path | None = "params.yaml", overrides: dict | None = None) -> "PipelineSettings":
@@ -60,7 +74,7 @@ class PipelineSettings:
         import yaml
 
         data = yaml.safe_load(Path(path).read_text()) if path and Path(path).exists() else {}
-        data = {k: dict(v or {}) for k, v in (data or {}).items() if k in ("ingest", "train", "gate", "approve")}
+        data = {k: dict(v or {}) for k, v in (data or {}).items() if k in ("ingest", "train", "gate", "approve", "register")}
         for section, values in (overrides or {}).items():
             data.setdefault(section, {}).update(values)
         return cls.from_dict(data)

@@ -16,6 +16,7 @@ import pytest
 
 from patcher import store
 from patcher.facts.stream import batches
+from patcher.patchset import PatchSet
 from patcher.records import read_records
 from patcher.s3 import put_files
 from patcher.store import Layout, Lock
@@ -51,23 +52,28 @@ def seed(root, records, start=HOUR, hours=1, damaged_share=0.0, seed=0):
     return files, damaged
 
 
-def run(root, **kwargs):
+def run(root, registry=None, overrides=None, **kwargs):
+    """One pipeline run; versions go to S3 only unless a registry repository is given (never this checkout)."""
     from flows.pipeline import pipeline
 
-    return pipeline(model=MODEL, root=root, **{"approval": "auto", **kwargs})
+    overrides = {**(overrides or {}), "register": {"repo": str(registry) if registry else None}}
+    return pipeline(model=MODEL, root=root, overrides=overrides, **{"approval": "auto", **kwargs})
 
 
 def jsonl(uri):
     return [json.loads(x) for x in store.read_text(uri).splitlines() if x.strip()]
 
 
-def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck, mistakes):
+def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck, mistakes, tmp_path):
+    from patcher.registry import Registry
+
     root, layout = s3_env, Layout(s3_env, MODEL)
+    registry = Registry.init(tmp_path / "registry", f"{root}/dvc")
     files, damaged = seed(root, mistakes[:24], hours=2, damaged_share=0.25, seed=3)
     lines = sum(map(len, files.values()))
     assert len(files) == 2 and damaged
 
-    first = run(root)
+    first = run(root, registry.repo)
     assert first["outcome"] == "approved: v0001", first
     assert first["counts"] == {"received": lines, "accepted": lines - len(damaged), "quarantined": len(damaged)}
     quarantined = {(key, row["line"] - 1): row for key in files for row in
@@ -88,7 +94,12 @@ def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck,
     assert state.version == 1 and state.patches == layout.version(1) and set(state.batches) == set(files)
     assert set(state.records) == {r["id"] for r in accepted}
 
-    again = run(root)                                                   # nothing new: nothing twice
+    v1 = registry.resolve(MODEL)                                        # the registry has it, tagged
+    assert (v1["tag"], v1["approved_by"]) == (f"{MODEL}@v1.0.0", "policy:auto")
+    assert set(PatchSet.load(registry.fetch(MODEL, tmp_path / "v1")).error_ids) == edited
+    assert registry.read(MODEL, "manifest.json")["edits"] == manifest["edits"]
+
+    again = run(root, registry.repo)                                    # nothing new: nothing twice
     assert again["outcome"] == "nothing new"
     assert store.load_state(layout)[1] == etag
 
@@ -98,7 +109,7 @@ def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck,
     files2, _ = seed(root, later, start=datetime(2026, 11, 24, 12, tzinfo=timezone.utc))
     key = next(iter(files2))
     store.write_text(f"{layout.errors}/{key}", "".join(x + "\n" for x in files2[key]) + json.dumps(extra) + "\n")
-    third = run(root)
+    third = run(root, registry.repo)
     assert third["outcome"] == "approved: v0002", third
     assert third["counts"] == {"received": 5, "accepted": 4, "quarantined": 1}
     assert jsonl(f"{layout.quarantine}/{key}")[0]["reasons"] == [f"id already processed by run {first['run_id']}"]
@@ -107,6 +118,8 @@ def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck,
     report = json.loads(store.read_text(f"{layout.run(third['run_id'])}/train_report.json"))
     assert report["base_edits"] == len(manifest["edits"]) and report["registry_ER"] >= 0.99
     assert store.load_state(layout)[0].version == 2
+    assert [v["number"] for v in registry.versions(MODEL)] == [1, 2]
+    assert report["base_uri"] == f"{layout.run(third['run_id'])}/base"      # trained on the registry's v1
 
 
 def test_s3_outage_during_ingest_is_retried(s3_env, s3_server, prefect_api, monkeypatch):
