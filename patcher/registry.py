@@ -69,13 +69,10 @@ class Registry:
         if not (repo / ".git").exists():
             subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
         if not (repo / ".dvc").exists():
-            from contextlib import redirect_stdout
-            from io import StringIO
+            import sys
 
-            from dvc.repo import Repo
-
-            with redirect_stdout(StringIO()):          # DVC's "now commit the changes" advice
-                Repo.init(str(repo))
+            dvc = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
+            subprocess.run([dvc, "init", "-q"], cwd=repo, check=True)
         registry = cls(repo)
         if remote:
             from dvc.repo import Repo

@@ -65,6 +65,8 @@ def jsonl(uri):
 
 
 def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck, mistakes, tmp_path):
+    from prefect import get_client
+
     from patcher.registry import Registry
 
     root, layout = s3_env, Layout(s3_env, MODEL)
@@ -98,6 +100,13 @@ def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck,
     assert (v1["tag"], v1["approved_by"]) == (f"{MODEL}@v1.0.0", "policy:auto")
     assert set(PatchSet.load(registry.fetch(MODEL, tmp_path / "v1")).error_ids) == edited
     assert registry.read(MODEL, "manifest.json")["edits"] == manifest["edits"]
+
+    with get_client(sync_client=True) as client:                       # what the run left in Prefect
+        artifacts = {a.key: a for a in client.read_artifacts() if a.key}
+    assert {"pipeline-summary", "edit-metrics", "edit-metrics-plot", "gate-report", "data-docs"} <= set(artifacts)
+    assert first["run_id"] in artifacts["pipeline-summary"].data and "approved: v0001" in \
+        artifacts["pipeline-summary"].data
+    assert store.read_text(f"{layout.run(first['run_id'])}/metrics.svg").startswith("<svg")
 
     again = run(root, registry.repo)                                    # nothing new: nothing twice
     assert again["outcome"] == "nothing new"
