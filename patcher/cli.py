@@ -257,6 +257,90 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import tempfile
+
+    from .models.production import build, model_path
+    from .patchset import PatchSet
+    from .records import read_records
+    from .settings import PipelineSettings
+    from .train import train_patches
+
+    settings = PipelineSettings.load(args.params)
+    records = read_records(args.records)[: args.limit]
+    model_dir = Path(args.model_dir) if args.model_dir else build(args.model, out=model_path(args.model))
+    with tempfile.TemporaryDirectory() as tmp:
+        base = None
+        if args.registry:
+            from .registry import Registry
+
+            registry = Registry(args.registry)
+            if registry.versions(args.model):
+                base = PatchSet.load(registry.fetch(args.model, Path(tmp) / "base"))
+        patches, report = train_patches(args.model, model_dir, records, base, settings.train, progress=not args.quiet)
+    patches.save(args.out)
+    _write_json(args.report, report)
+    if args.plots:
+        _write_json(args.plots, report["checkpoints"])
+    m = report["metrics"]
+    print(json.dumps({k: m[k] for k in ("SR", "GR", "ER", "TrainR", "TestR", "n_edits", "n_failed")}))
+    return 0
+
+
+def cmd_gate(args) -> int:
+    import hashlib
+
+    from .gate import gate
+    from .settings import PipelineSettings
+    from .store import stamp
+
+    raw = Path(args.report).read_bytes()
+    report = json.loads(raw)
+    result = gate(report, PipelineSettings.load(args.params).gate)
+    _write_json(args.out, result.to_dict())
+    if args.markdown:
+        Path(args.markdown).write_text(result.markdown(f"Gate report: {report['model']}"))
+    if args.metrics:
+        _write_json(args.metrics, {"passed": result.passed, **{k: result.metrics.get(k) for k in
+                                                               ("SR", "GR", "ER", "TrainR", "TestR", "n_edits",
+                                                                "n_failed")}})
+    if args.pending:
+        pending = {"id": hashlib.sha256(raw).hexdigest()[:12], "model": report["model"], "passed": result.passed,
+                   "patches": args.patches, "gate_report": args.out, "created_at": stamp()}
+        _write_json(args.pending, pending)
+        print(f"gate {'passed' if result.passed else 'FAILED'}; " + (
+            f"approve with: patcher approve {pending['id']} --model {report['model']} --reviewer NAME"
+            if result.passed else "nothing to approve"), file=sys.stderr)
+    return 0
+
+
+def cmd_approve(args) -> int:
+    from .registry import Registry
+    from .settings import PipelineSettings
+    from .store import stamp
+
+    pending_path = Path(args.pending or f"data/pipeline/{args.model}/pending.json")
+    pending = json.loads(pending_path.read_text())
+    if pending["id"] != args.pending_id or pending["model"] != args.model:
+        raise ValueError(f"{pending_path} holds {pending['model']} {pending['id']}, not {args.model} "
+                         f"{args.pending_id}: rerun `dvc repro` or check the id")
+    if not pending["passed"]:
+        raise ValueError(f"{args.model} {args.pending_id} failed its gate: nothing to approve")
+    if not args.reviewer.strip():
+        raise ValueError("an approval needs the reviewer's name")
+    decision = {"approved": not args.reject, "reviewer": args.reviewer, "comment": args.comment, "at": stamp(),
+                "by_policy": False, "pending": args.pending_id}
+    if args.reject:
+        _write_json(pending_path.with_name("rejected.json"), decision)
+        print(f"rejected {args.model} {args.pending_id} ({args.reviewer})")
+        return 0
+    repo = args.registry or PipelineSettings.load(args.params).register.repo or "."
+    version = Registry(repo).register(args.model, pending["patches"], json.loads(Path(pending["gate_report"]).read_text()),
+                                      decision, note=f"dvc repro, pending {args.pending_id}")
+    print(f"{args.model} {version['version']} registered ({version['tag']}), approved by {args.reviewer}")
+    return 0
+
+
 def cmd_s3(args) -> int:
     from . import s3
 
@@ -393,6 +477,41 @@ def parser() -> argparse.ArgumentParser:
     va.add_argument("--quarantine", required=True,
                     help="the rest, one JSON line each: line number, original text, reasons")
     va.set_defaults(func=cmd_validate)
+
+    tr = sub.add_parser("train", help="the pipeline's train step on a file of accepted error records")
+    tr.add_argument("--model", required=True, choices=["factcheck-minilm", "facts-smollm2"])
+    tr.add_argument("--model-dir", help="the built model (default: `patcher models path NAME`, built if missing)")
+    tr.add_argument("--records", required=True, help="accepted error records, JSON lines")
+    tr.add_argument("--limit", type=int, help="the first N records only")
+    tr.add_argument("--registry", help="train on top of this registry's latest version (default: the base model)")
+    tr.add_argument("--out", required=True, help="patch set directory to write")
+    tr.add_argument("--report", required=True, help="train report (JSON) to write")
+    tr.add_argument("--plots", help="also write the metrics at checkpoints along the stream here (JSON)")
+    tr.add_argument("--params", default="params.yaml", help="settings: the `train` section")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
+    ga = sub.add_parser("gate", help="the locality gate on a train report; a pending approval when it passes")
+    ga.add_argument("--report", required=True)
+    ga.add_argument("--out", required=True, help="gate report (JSON)")
+    ga.add_argument("--markdown", help="the report for a reviewer (Markdown)")
+    ga.add_argument("--metrics", help="flat metrics (JSON) for `dvc metrics show`")
+    ga.add_argument("--pending", help="write the pending approval here (id, patch set, gate report)")
+    ga.add_argument("--patches", help="the patch set the report is about (recorded in the pending approval)")
+    ga.add_argument("--params", default="params.yaml", help="settings: the `gate` section")
+    ga.set_defaults(func=cmd_gate)
+
+    ap = sub.add_parser("approve", help="approve (or reject) a pending patch set from `dvc repro`; approving "
+                                        "registers it as the registry's next version")
+    ap.add_argument("pending_id", help="the id `patcher gate` printed")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--reviewer", required=True)
+    ap.add_argument("--comment", default="")
+    ap.add_argument("--reject", action="store_true")
+    ap.add_argument("--pending", help="default: data/pipeline/MODEL/pending.json")
+    ap.add_argument("--registry", help="registry repository (default: params.yaml register.repo)")
+    ap.add_argument("--params", default="params.yaml")
+    ap.set_defaults(func=cmd_approve)
 
     s3p = sub.add_parser("s3", help="the embedded S3 server (SeaweedFS on 127.0.0.1)")
     s3p.add_argument("s3_command", choices=["up", "down", "status"])
