@@ -50,11 +50,19 @@ class Registry:
             raise RegistryError(f"{self.repo} is not a DVC repository: `patcher registry init --repo {repo}`")
 
     # --- git and dvc --------------------------------------------------------------------------------
+    def identity(self) -> tuple[str, str]:
+        """Who commits and tags: git's configured user, else "patcher registry" (machines with no git
+        identity, such as CI, can still register)."""
+        name = os.environ.get("GIT_COMMITTER_NAME") or self.git("config", "user.name", check=False).strip()
+        email = os.environ.get("GIT_COMMITTER_EMAIL") or self.git("config", "user.email", check=False).strip()
+        return name or "patcher registry", email or "registry@patcher.local"
+
     def git(self, *args: str, check: bool = True) -> str:
         env = {**os.environ}
-        for key, value in (("NAME", "patcher registry"), ("EMAIL", "registry@patcher.local")):
-            env.setdefault(f"GIT_AUTHOR_{key}", value)
-            env.setdefault(f"GIT_COMMITTER_{key}", value)
+        if args and args[0] == "commit":
+            for key, value in zip(("NAME", "EMAIL"), self.identity()):
+                env.setdefault(f"GIT_AUTHOR_{key}", value)
+                env.setdefault(f"GIT_COMMITTER_{key}", value)
         proc = subprocess.run(["git", *args], cwd=self.repo, capture_output=True, text=True, env=env)
         if check and proc.returncode:
             raise RegistryError(f"git {' '.join(args)}: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -205,8 +213,10 @@ class Registry:
             _fault("registry:before-tag")
             from gto.api import register
 
+            author, email = self.identity()
             register(str(self.repo), model, "HEAD", version=f"v{number}.0.0",
-                     message=f"{model} v{number}: {action}; approved by {approval.get('reviewer')}")
+                     message=f"{model} v{number}: {action}; approved by {approval.get('reviewer')}",
+                     author=author, author_email=email)
         return self.resolve(model, number)
 
     def _restore(self, model: str) -> None:
@@ -236,8 +246,9 @@ class Registry:
 
         v = self.resolve(model, version)
         with self._locked():
+            author, email = self.identity()
             assign(str(self.repo), model, stage, version=f"v{v['number']}.0.0",
-                   message=f"{model} v{v['number']} -> {stage}")
+                   message=f"{model} v{v['number']} -> {stage}", author=author, author_email=email)
         return f"{model} v{v['number']} is {stage}"
 
     def rollback(self, model: str, to: int | str, reviewer: str, comment: str = "") -> dict:
