@@ -66,20 +66,26 @@ def run_train(deployment: str, pool: str, **parameters) -> tuple[str, str]:
     return train(**parameters), "in-process"
 
 
-def live_version(layout: Layout, run: str, state, settings: PipelineSettings) -> str | None:
-    """The S3 URI of the patch set new patches go on top of: the registry's latest version when there is a
-    registry (the source of truth: a rollback there is what the next run builds on), else the ledger's."""
+def live_version(layout: Layout, run: str, state, settings: PipelineSettings) -> tuple[str | None, dict]:
+    """The patch set new patches go on top of: the registry's latest version when there is a registry (the
+    source of truth: a rollback there is what the next run builds on), else the ledger's.
+    -> (its S3 URI or None, {error id it already holds: where})."""
     if not settings.register.repo:
-        return state.patches
+        if not state.patches:
+            return None, {}
+        manifest = json.loads(s3_tasks.read_text(f"{state.patches}/manifest.json"))
+        return state.patches, {e["error_id"]: f"v{state.version:04d}" for e in manifest["edits"]}
+    from patcher.patchset import PatchSet
     from patcher.registry import Registry
 
     registry = Registry(settings.register.repo)
     if not registry.versions(layout.model):
-        return None
+        return None, {}
     with tempfile.TemporaryDirectory() as tmp:
-        registry.fetch(layout.model, Path(tmp) / "base")
+        base = PatchSet.load(registry.fetch(layout.model, Path(tmp) / "base"))
         s3_tasks.upload_dir(Path(tmp) / "base", f"{run}/base")
-    return f"{run}/base"
+    tag = registry.resolve(layout.model)["tag"]
+    return f"{run}/base", {e["error_id"]: f"registry {tag}" for e in base.edits}
 
 
 def decide(gated: dict, settings: PipelineSettings) -> dict:
@@ -138,7 +144,10 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
         if not got["batches"]:
             summary["outcome"] = "nothing new"
             return summary
-        checked = validate(layout.root, model, run_id, got["batches"], state.records)
+        # ids the live version holds count as processed too: a run that registered but crashed before the
+        # ledger write must not edit them again
+        base_uri, held = live_version(layout, run, state, settings)
+        checked = validate(layout.root, model, run_id, got["batches"], {**held, **{i: f"run {r}" for i, r in state.records.items()}})
         lap("validate")
         summary["counts"] = {k: checked[k] for k in ("received", "accepted", "quarantined")}
         summary["where"] |= {"quarantine": layout.quarantine, "data docs": checked["docs_uri"]}
@@ -147,7 +156,7 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
             summary["outcome"] = "nothing to edit: every record quarantined"
         else:
             report_uri, where = run_train(train_deployment, train_pool, model=model, accepted_uri=checked["accepted_uri"],
-                                          out_uri=run, base_uri=live_version(layout, run, state, settings),
+                                          out_uri=run, base_uri=base_uri,
                                           settings=asdict(settings.train))
             summary["train_ran"] = where
             lap("train")

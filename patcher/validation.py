@@ -178,7 +178,8 @@ class BatchValidation:
 def validate_batches(batches: dict[str, list[str]], model: str, processed: dict[str, str] | None = None,
                      docs_dir: str | Path | None = None) -> BatchValidation:
     """Validates the batch files of one model's error stream as one suite run. Records of another model, and
-    records whose id an earlier run already processed (`processed`: id -> run id), are quarantined too."""
+    records whose id was already processed (`processed`: id -> where, e.g. "run RUN_ID"), are quarantined
+    too."""
     labels = known_models()
     if model not in labels:
         raise KeyError(f"unknown production model {model!r}; one of {', '.join(labels)}")
@@ -201,7 +202,7 @@ def validate_batches(batches: dict[str, list[str]], model: str, processed: dict[
         record = next(accepted)
         if record["id"] in processed:
             out.quarantined.setdefault(key, []).append({"line": number, "record": lines[index - 1], "reasons": [
-                f"id already processed by run {processed[record['id']]}"]})
+                f"id already processed ({processed[record['id']]})"]})
         else:
             out.accepted.append(record)
     return out

@@ -121,7 +121,7 @@ def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck,
     third = run(root, registry.repo)
     assert third["outcome"] == "approved: v0002", third
     assert third["counts"] == {"received": 5, "accepted": 4, "quarantined": 1}
-    assert jsonl(f"{layout.quarantine}/{key}")[0]["reasons"] == [f"id already processed by run {first['run_id']}"]
+    assert jsonl(f"{layout.quarantine}/{key}")[0]["reasons"] == [f"id already processed (run {first['run_id']})"]
     manifest2 = json.loads(store.read_text(f"{layout.version(2)}/manifest.json"))
     assert edited <= {e["error_id"] for e in manifest2["edits"]}        # v2 = v1's edits + the new ones
     report = json.loads(store.read_text(f"{layout.run(third['run_id'])}/train_report.json"))
@@ -129,6 +129,18 @@ def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck,
     assert store.load_state(layout)[0].version == 2
     assert [v["number"] for v in registry.versions(MODEL)] == [1, 2]
     assert report["base_uri"] == f"{layout.run(third['run_id'])}/base"      # trained on the registry's v1
+
+    # a run that registered v2 but died before its ledger write: the next run sees every batch again, and the
+    # ids v2 holds are not edited twice
+    store.write_json(layout.state, {})
+    fourth = run(root, registry.repo)
+    held = {e["error_id"] for e in manifest2["edits"]}
+    reasons = {json.loads(r["record"])["id"]: r["reasons"] for k in [*files, key]
+               for r in jsonl(f"{layout.quarantine}/{k}") if r["reasons"][0].startswith("id already processed")}
+    assert held <= set(reasons) and all(reasons[i] == [f"id already processed (registry {MODEL}@v2.0.0)"]
+                                        for i in held)
+    latest = PatchSet.load(registry.fetch(MODEL, tmp_path / "latest"))
+    assert len(latest.edits) == len({e["error_id"] for e in latest.edits}) >= len(held), fourth["outcome"]
 
 
 def test_s3_outage_during_ingest_is_retried(s3_env, s3_server, prefect_api, monkeypatch):

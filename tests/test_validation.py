@@ -69,13 +69,13 @@ def test_batches_of_one_stream_with_data_docs(tmp_path):
     batches = {"2026/11/24/10/a.jsonl": [json.dumps(ok), json.dumps({**ok, "id": "b-2", "model": "facts-smollm2"})],
                "2026/11/24/11/b.jsonl": ["", json.dumps(ok), json.dumps({**ok, "id": "b-3"}),
                                          json.dumps({**ok, "id": "old-1"})]}
-    result = validate_batches(batches, "factcheck-minilm", processed={"old-1": "run-7"}, docs_dir=tmp_path / "docs")
+    result = validate_batches(batches, "factcheck-minilm", processed={"old-1": "run run-7"}, docs_dir=tmp_path / "docs")
     assert [r["id"] for r in result.accepted] == ["b-1", "b-3"]
     assert result.counts == {"received": 5, "accepted": 2, "quarantined": 3}
     q = {(key, row["line"]): row["reasons"] for key, rows in result.quarantined.items() for row in rows}
     assert q == {("2026/11/24/10/a.jsonl", 2): ["model is not factcheck-minilm"],
                  ("2026/11/24/11/b.jsonl", 2): ["duplicate id (first at line 1)"],
-                 ("2026/11/24/11/b.jsonl", 4): ["id already processed by run run-7"]}
+                 ("2026/11/24/11/b.jsonl", 4): ["id already processed (run run-7)"]}
     pages = list((tmp_path / "docs" / "validations").rglob("*.html"))
     assert (tmp_path / "docs" / "index.html").exists() and len(pages) == 1
     page = pages[0].read_text()
