@@ -147,11 +147,11 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
         # ids the live version holds count as processed too: a run that registered but crashed before the
         # ledger write must not edit them again
         base_uri, held = live_version(layout, run, state, settings)
-        checked = validate(layout.root, model, run_id, got["batches"], {**held, **{i: f"run {r}" for i, r in state.records.items()}})
+        processed = {**held, **{i: f"run {r}" for i, r in state.records.items()}}
+        checked = validate(layout.root, model, run_id, got["batches"], processed)
         lap("validate")
         summary["counts"] = {k: checked[k] for k in ("received", "accepted", "quarantined")}
         summary["where"] |= {"quarantine": layout.quarantine, "data docs": checked["docs_uri"]}
-        decision = None
         if not checked["accepted"]:
             summary["outcome"] = "nothing to edit: every record quarantined"
         else:
@@ -188,8 +188,9 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
             if review:
                 records = {json.loads(x)["id"]: json.loads(x) for x in
                            s3_tasks.read_text(checked["accepted_uri"]).splitlines() if x.strip()}
-                s3_tasks.write_jsonl(layout.review(run_id), [{**records[r["error_id"]], "reason": r["reason"],
-                                                              "run_id": run_id} for r in review])
+                # an earlier edit a new patch broke is not among this run's records: its id says which
+                s3_tasks.write_jsonl(layout.review(run_id), [{**records.get(r["error_id"], {"id": r["error_id"]}),
+                                                              "reason": r["reason"], "run_id": run_id} for r in review])
                 summary["where"]["review"] = layout.review(run_id)
             lap("register")
         state.batches.update(got["etags"])
