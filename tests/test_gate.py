@@ -58,3 +58,12 @@ def test_plot_is_svg_with_a_line_per_metric():
     points = [{"records": n, "SR": 1.0, "ER": 1 - n / 100, "TestR": None} for n in (5, 10, 20)]
     svg = metrics_svg(points, "t <&>")
     assert svg.startswith("<svg") and svg.count("<polyline") == 2 and "t &lt;&amp;&gt;" in svg
+
+
+def test_pipeline_run_overrides_parse_as_params_sections():
+    from patcher.cli import _section_overrides
+
+    assert _section_overrides(["gate.test_retain=0.995", "approve.policy=auto", "register.repo=null"]) == \
+        {"gate": {"test_retain": 0.995}, "approve": {"policy": "auto"}, "register": {"repo": None}}
+    with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
+        _section_overrides(["test_retain=0.9"])
