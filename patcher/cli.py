@@ -341,6 +341,25 @@ def cmd_approve(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+    from .facts.bank import all_facts, split_facts
+    from .facts.mistakes import task_examples
+    from .models.base import load_model, resolve_model_dir
+
+    model_dir = resolve_model_dir(args.model)
+    model, _ = load_model(model_dir)
+    task = "classification" if model.config.architectures[0].endswith("Classification") else "generation"
+    del model
+    check = task_examples(task, split_facts(all_facts(), seed=args.seed)["test"][: args.locality], "prompt",
+                          args.seed) if args.locality else []
+    manifest = export(model_dir, args.patches, args.out, check, version=args.version)
+    print(json.dumps({"out": args.out, "patch_set": manifest["patch_set"] and
+                      {k: manifest["patch_set"][k] for k in ("edits", "neurons", "how")},
+                      "parity": manifest["parity"]}))
+    return 0
+
+
 def cmd_s3(args) -> int:
     from . import s3
 
@@ -512,6 +531,15 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--registry", help="registry repository (default: params.yaml register.repo)")
     ap.add_argument("--params", default="params.yaml")
     ap.set_defaults(func=cmd_approve)
+
+    ex = sub.add_parser("export", help="ONNX export of a patched model, checked against PyTorch")
+    ex.add_argument("--model", required=True, help="model directory (or production/base model name)")
+    ex.add_argument("--patches", help="patch set directory (none: the unpatched model)")
+    ex.add_argument("--out", required=True, help="directory to write (model.onnx, config, tokenizer, export.json)")
+    ex.add_argument("--locality", type=int, default=30, help="fact-bank test facts added to the parity check")
+    ex.add_argument("--version", help="the patch set's registry version, recorded in export.json")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.set_defaults(func=cmd_export)
 
     s3p = sub.add_parser("s3", help="the embedded S3 server (SeaweedFS on 127.0.0.1)")
     s3p.add_argument("s3_command", choices=["up", "down", "status"])

@@ -1,0 +1,75 @@
+"""ONNX export: the directory a fresh onnxruntime session loads, parity with PyTorch on the edits and a
+locality sample (merged patches for BERT, a branch in the graph for Llama), and a loud failure when the
+graph and the model disagree."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from patcher import Editor, EditorConfig, Memory
+from patcher.export import ExportParityError, _inputs, check_parity, export, onnx_logits, session
+from patcher.models.base import load_model
+from patcher.sequential import to_patchset
+
+from conftest import FACTS, MEMORY
+
+
+def edited_tiny(tmp_path, make_model, tokenizer, kind):
+    model_dir = tmp_path / "model"
+    make_model(kind).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    model, tok = load_model(model_dir)
+    editor = Editor(model, tok, EditorConfig())
+    editor.memory = Memory.from_examples(editor.task, MEMORY)
+    outcomes = [editor.edit(f"e{i}", f.input, f.target) for i, f in enumerate(FACTS[:3])]
+    assert all(o.succeeded for o in outcomes)
+    return model_dir, to_patchset(editor, outcomes, "tiny", model_dir).save(tmp_path / "patches")
+
+
+def test_llama_branch_is_in_the_graph_and_a_disagreement_fails_loudly(tmp_path, make_model, tokenizer):
+    model_dir, patches = edited_tiny(tmp_path, make_model, tokenizer, "llama")
+    manifest = export(model_dir, patches, tmp_path / "onnx", MEMORY)
+    assert manifest["patch_set"]["how"] == "branch in the graph" and manifest["patch_set"]["edits"] == 3
+    assert manifest["parity"]["examples"] == 3 + len(MEMORY) and manifest["parity"]["max_abs_diff"] <= 1e-4
+    assert not (tmp_path / "onnx.partial").exists()
+    unpatched, tok = load_model(model_dir)          # the graph holds the patches; this model does not
+    with pytest.raises(ExportParityError, match="differ between onnxruntime and PyTorch"):
+        check_parity(unpatched, tok, tmp_path / "onnx" / "model.onnx", [f.input for f in FACTS[:3]])
+
+
+def test_real_factcheck_export_in_a_fresh_session(tmp_path, factcheck_model):
+    from patcher.facts.bank import all_facts, split_facts
+    from patcher.facts.mistakes import task_examples
+    from patcher.patchset import load_patched
+    from patcher.records import read_records
+    from patcher.sequential import editor_on_facts, run_stream
+
+    model, tok = load_model(factcheck_model)
+    split = split_facts(all_facts(), seed=0)
+    editor, _, _ = editor_on_facts(model, tok, EditorConfig(), split)
+    records = read_records("data/errors/factcheck-minilm.jsonl")[:8]
+    outcomes = run_stream(editor, records, progress=False)
+    to_patchset(editor, outcomes, "factcheck-minilm", factcheck_model).save(tmp_path / "patches")
+    proc = subprocess.run([sys.executable, "-m", "patcher.cli", "export", "--model", str(factcheck_model),
+                           "--patches", str(tmp_path / "patches"), "--out", str(tmp_path / "onnx"),
+                           "--locality", "40", "--version", "v3.0.0"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "onnx" / "export.json").read_text())
+    assert manifest["patch_set"]["how"] == "merged" and manifest["patch_set"]["version"] == "v3.0.0"
+    assert set(manifest["files"]) >= {"model.onnx", "config.json", "tokenizer.json"}
+    assert manifest["parity"]["max_abs_diff"] <= 1e-4
+
+    sess = session(tmp_path / "onnx" / "model.onnx")                  # a consumer: onnxruntime only
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    texts = [r.input for r in records] + [e.input for e in task_examples("classification", split["test"][:20])]
+    labels = np.asarray(onnx_logits(sess, _inputs(tok, texts))).argmax(-1)
+    patched, _, _ = load_patched(factcheck_model, tmp_path / "patches")
+    with torch.no_grad():
+        expected = patched(**_inputs(tok, texts)).logits.argmax(-1).numpy()
+    assert (labels == expected).all()
+    fixed = [o.error_id for o in outcomes if o.succeeded]
+    assert fixed and all(patched.config.id2label[int(labels[i])] == r.target
+                         for i, r in enumerate(records) if r.id in fixed)    # every edit holds in ONNX
