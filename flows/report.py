@@ -8,6 +8,7 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact, c
 
 from flows import s3_tasks
 from patcher import store
+from patcher.gate import fmt
 from patcher.plot import metrics_svg
 
 
@@ -22,7 +23,7 @@ def summary_markdown(summary: dict) -> str:
              f"{m.get('n_skipped_already_correct', 0)} |", ""]
     if m:
         lines += ["| SR | GR | ER | TrainR | TestR | neurons | s per edit (median) |", "|---|---|---|---|---|---|---|",
-                  "| " + " | ".join(_fmt(m.get(k)) for k in ("SR", "GR", "ER", "TrainR", "TestR", "n_neurons",
+                  "| " + " | ".join(fmt(m.get(k)) for k in ("SR", "GR", "ER", "TrainR", "TestR", "n_neurons",
                                                               "edit_seconds_median")) + " |", ""]
     if summary.get("approval"):
         a = summary["approval"]
@@ -31,10 +32,6 @@ def summary_markdown(summary: dict) -> str:
     lines += ["", "| step | seconds |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in summary["seconds"].items()]
     lines += ["", "Where to look:"] + [f"- {k}: `{v}`" for k, v in summary.get("where", {}).items()]
     return "\n".join(lines) + "\n"
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
 def publish(summary: dict, report_uri: str | None) -> None:

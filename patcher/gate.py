@@ -38,12 +38,12 @@ class GateReport:
         lines = [f"## {title}: {'PASSED' if self.passed else 'FAILED'}", "",
                  "| check | value | threshold | result |", "|---|---|---|---|"]
         for c in self.checks:
-            lines.append(f"| {c['name']} | {_fmt(c['value'])} | {c['threshold']} | "
+            lines.append(f"| {c['name']} | {fmt(c['value'])} | {c['threshold']} | "
                          f"{'pass' if c['passed'] else '**FAIL**'} |")
         m = self.metrics
-        lines += ["", f"SR {_fmt(m.get('SR'))} · GR {_fmt(m.get('GR'))} · edits {m.get('n_edits')} · failed "
+        lines += ["", f"SR {fmt(m.get('SR'))} · GR {fmt(m.get('GR'))} · edits {m.get('n_edits')} · failed "
                       f"{m.get('n_failed')} · already right {m.get('n_skipped_already_correct')} · neurons "
-                      f"{m.get('n_neurons')} · median {_fmt(m.get('edit_seconds_median'))} s per edit", ""]
+                      f"{m.get('n_neurons')} · median {fmt(m.get('edit_seconds_median'))} s per edit", ""]
         shown = [e for e in self.edits if e["status"] != "skipped"][:limit]
         if shown:
             lines += [f"### Edits ({len(shown)} of {sum(e['status'] != 'skipped' for e in self.edits)} shown)", "",
@@ -61,7 +61,8 @@ class GateReport:
         return "\n".join(lines) + "\n"
 
 
-def _fmt(x) -> str:
+def fmt(x) -> str:
+    """A metric for people: 3 decimals for floats, n/a for missing."""
     return "n/a" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 

@@ -37,9 +37,8 @@ def client(endpoint_url: str | None = None):
     embedded = embedded_state()
     if embedded and (endpoint_url is None or endpoint_url == embedded["endpoint_url"]):
         endpoint_url = embedded["endpoint_url"]
-        if "AWS_ACCESS_KEY_ID" not in os.environ and (STATE_DIR() / "credentials.json").exists():
-            creds = json.loads((STATE_DIR() / "credentials.json").read_text())
-            keys = {"aws_access_key_id": creds["access_key"], "aws_secret_access_key": creds["secret_key"]}
+        if "AWS_ACCESS_KEY_ID" not in os.environ and (saved := _saved_keys()):
+            keys = {"aws_access_key_id": saved[0], "aws_secret_access_key": saved[1]}
     return boto3.client("s3", endpoint_url=endpoint_url, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
                         config=Config(retries={"max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", 8)),
                                                "mode": "adaptive"}, connect_timeout=5, read_timeout=30), **keys)
@@ -52,10 +51,17 @@ def export_settings() -> None:
     if embedded is None or os.environ.get("AWS_ENDPOINT_URL"):
         return
     os.environ["AWS_ENDPOINT_URL"] = embedded["endpoint_url"]
-    creds = STATE_DIR() / "credentials.json"
-    if "AWS_ACCESS_KEY_ID" not in os.environ and creds.exists():
-        keys = json.loads(creds.read_text())
-        os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = keys["access_key"], keys["secret_key"]
+    if "AWS_ACCESS_KEY_ID" not in os.environ and (saved := _saved_keys()):
+        os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = saved
+
+
+def _saved_keys() -> tuple[str, str] | None:
+    """The keys `patcher s3 up` generated for the embedded server, if it did."""
+    path = STATE_DIR() / "credentials.json"
+    if not path.exists():
+        return None
+    creds = json.loads(path.read_text())
+    return creds["access_key"], creds["secret_key"]
 
 
 def ensure_bucket(s3, bucket: str) -> None:
@@ -191,8 +197,7 @@ def _credentials() -> tuple[str, str]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump({"access_key": "patcher-" + secrets.token_hex(6), "secret_key": secrets.token_hex(24)}, fh)
-    creds = json.loads(path.read_text())
-    return creds["access_key"], creds["secret_key"]
+    return _saved_keys()
 
 
 def up(port: int = 8333) -> dict:
