@@ -1,5 +1,5 @@
-"""The edit-management loop, one model per run: ingest -> validate -> train -> gate -> approve -> register,
-then one conditional write of the ledger that records the whole outcome (patcher/store.py explains why that
+"""The edit-management loop, one model per run: ingest -> validate -> train -> gate -> approve -> register
+-> export (ONNX, published for serving), then one conditional write of the ledger that records the whole outcome (patcher/store.py explains why that
 makes each batch exactly-once). The run holds the model's lock throughout; a second run started meanwhile
 waits up to ingest.lock_wait_s, then ends without touching anything.
 
@@ -19,6 +19,7 @@ from prefect.exceptions import FlowPauseTimeout
 
 from flows import s3_tasks
 from flows.approve import approve
+from flows.export import export_version
 from flows.gate import gate_step
 from flows.ingest import ingest
 from flows.register import register
@@ -177,6 +178,16 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
                 if version["tag"]:
                     summary["where"]["registry"] = f"{settings.register.repo} ({version['tag']})"
                 summary["outcome"] = f"approved: v{state.version:04d}"
+                lap("register")
+                if settings.export.enabled:
+                    exported = export_version(layout.root, model, f"v{state.version:04d}", state.patches,
+                                              asdict(settings.export), settings.train.seed, return_state=True)
+                    if exported.is_completed():
+                        summary["export"] = exported.result()
+                        summary["where"]["serving"] = summary["export"]["pointer"]["uri"]
+                    else:       # the version stands (approved, registered); serving keeps the previous one
+                        summary["export"] = {"error": exported.message}
+                    lap("export")
             else:
                 why = decision["comment"] if decision["reviewer"] in ("gate", "timeout") else \
                     f"rejected by {decision['reviewer'] or 'a reviewer'}: {decision['comment']}"
@@ -192,13 +203,16 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
                 s3_tasks.write_jsonl(layout.review(run_id), [{**records.get(r["error_id"], {"id": r["error_id"]}),
                                                               "reason": r["reason"], "run_id": run_id} for r in review])
                 summary["where"]["review"] = layout.review(run_id)
-            lap("register")
         state.batches.update(got["etags"])
         state.records.update({i: run_id for i in checked["accepted_ids"]})
         state.runs.append({"run_id": run_id, "at": stamp(), "outcome": summary["outcome"], "version": state.version,
                            **summary["counts"]})
         s3_tasks.commit_state(layout, state, etag)
         summary["where"] |= {"run": run, "ledger": layout.state}
+        if "error" in summary.get("export", {}):
+            raise RuntimeError(f"v{state.version:04d} is approved and registered, but its ONNX export failed "
+                               f"({summary['export']['error']}): serving keeps the previous version; export it "
+                               f"again with `patcher export --publish`")
         return summary
     finally:
         summary["finished_at"] = stamp()

@@ -334,29 +334,50 @@ def cmd_approve(args) -> int:
         _write_json(pending_path.with_name("rejected.json"), decision)
         print(f"rejected {args.model} {args.pending_id} ({args.reviewer})")
         return 0
-    repo = args.registry or PipelineSettings.load(args.params).register.repo or "."
+    settings = PipelineSettings.load(args.params)
+    repo = args.registry or settings.register.repo or "."
     version = Registry(repo).register(args.model, pending["patches"], json.loads(Path(pending["gate_report"]).read_text()),
                                       decision, note=f"dvc repro, pending {args.pending_id}")
     print(f"{args.model} {version['version']} registered ({version['tag']}), approved by {args.reviewer}")
+    if settings.export.enabled and not args.no_export:
+        from .export import export, locality_sample
+        from .publish import publish
+
+        s, name = settings.export, f"v{version['number']:04d}"
+        model_dir = Path(args.model_dir or f"data/models/{args.model}")
+        out = Path(args.export_dir or f"data/serving/{args.model}")
+        export(model_dir, pending["patches"], out, locality_sample(model_dir, s.locality, settings.train.seed),
+               s.tolerance, s.rtol, version=name)
+        pointer = publish(out, settings.ingest.root, args.model, name)
+        print(f"{args.model} {name} exported to ONNX ({out}) and published: {pointer['uri']}")
     return 0
 
 
 def cmd_export(args) -> int:
-    from .export import export
-    from .facts.bank import all_facts, split_facts
-    from .facts.mistakes import task_examples
-    from .models.base import load_model, resolve_model_dir
+    from .export import export, locality_sample
+    from .models.base import resolve_model_dir
 
+    if args.publish and not args.version:
+        raise ValueError("--publish needs --version (the name consumers see)")
     model_dir = resolve_model_dir(args.model)
-    model, _ = load_model(model_dir)
-    task = "classification" if model.config.architectures[0].endswith("Classification") else "generation"
-    del model
-    check = task_examples(task, split_facts(all_facts(), seed=args.seed)["test"][: args.locality], "prompt",
-                          args.seed) if args.locality else []
-    manifest = export(model_dir, args.patches, args.out, check, version=args.version)
+    manifest = export(model_dir, args.patches, args.out, locality_sample(model_dir, args.locality, args.seed),
+                      version=args.version)
+    if args.publish:
+        from .publish import publish
+
+        manifest["published"] = publish(args.out, args.publish, args.name or Path(model_dir).name, args.version)
     print(json.dumps({"out": args.out, "patch_set": manifest["patch_set"] and
                       {k: manifest["patch_set"][k] for k in ("edits", "neurons", "how")},
-                      "parity": manifest["parity"]}))
+                      "parity": manifest["parity"], "published": manifest.get("published")}))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import ServeSettings, serve
+    from .settings import PipelineSettings
+
+    root = args.root or PipelineSettings.load(args.params).ingest.root
+    serve(ServeSettings(args.model, root, poll_s=args.poll), args.host, args.port)
     return 0
 
 
@@ -530,7 +551,21 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--pending", help="default: data/pipeline/MODEL/pending.json")
     ap.add_argument("--registry", help="registry repository (default: params.yaml register.repo)")
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--model-dir", help="the base model (default: data/models/MODEL), for the ONNX export")
+    ap.add_argument("--export-dir", help="where the ONNX export is written (default: data/serving/MODEL)")
+    ap.add_argument("--no-export", action="store_true", help="register only (params.yaml export.enabled: false "
+                    "does the same); the export then waits for `patcher export --publish`")
     ap.set_defaults(func=cmd_approve)
+
+    sv = sub.add_parser("serve", help="HTTP service (127.0.0.1) over the latest published ONNX version: "
+                                      "/predict, /health, /feedback; switches to new versions as they are published")
+    sv.add_argument("--model", required=True, help="production model name (ROOT/serving/MODEL/latest)")
+    sv.add_argument("--root", help="S3 root (default: params.yaml ingest.root)")
+    sv.add_argument("--params", default="params.yaml")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--poll", type=float, default=5.0, help="seconds between looks for a new version")
+    sv.set_defaults(func=cmd_serve)
 
     ex = sub.add_parser("export", help="ONNX export of a patched model, checked against PyTorch")
     ex.add_argument("--model", required=True, help="model directory (or production/base model name)")
@@ -539,6 +574,9 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--locality", type=int, default=30, help="fact-bank test facts added to the parity check")
     ex.add_argument("--version", help="the patch set's registry version, recorded in export.json")
     ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--publish", metavar="ROOT", help="then publish it under ROOT/serving/NAME/VERSION/ (s3://...) "
+                    "and point ROOT/serving/NAME/latest at it (needs --version)")
+    ex.add_argument("--name", help="production model name to publish under (default: the model directory's name)")
     ex.set_defaults(func=cmd_export)
 
     s3p = sub.add_parser("s3", help="the embedded S3 server (SeaweedFS on 127.0.0.1)")

@@ -15,7 +15,6 @@ as if it were good.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -24,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checksum import sha256
+from .onnx_model import ONNX, greedy, onnx_logits, session
 from .patchset import load_patched, weights_sha256
 from .tasks import Example
-
-ONNX = "model.onnx"
-
 
 class ExportParityError(RuntimeError):
     """onnxruntime and PyTorch disagree beyond the tolerance on some input."""
@@ -56,17 +54,20 @@ class Parity:
     mismatches: list[dict]
 
 
+def locality_sample(model_dir: str | Path, n: int, seed: int = 0) -> list[Example]:
+    """The first `n` facts of the fact bank's test split, phrased as the model's task: inputs no edit is
+    about, where the exported graph must agree with PyTorch too."""
+    from .facts.bank import all_facts, split_facts
+    from .facts.mistakes import task_examples
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    task = "classification" if config["architectures"][0].endswith("Classification") else "generation"
+    return task_examples(task, split_facts(all_facts(), seed=seed)["test"][:n], "prompt", seed) if n else []
+
+
 def _inputs(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
     enc = tokenizer(texts, return_tensors="pt", padding=True)
     return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export(model_dir: str | Path, patch_dir: str | Path | None, out: str | Path, check: list[Example] = (),
@@ -102,34 +103,11 @@ def export(model_dir: str | Path, patch_dir: str | Path | None, out: str | Path,
         "parity": {"max_abs_diff": parity.max_abs_diff, "tolerance": tolerance, "rtol": rtol,
                    "examples": parity.examples},
     }
-    manifest["files"] = {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
+    manifest["files"] = {p.name: sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
     (staging / "export.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)                      # readers never see a half-written directory here
     return manifest
-
-
-def session(onnx_path: str | Path):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-
-
-def onnx_logits(sess, inputs: dict[str, torch.Tensor]) -> np.ndarray:
-    names = {i.name for i in sess.get_inputs()}
-    return sess.run(["logits"], {k: v.numpy() for k, v in inputs.items() if k in names})[0]
-
-
-def greedy(step, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    """Greedy answer with `step(input_ids (1, T)) -> logits (1, T, V)`, full recompute per token."""
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    start = ids.shape[1]
-    for _ in range(max_new_tokens):
-        nxt = int(np.asarray(step(ids))[0, -1].argmax())
-        if nxt == tokenizer.eos_token_id:
-            break
-        ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
-    return tokenizer.decode(ids[0, start:])
 
 
 def check_parity(model, tokenizer, onnx_path: Path, texts: list[str], tolerance: float = 1e-4, rtol: float = 1e-5,
@@ -158,12 +136,11 @@ def check_parity(model, tokenizer, onnx_path: Path, texts: list[str], tolerance:
             if classification:
                 a, b = int(ours[j].argmax()), int(theirs[j].argmax())
             else:
-                a = greedy(lambda ids: onnx_logits(sess, {"input_ids": ids,
-                                                           "attention_mask": torch.ones_like(ids)}),
+                a = greedy(lambda ids: onnx_logits(sess, {"input_ids": ids, "attention_mask": np.ones_like(ids)}),
                            tokenizer, text, max_new_tokens)
                 with torch.no_grad():
-                    b = greedy(lambda ids: model(input_ids=ids, use_cache=False).logits, tokenizer, text,
-                               max_new_tokens)
+                    b = greedy(lambda ids: model(input_ids=torch.from_numpy(ids), use_cache=False).logits,
+                               tokenizer, text, max_new_tokens)
             if a != b or over[j] > tolerance:
                 mismatches.append({"input": text, "onnx": a, "torch": b, "max_abs_diff": float(diff[j])})
     if mismatches:

@@ -6,7 +6,6 @@ weights where that is exact. Rollback removes one edit's neurons and leaves ever
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -18,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .arch import Arch, adapter_for
+from .checksum import sha256
 from .patch import PatchBranch, PatchNeurons, can_merge, merge_into
 
 FORMAT = "patcher.patchset/1"
@@ -43,12 +43,7 @@ def weights_sha256(model_dir: str | os.PathLike) -> str:
     key = str(model_dir.resolve())
     if key in cache and cache[key]["stamp"] == [list(s) for s in stamp]:
         return cache[key]["sha256"]
-    digest = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 24), b""):
-                digest.update(chunk)
-    cache[key] = {"stamp": stamp, "sha256": digest.hexdigest()}
+    cache[key] = {"stamp": stamp, "sha256": sha256(*files)}
     tmp = cache_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(cache, indent=1))
     tmp.replace(cache_file)

@@ -54,19 +54,37 @@ class RegisterSettings:
 
 
 @dataclass
+class ExportSettings:
+    """params.yaml `export`: each approved version to ONNX (patcher/export.py), published for serving."""
+
+    enabled: bool = True               # export and publish under serving/MODEL/vNNNN/ after each approval
+    locality: int = 30                 # fact-bank test facts checked for parity besides the patch set's edits
+    tolerance: float = 1e-4            # parity: |onnx - torch| <= tolerance + rtol x max|logit| per position
+    rtol: float = 1e-5
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "ExportSettings":
+        return from_section(cls, data)
+
+
+SECTIONS = ("ingest", "train", "gate", "approve", "register", "export")
+
+
+@dataclass
 class PipelineSettings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     gate: GateThresholds = field(default_factory=GateThresholds)
     approve: ApproveSettings = field(default_factory=ApproveSettings)
     register: RegisterSettings = field(default_factory=RegisterSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "PipelineSettings":
         data = data or {}
         return cls(IngestSettings.from_dict(data.get("ingest")), TrainSettings.from_dict(data.get("train")),
                    GateThresholds.from_dict(data.get("gate")), ApproveSettings.from_dict(data.get("approve")),
-                   RegisterSettings.from_dict(data.get("register")))
+                   RegisterSettings.from_dict(data.get("register")), ExportSettings.from_dict(data.get("export")))
 
     @classmethod
     def load(cls, path: str | Path | None = "params.yaml", overrides: dict | None = None) -> "PipelineSettings":
@@ -74,7 +92,7 @@ class PipelineSettings:
         import yaml
 
         data = yaml.safe_load(Path(path).read_text()) if path and Path(path).exists() else {}
-        data = {k: dict(v or {}) for k, v in (data or {}).items() if k in ("ingest", "train", "gate", "approve", "register")}
+        data = {k: dict(v or {}) for k, v in (data or {}).items() if k in SECTIONS}
         for section, values in (overrides or {}).items():
             data.setdefault(section, {}).update(values)
         return cls.from_dict(data)

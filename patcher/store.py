@@ -8,6 +8,8 @@ Layout under a root such as s3://patcher, per production model M:
                                      data docs, plot
   review/M/RUN.jsonl                 errors a person has to look at: failed edits, gate failures, rejections
   patches/M/vNNNN/                   approved patch sets, each the full set that applies to the base model
+  serving/M/vNNNN/, serving/M/latest the approved versions exported to ONNX, and which one to serve
+                                     (patcher/publish.py)
   pipeline/M/state.json              the ledger: current version, processed batch files and record ids, runs
   pipeline/M/lock.json               held by the run in progress
 
@@ -85,6 +87,10 @@ class Layout:
         return self.uri("patches", self.model, f"v{number:04d}")
 
     @property
+    def serving(self) -> str:
+        return self.uri("serving", self.model)
+
+    @property
     def state(self) -> str:
         return self.uri("pipeline", self.model, "state.json")
 
@@ -148,14 +154,17 @@ _TYPES = {".json": "application/json", ".jsonl": "application/x-ndjson", ".html"
 
 
 def upload_dir(local: str | Path, uri: str, s3=None) -> list[str]:
-    """Every file under a local directory -> the same relative keys under an s3:// prefix."""
+    """Every file under a local directory -> the same relative keys under an s3:// prefix (streamed, in
+    multipart uploads for large files such as an exported model)."""
     s3 = s3 or client()
     local = Path(local)
     written = []
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         rel = path.relative_to(local).as_posix()
-        write_bytes(f"{uri.rstrip('/')}/{rel}", path.read_bytes(), s3,
-                    _TYPES.get(path.suffix, "application/octet-stream"))
+        bucket, key = _bucket_key(f"{uri.rstrip('/')}/{rel}")
+        ensure_bucket(s3, bucket)
+        s3.upload_file(str(path), bucket, key,
+                       ExtraArgs={"ContentType": _TYPES.get(path.suffix, "application/octet-stream")})
         written.append(rel)
     return written
 
@@ -169,7 +178,7 @@ def download_dir(uri: str, local: str | Path, s3=None) -> Path:
     for rel in objects:
         path = local / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(read_bytes(f"{uri.rstrip('/')}/{rel}", s3))
+        s3.download_file(*_bucket_key(f"{uri.rstrip('/')}/{rel}"), str(path))
     return local
 
 

@@ -58,3 +58,11 @@ def factcheck_model():
     from patcher.models.production import build, model_path
 
     return build("factcheck-minilm", seed=0, out=model_path("factcheck-minilm"), progress=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def smollm2_model():
+    """facts-smollm2 built where the pipeline looks for it, once (converted from the GGUF in its package)."""
+    from patcher.models.production import build, model_path
+
+    return build("facts-smollm2", seed=0, out=model_path("facts-smollm2"), progress=lambda m: None)

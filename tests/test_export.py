@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from patcher import Editor, EditorConfig, Memory
-from patcher.export import ExportParityError, _inputs, check_parity, export, onnx_logits, session
+from patcher.export import ExportParityError, _inputs, check_parity, export
+from patcher.onnx_model import onnx_logits, session
 from patcher.models.base import load_model
 from patcher.sequential import to_patchset
 
@@ -73,3 +74,30 @@ def test_real_factcheck_export_in_a_fresh_session(tmp_path, factcheck_model):
     fixed = [o.error_id for o in outcomes if o.succeeded]
     assert fixed and all(patched.config.id2label[int(labels[i])] == r.target
                          for i, r in enumerate(records) if r.id in fixed)    # every edit holds in ONNX
+
+
+def test_real_smollm2_export_with_patches_as_a_branch(tmp_path, smollm2_model):
+    from patcher.export import locality_sample
+    from patcher.facts.bank import all_facts, split_facts
+    from patcher.onnx_model import OnnxModel
+    from patcher.records import read_records
+    from patcher.sequential import editor_on_facts, run_stream
+
+    torch.set_num_threads(2)
+    model, tok = load_model(smollm2_model)
+    split = {k: v[:120] for k, v in split_facts(all_facts(), seed=0).items()}    # a small memory: quick
+    editor, _, _ = editor_on_facts(model, tok, EditorConfig(), split)
+    records = read_records("data/errors/facts-smollm2.jsonl")[:3]
+    outcomes = run_stream(editor, records, progress=False)
+    to_patchset(editor, outcomes, "facts-smollm2", smollm2_model).save(tmp_path / "patches")
+    check = locality_sample(smollm2_model, 6)
+    manifest = export(smollm2_model, tmp_path / "patches", tmp_path / "onnx", check, version="v0001")
+    torch.set_num_threads(1)
+    assert manifest["patch_set"]["how"] == "branch in the graph" and manifest["patch_set"]["edits"] == 3
+    assert manifest["parity"]["examples"] == 3 + 6
+
+    served = OnnxModel(tmp_path / "onnx")                 # a consumer: onnxruntime and the tokenizer only
+    assert served.task == "generation" and served.version == "v0001"
+    answers = served([r.input for r in records], max_new_tokens=6)
+    fixed = {o.error_id for o in outcomes if o.succeeded}
+    assert fixed and all(a["answer"].startswith(r.target) for r, a in zip(records, answers) if r.id in fixed)

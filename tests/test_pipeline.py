@@ -283,3 +283,91 @@ def test_train_runs_as_the_gpu_deployment_when_a_worker_serves_the_pool(s3_env, 
         worker.wait(timeout=30)
         subprocess.run(prefect + ["work-pool", "delete", "gpu"], capture_output=True, text=True, env=env)
     assert not gpu_worker_online()
+
+
+def test_serving_closes_the_loop(s3_env, prefect_api, factcheck, mistakes, tmp_path):
+    """`patcher serve` answers from the published unpatched model; users report its mistakes via /feedback;
+    the pipeline ingests them, patches, exports and publishes v0001; the service switches to it under a steady
+    load of requests, none failing, and now answers those inputs right."""
+    import socket
+
+    import httpx
+    import uvicorn
+
+    from patcher.export import export
+    from patcher.publish import latest, publish
+    from patcher.serve import ServeSettings, Service, create_app
+
+    root = s3_env
+    export(factcheck, None, tmp_path / "v0000")
+    publish(tmp_path / "v0000", root, MODEL, "v0000")
+    service = Service(ServeSettings(MODEL, root, cache_dir=str(tmp_path / "cache"), poll_s=0.2)).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    url, reported = f"http://127.0.0.1:{port}", mistakes[:4]
+    texts = [r.input for r in reported]
+    try:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            assert http.get("/health").json()["version"] == "v0000"
+            before = http.post("/predict", json={"inputs": texts}).json()
+            assert [p["label"] for p in before["predictions"]] == [r.prediction for r in reported]   # its mistakes
+            assert all(abs(sum(p["scores"].values()) - 1) < 1e-4 for p in before["predictions"])
+            for r, p in zip(reported, before["predictions"]):
+                answer = http.post("/feedback", json={"input": r.input, "output": p["label"], "correct": r.target,
+                                                      "rephrases": r.rephrases})
+                assert answer.status_code == 201 and answer.json()["recorded"]["target"] == r.target
+            bad = http.post("/feedback", json={"input": "Paris is in Peru.", "output": "SUPPORTED", "correct": "MAYBE"})
+            assert bad.status_code == 422 and "correct must be one of" in bad.json()["detail"]
+            assert http.post("/predict", json={"inputs": []}).status_code == 422
+
+        seen, stop = [], threading.Event()
+
+        def load():
+            mine = []
+            seen.append(mine)
+            with httpx.Client(base_url=url, timeout=60) as http:
+                while not stop.is_set():
+                    r = http.post("/predict", json={"inputs": texts})
+                    mine.append((r.status_code, r.json()["version"] if r.status_code == 200 else r.text))
+                    time.sleep(0.02)                          # steady, not a CPU hog beside the training
+
+        clients = [threading.Thread(target=load) for _ in range(3)]
+        for c in clients:
+            c.start()
+        summary = run(root)
+        assert summary["outcome"] == "approved: v0001", summary
+        assert summary["counts"] == {"received": 4, "accepted": 4, "quarantined": 0}   # the 422 one was never logged
+        assert summary["export"]["how"] == "merged" and summary["export"]["parity"]["max_abs_diff"] <= 1e-4
+        assert latest(root, MODEL)["version"] == "v0001"
+        deadline = time.monotonic() + 60
+        while service.health()["version"] != "v0001":
+            assert time.monotonic() < deadline, service.health()
+            time.sleep(0.1)
+        served = service.requests
+        while service.requests < served + 6:                 # requests answered by the new version too
+            time.sleep(0.05)
+        stop.set()
+        for c in clients:
+            c.join()
+        answers = [a for mine in seen for a in mine]
+        assert answers and all(code == 200 for code, _ in answers), [a for a in answers if a[0] != 200][:3]
+        for mine in seen:                                     # each client: v0000, then v0001, never back
+            versions = [v for _, v in mine]
+            assert versions == sorted(versions) and versions[-1] == "v0001"
+        assert {v for _, v in answers} == {"v0000", "v0001"}
+
+        manifest = json.loads(store.read_text(f"{Layout(root, MODEL).version(1)}/manifest.json"))
+        fixed = {e["input"] for e in manifest["edits"]}
+        assert fixed and all(e["error_id"].startswith("feedback-") for e in manifest["edits"])
+        with httpx.Client(base_url=url, timeout=60) as http:
+            after = http.post("/predict", json={"inputs": texts}).json()
+        assert after["version"] == "v0001"
+        assert all(p["label"] == r.target for r, p in zip(reported, after["predictions"]) if r.input in fixed)
+    finally:
+        server.should_exit = True
+        service.stop()

@@ -1,0 +1,68 @@
+"""The consumer side of an export directory (patcher/export.py): an onnxruntime session, its tokenizer and
+labels, and predictions as a serving system makes them. Needs onnxruntime, numpy and the tokenizer only."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+ONNX = "model.onnx"
+
+
+def session(onnx_path: str | Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(sess, inputs: dict) -> np.ndarray:
+    """`inputs`: {name: (B, T) int64 array or tensor}; the ones the graph does not take are left out."""
+    names = {i.name for i in sess.get_inputs()}
+    return sess.run(["logits"], {k: np.asarray(v, dtype=np.int64) for k, v in inputs.items() if k in names})[0]
+
+
+def greedy(step, tokenizer, prompt: str, max_new_tokens: int, stop: str | None = None) -> str:
+    """Greedy answer with `step(input_ids (1, T) int64 array) -> logits (1, T, V)`, full recompute per token;
+    ends at EOS, after max_new_tokens, or once the answer contains `stop`."""
+    ids = np.asarray(tokenizer(prompt)["input_ids"], dtype=np.int64)[None]       # (1, T)
+    start = ids.shape[1]
+    for _ in range(max_new_tokens):
+        nxt = int(np.asarray(step(ids))[0, -1].argmax())
+        if nxt == tokenizer.eos_token_id:
+            break
+        ids = np.concatenate([ids, [[nxt]]], axis=1)
+        if stop and stop in tokenizer.decode(ids[0, start:]):
+            break
+    return tokenizer.decode(ids[0, start:])
+
+
+class OnnxModel:
+    """One export directory loaded for predictions: labels and scores, or greedy answers."""
+
+    def __init__(self, directory: str | Path, version: str | None = None):
+        from transformers import AutoTokenizer
+
+        self.directory = Path(directory)
+        self.manifest = json.loads((self.directory / "export.json").read_text())
+        self.version = version or (self.manifest["patch_set"] or {}).get("version") or "unpatched"
+        self.config = json.loads((self.directory / "config.json").read_text())
+        self.task = "classification" if self.config["architectures"][0].endswith("Classification") else "generation"
+        self.labels = {int(k): v for k, v in self.config.get("id2label", {}).items()}
+        self.tokenizer = AutoTokenizer.from_pretrained(self.directory)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.session = session(self.directory / ONNX)
+
+    def forward(self, texts: list[str], max_new_tokens: int = 8) -> list[dict]:
+        if self.task == "classification":
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=512, return_tensors="np")
+            logits = onnx_logits(self.session, dict(enc))                         # (B, C)
+            probs = np.exp(logits - logits.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+            return [{"label": self.labels[int(p.argmax())],
+                     "scores": {self.labels[i]: round(float(s), 6) for i, s in enumerate(p)}} for p in probs]
+        step = lambda ids: onnx_logits(self.session, {"input_ids": ids, "attention_mask": np.ones_like(ids)})  # noqa: E731
+        return [{"answer": greedy(step, self.tokenizer, text, max_new_tokens, stop="\n").strip()} for text in texts]
+
+    __call__ = forward
