@@ -42,6 +42,11 @@ class Arch:
         """(..., H) pre-norm stream after the last FFN -> (..., V) logits."""
         raise NotImplementedError
 
+    def ffn_module(self) -> nn.Module:
+        """The last FFN as a module, q (..., H) -> its output (..., H) before the residual add (for the
+        fine-tuning baselines, patcher/finetune.py)."""
+        raise NotImplementedError
+
     # merging: the FFN's two projections as (in_weight [I, H], in_bias [I], out_weight [H, I]) and back
     def ffn_weights(self):
         raise NotImplementedError
@@ -85,6 +90,9 @@ class BertArch(Arch):
         pooled = self.model.bert.pooler.activation(self.model.bert.pooler.dense(self.norm_in(h)))
         return self.model.classifier(pooled)
 
+    def ffn_module(self):
+        return nn.Sequential(self.layer.intermediate, self.layer.output.dense)
+
     def ffn_weights(self):
         d_in, d_out = self.layer.intermediate.dense, self.layer.output.dense
         return d_in.weight, d_in.bias, d_out.weight
@@ -118,6 +126,9 @@ class LlamaArch(Arch):
             self._head_t = self.model.lm_head.weight.detach().t().contiguous()   # (H, V)
         return self.norm_in(h) @ self._head_t
 
+    def ffn_module(self):
+        return self.ffn_in                       # the SwiGLU MLP
+
 
 class GPT2Arch(Arch):
     """GPT-2: pre-LN blocks, MLP c_fc -> gelu_new -> c_proj (Conv1D, weights stored as [in, out]), ln_f, lm_head."""
@@ -136,6 +147,9 @@ class GPT2Arch(Arch):
 
     def tail(self, h):
         return self.model.lm_head(self.norm_in(h))
+
+    def ffn_module(self):
+        return self.mlp
 
     def ffn_weights(self):
         return self.mlp.c_fc.weight.t(), self.mlp.c_fc.bias, self.mlp.c_proj.weight.t()
@@ -173,6 +187,9 @@ class BartArch(Arch):
 
     def tail(self, h):
         return self.model.lm_head(self.norm_in(h)) + self.model.final_logits_bias
+
+    def ffn_module(self):
+        return nn.Sequential(self.layer.fc1, self.ffn_act, self.layer.fc2)
 
     def ffn_weights(self):
         return self.layer.fc1.weight, self.layer.fc1.bias, self.layer.fc2.weight

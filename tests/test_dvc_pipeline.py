@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from patcher.publish import latest
+
 pytestmark = pytest.mark.real
 MODEL = "factcheck-minilm"
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +41,7 @@ def test_repro_noop_param_change_and_approval(tmp_path, factcheck_model, s3_env)
     shutil.copytree(factcheck_model, repo / "data" / "models" / MODEL)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["patch"]["limit"] = 6
+    params["ingest"]["root"] = s3_env                  # where `patcher approve` publishes the ONNX export
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
@@ -75,7 +78,10 @@ def test_repro_noop_param_change_and_approval(tmp_path, factcheck_model, s3_env)
     assert wrong.returncode == 2 and "not-the-id" in wrong.stderr
     out = sh("patcher", "approve", pending["id"], "--model", MODEL, "--reviewer", "alice", "--registry", ".",
              cwd=repo, env=env)
-    assert f"{MODEL}@v1.0.0" in out
+    assert f"{MODEL}@v1.0.0" in out and f"published: {s3_env}/serving/{MODEL}/v0001" in out
+    exported = json.loads((repo / "data" / "serving" / MODEL / "export.json").read_text())
+    assert exported["patch_set"]["version"] == "v0001" and exported["patch_set"]["edits"] == shown["n_edits"]
+    assert latest(s3_env, MODEL)["version"] == "v0001"
     listed = sh("patcher", "registry", "list", "--repo", ".", "--model", MODEL, cwd=repo, env=env)
     assert listed.startswith("v1.0.0") and "by alice" in listed
     assert (repo / "registry" / MODEL / "patches.safetensors").read_bytes() == \
