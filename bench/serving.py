@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -118,28 +117,21 @@ def patched_vs_unpatched(model_dir: Path, work: Path, texts: list[str], reps: in
 
 def serve_load(model: str, onnx_dir: Path, work: Path, texts: list[str], clients: int, seconds: float) -> dict:
     import httpx
-    import uvicorn
 
     from patcher.publish import publish
     from patcher.s3 import EmbeddedS3
-    from patcher.serve import ServeSettings, Service, create_app
+    from patcher.serve import ServeSettings, Service, in_thread
 
     with EmbeddedS3(work / "s3", "bench-key", "bench-secret-0123456789") as s3:
         os.environ.update(AWS_ENDPOINT_URL=s3.endpoint_url, AWS_ACCESS_KEY_ID=s3.access_key,
                           AWS_SECRET_ACCESS_KEY=s3.secret_key)
         publish(onnx_dir, "s3://bench", model, "v0000")
         service = Service(ServeSettings(model, "s3://bench", cache_dir=str(work / "cache"), poll_s=60)).start()
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-        threading.Thread(target=server.run, daemon=True).start()
-        while not server.started:
-            time.sleep(0.05)
+        server, url = in_thread(service)
         latencies, failures, deadline = [], [], time.monotonic() + seconds
 
         def client(k: int):
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            with httpx.Client(base_url=url, timeout=60) as http:
                 i = k
                 while time.monotonic() < deadline:
                     start = time.perf_counter()

@@ -167,6 +167,23 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
+def in_thread(service: Service, host: str = "127.0.0.1"):
+    """The app on a free port in a daemon thread (tests, benchmarks). -> (uvicorn server, base URL); set
+    `server.should_exit = True` to stop it."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host=host, port=port, log_level="warning"))
+    threading.Thread(target=server.run, name="uvicorn", daemon=True).start()
+    while not server.started:
+        threading.Event().wait(0.05)
+    return server, f"http://{host}:{port}"
+
+
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 

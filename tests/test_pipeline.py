@@ -289,27 +289,18 @@ def test_serving_closes_the_loop(s3_env, prefect_api, factcheck, mistakes, tmp_p
     """`patcher serve` answers from the published unpatched model; users report its mistakes via /feedback;
     the pipeline ingests them, patches, exports and publishes v0001; the service switches to it under a steady
     load of requests, none failing, and now answers those inputs right."""
-    import socket
-
     import httpx
-    import uvicorn
 
     from patcher.export import export
     from patcher.publish import latest, publish
-    from patcher.serve import ServeSettings, Service, create_app
+    from patcher.serve import ServeSettings, Service, in_thread
 
     root = s3_env
     export(factcheck, None, tmp_path / "v0000")
     publish(tmp_path / "v0000", root, MODEL, "v0000")
     service = Service(ServeSettings(MODEL, root, cache_dir=str(tmp_path / "cache"), poll_s=0.2)).start()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    url, reported = f"http://127.0.0.1:{port}", mistakes[:4]
+    server, url = in_thread(service)
+    reported = mistakes[:4]
     texts = [r.input for r in reported]
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
