@@ -70,12 +70,12 @@ class FineTuneEditor(Editor):
         start = time.perf_counter()
         c = self.cache([Example(input, target)])[0]
         right, lead, before = self.judge(c)
-        self.edited[error_id] = c
         if right:
             outcome = EditOutcome(error_id, input, "skipped", before, before, target, lead=lead,
                                   seconds=time.perf_counter() - start)
             self.outcomes.append(outcome)
             return outcome
+        self.edited[error_id] = c
         step = 0
         for step in range(1, self.cfg.max_steps + 1):
             loss = self.task.edit_loss(self.logits(c).unsqueeze(0), c.targets, self.cfg)

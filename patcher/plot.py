@@ -5,6 +5,7 @@ from __future__ import annotations
 from html import escape
 
 COLORS = {"SR": "#1f77b4", "GR": "#ff7f0e", "ER": "#2ca02c", "TrainR": "#d62728", "TestR": "#9467bd"}
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
 def metrics_svg(points: list[dict], title: str, x: str = "records", series=tuple(COLORS),
@@ -34,7 +35,7 @@ def metrics_svg(points: list[dict], title: str, x: str = "records", series=tuple
     out.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">{escape(x)}</text>')
     for i, name in enumerate(series):
         pts = [(sx(p[x]), sy(p[name])) for p in points if p.get(name) is not None]
-        color = COLORS.get(name, "#333")
+        color = COLORS.get(name, PALETTE[i % len(PALETTE)])
         if pts:
             out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="'
                        + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')

@@ -50,23 +50,29 @@ def build_editor(model, tokenizer, config: EditorConfig, memory: list[Example] =
     return editor
 
 
+def fact_examples(task: str, split: dict, seed: int = 0, train_locality_share: float = 0.2) -> dict[str, list[Example]]:
+    """A fact-bank split as the editor's example sets: `memory` (the train split, every phrasing, except its
+    first `train_locality_share`), `validation` (validation memory, every phrasing), `train` (those first
+    facts: the TrainR set, kept apart from the memory) and `test` (the TestR set)."""
+    from .facts.mistakes import task_examples
+
+    n = int(len(split["train"]) * train_locality_share)
+    return {"memory": task_examples(task, split["train"][n:], "all", seed),
+            "validation": task_examples(task, split["validation"], "all", seed),
+            "train": task_examples(task, split["train"][:n], "prompt", seed),
+            "test": task_examples(task, split["test"], "prompt", seed)}
+
+
 def editor_on_facts(model, tokenizer, config: EditorConfig, split: dict, train_locality_share: float = 0.2,
                     patches: PatchSet | None = None):
-    """An editor for a fact-bank split, on top of an existing patch set if given: memory from the train
-    split (every phrasing) except its first `train_locality_share`, which is the TrainR set kept apart from
-    the memory; validation memory from the validation split; TestR set from the test split. Locality sets
-    remember the UNPATCHED model's predictions. -> (editor, train LocalitySet, test LocalitySet)."""
-    from .facts.mistakes import task_examples
+    """An editor for a fact-bank split (fact_examples), on top of an existing patch set if given. Locality
+    sets remember the UNPATCHED model's predictions. -> (editor, train LocalitySet, test LocalitySet)."""
     from .metrics import LocalitySet
 
     task = "classification" if adapter_for(model).task == "classification" else "generation"
-    n = int(len(split["train"]) * train_locality_share)
-    examples = lambda facts, phrasings="prompt": task_examples(task, facts, phrasings, config.seed)  # noqa: E731
-    editor = build_editor(model, tokenizer, config, examples(split["train"][n:], "all"),
-                          examples(split["validation"], "all"), patches)
-    train = LocalitySet.build(editor, "train", examples(split["train"][:n]))
-    test = LocalitySet.build(editor, "test", examples(split["test"]))
-    return editor, train, test
+    sets = fact_examples(task, split, config.seed, train_locality_share)
+    editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"], patches)
+    return editor, LocalitySet.build(editor, "train", sets["train"]), LocalitySet.build(editor, "test", sets["test"])
 
 
 def check_task(editor: Editor, records: list[ErrorRecord]) -> None:
