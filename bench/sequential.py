@@ -71,7 +71,7 @@ def run_editor(name, settings, model, tokenizer, sets, train, test, records, ft,
     marks, rows, outcomes = checkpoints(len(records)), [], []
     start = time.perf_counter()
     for i, r in enumerate(records, 1):
-        outcomes.append(editor.edit(r.id, r.input, r.target, r.rephrases))
+        outcomes.append(editor.edit(r.id, r.input, r.target, r.rephrases, r.phrasings))
         if progress:
             o = outcomes[-1]
             print(f"  {name} {i}/{len(records)} {o.status} {o.steps} steps {o.seconds:.2f} s lead {o.lead:.3f}",

@@ -51,6 +51,10 @@ class EditorConfig:
                                  "docs/benchmarks)")
     success_margin: float = _f(0.0, "an edit counts as right when every judged target leads the best other "
                                     "logit by more than this (0: plain argmax, the reference)")
+    phrasings: int = _f(0, "train each edit on up to this many other phrasings of its input as well (the "
+                           "record's `phrasings`, never its `rephrases`): the edit loss on every phrasing, and "
+                           "every phrasing's activation above the memory's (0: the input alone, the reference)")
+    phrasings_right: bool = _f(False, "with phrasings: stop only once every training phrasing is right too")
     # the procedure
     keep_failed: bool = _f(False, "keep the neurons of an edit that failed (the reference does, silently)")
     edit_copies: int = _f(8, "reference path: the edit input is fed this many times per step")

@@ -176,8 +176,10 @@ class Editor:
 
     # --- editing ------------------------------------------------------------------------------------------
     def edit(self, error_id: str, input: str, target: str, rephrases: list[str] = (),
-             path: str = "fast") -> EditOutcome:
-        """Fix one mistake on top of all earlier patches. Not patched again if already right."""
+             phrasings: list[str] = (), path: str = "fast") -> EditOutcome:
+        """Fix one mistake on top of all earlier patches. Not patched again if already right. `phrasings`:
+        other wordings of the input the new neurons are trained on as well (at most config.phrasings of
+        them; never the `rephrases`, which measure Generality)."""
         if error_id in self.owners or error_id in self.edited:
             raise ValueError(f"error {error_id!r} was already edited")
         start = time.perf_counter()
@@ -189,7 +191,11 @@ class Editor:
                                   seconds=time.perf_counter() - start)
             self.outcomes.append(outcome)
             return outcome
-        new, positions, steps, losses = self._train(c, Example(input, target), path)
+        extra = self.cache([Example(p, target) for p in list(phrasings)[: self.cfg.phrasings]])
+        if extra and path != "fast":
+            raise ValueError("training on phrasings is a fast-path extension; the reference path edits the "
+                             "input alone (set phrasings=0)")
+        new, positions, steps, losses = self._train(c, Example(input, target), path, extra)
         trial = self.neurons.extend(*new.frozen())
         right, lead, after = self.judge(c, trial)
         status = "edited" if right else "failed"
@@ -198,7 +204,8 @@ class Editor:
             self.neurons = trial
             self.owners += [error_id] * len(positions)
         self.edited[error_id] = c
-        self._remember(c)
+        for seen in [c, *extra]:
+            self._remember(seen)
         seconds = time.perf_counter() - start              # the edit itself; measuring GR below is not part of it
         generalization = None
         if rephrases:
@@ -213,26 +220,27 @@ class Editor:
         if self.memory is not None:
             self.memory.append(c.q_memory)
 
-    def neuron_positions(self, c: Cached) -> torch.Tensor:
+    def neuron_positions(self, c: Cached, extra: list[Cached] = ()) -> torch.Tensor:
         """Judged positions that get a neuron: classification [CLS]; generation the answer tokens not yet
-        right by the success margin, at most max_neurons_per_edit."""
+        right by the success margin in the input or in any training phrasing (a rephrasing often fails on
+        a token the input already gets right), at most max_neurons_per_edit."""
         if self.task.name == "classification":
             return torch.tensor([0], device=self.device)
         with torch.no_grad():
-            leads = self.task.leads(self.logits(c), c.targets)
-        wrong = (leads <= self.cfg.success_margin).nonzero().flatten()
+            leads = torch.stack([self.task.leads(self.logits(x), x.targets) for x in [c, *extra]])   # (K, P)
+        wrong = (leads <= self.cfg.success_margin).any(0).nonzero().flatten()
         if len(wrong) == 0:            # right, but not by the margin anywhere: patch the weakest token
-            wrong = leads.argmin().reshape(1)
+            wrong = leads[0].argmin().reshape(1)
         return wrong[: self.cfg.max_neurons_per_edit]
 
-    def _train(self, c: Cached, example: Example, path: str):
+    def _train(self, c: Cached, example: Example, path: str, extra: list[Cached] = ()):
         cfg = self.cfg
-        positions = self.neuron_positions(c)                                   # (n,) judged-position indices
+        positions = self.neuron_positions(c, extra)                            # (n,) judged-position indices
         generator = torch.Generator().manual_seed(cfg.seed + len(self.outcomes))
         directions = self.lead_directions(c, positions) if cfg.value_init == "lead" else None
         new = NewNeurons(c.q[positions], self.neurons.activation, cfg.value_scale_init, generator, directions)
         if path == "fast":
-            forward = self._fast_forward(c, new, positions)
+            forward = self._fast_forward([c, *extra], new, positions)
             check = forward
         elif path == "reference":
             forward, check = self._reference_forward(c, example, new, positions)
@@ -256,6 +264,10 @@ class Editor:
                     logits, a_edit = check(False)
                     if not bool((self.task.leads(logits[0], c.targets) > cfg.success_margin).all()):
                         continue
+                    others = logits[1:]                                        # (K-1, P, V)
+                    if cfg.phrasings_right and not bool(
+                            (self.task.leads(others, c.targets.expand(others.shape[:-1])) > 0).all()):
+                        continue
                     if self.val_memory is None or not len(self.val_memory):
                         break
                     val = sum(memory_losses(cfg, a_edit, self.val_memory, new)).item()
@@ -275,14 +287,16 @@ class Editor:
             (grad,) = torch.autograd.grad(lead, h)
         return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
-    def _fast_forward(self, c: Cached, new: NewNeurons, positions: torch.Tensor):
-        base = (c.h + self.neurons(c.q)).detach()                              # (P, H), fixed during training
+    def _fast_forward(self, cached: list[Cached], new: NewNeurons, positions: torch.Tensor):
+        """The edit input and its K-1 training phrasings (same answer, so the same P judged positions)."""
+        q = torch.stack([c.q for c in cached])                                 # (K, P, H)
+        base = torch.stack([c.h + self.neurons(c.q) for c in cached]).detach() # (K, P, H), fixed during training
         columns = torch.arange(len(positions), device=self.device)
 
         def forward(train: bool):
-            a = new.preactivation(c.q)                                         # (P, n)
-            logits = self.arch.tail(base + new.act(a) @ new.values())          # (P, V)
-            return logits.unsqueeze(0), a[positions, columns].unsqueeze(0)     # (1, P, V), (1, n)
+            a = new.preactivation(q)                                           # (K, P, n)
+            logits = self.arch.tail(base + new.act(a) @ new.values())          # (K, P, V)
+            return logits, a[:, positions, columns]                            # (K, P, V), (K, n)
         return forward
 
     def _reference_forward(self, c: Cached, example: Example, new: NewNeurons, positions: torch.Tensor):

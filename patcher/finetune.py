@@ -64,7 +64,9 @@ class FineTuneEditor(Editor):
         tuned = F.log_softmax(self.arch.tail(h + self.delta(q)), -1)
         return F.kl_div(tuned, reference, log_target=True, reduction="batchmean")
 
-    def edit(self, error_id: str, input: str, target: str, rephrases: list[str] = (), path: str = "fast") -> EditOutcome:
+    def edit(self, error_id: str, input: str, target: str, rephrases: list[str] = (), phrasings: list[str] = (),
+             path: str = "fast") -> EditOutcome:
+        # The baselines train on the input alone, as in the paper: `phrasings` are not used.
         if error_id in self.edited:
             raise ValueError(f"error {error_id!r} was already edited")
         start = time.perf_counter()

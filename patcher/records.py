@@ -6,7 +6,8 @@
   input       the text the model got
   prediction  what the model said
   target      the right label or answer
-  rephrases   optional list of equivalent inputs (for Generality)
+  rephrases   optional list of equivalent inputs (they measure Generality; never trained on)
+  phrasings   optional list of other wordings of the input that the edit may train on
   logged_at   RFC 3339 timestamp
 
 `parse_record` checks one line and names the line, the record and the problem; `read_records` never drops
@@ -24,6 +25,7 @@ TASKS = ("classification", "generation")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_TEXT = 2000
 REQUIRED = ("id", "model", "task", "input", "prediction", "target", "logged_at")
+OPTIONAL = ("rephrases", "phrasings")          # lists of texts
 
 
 class RecordError(ValueError):
@@ -45,6 +47,7 @@ class ErrorRecord:
     target: str
     logged_at: str
     rephrases: list[str] = field(default_factory=list)
+    phrasings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,20 +93,21 @@ def parse_record(line: str | dict, where: str = "record") -> ErrorRecord:
             datetime.fromisoformat(str(data["logged_at"]).replace("Z", "+00:00"))
         except ValueError:
             problems.append(f"logged_at is not an RFC 3339 timestamp: {data['logged_at']!r}")
-    rephrases = data.get("rephrases", [])
-    if rephrases is None:
-        rephrases = []
-    if not isinstance(rephrases, list):
-        problems.append("rephrases must be a list of strings")
-    else:
-        problems += [f"rephrases[{i}]: {p}" for i, r in enumerate(rephrases) if (p := _text_problem("rephrase", r))]
-    unknown = set(data) - set(REQUIRED) - {"rephrases"}
+    lists = {}
+    for name in OPTIONAL:
+        items = data.get(name) or []
+        if not isinstance(items, list):
+            problems.append(f"{name} must be a list of strings")
+        else:
+            problems += [f"{name}[{i}]: {p}" for i, r in enumerate(items) if (p := _text_problem(name[:-1], r))]
+        lists[name] = list(items) if isinstance(items, list) else []
+    unknown = set(data) - set(REQUIRED) - set(OPTIONAL)
     if unknown:
         problems.append(f"unknown fields {sorted(unknown)}")
     if problems:
         raise RecordError(where, rid, problems)
     return ErrorRecord(data["id"], data["model"], data["task"], data["input"], data["prediction"], data["target"],
-                       data["logged_at"], list(rephrases))
+                       data["logged_at"], lists["rephrases"], lists["phrasings"])
 
 
 def read_records(path: str | Path) -> list[ErrorRecord]:

@@ -6,7 +6,7 @@
   POST /predict   {"inputs": [...]} or {"input": "..."}, optional "max_new_tokens"
                   -> {"model", "version", "predictions": [{"label", "scores"} or {"answer"}]}
   GET  /health    -> {"model", "version", "task", "loaded_at", "published_at", "requests", "swaps", ...}
-  POST /feedback  {"input", "output", "correct", optional "rephrases"} -> the error record, written as one
+  POST /feedback  {"input", "output", "correct", optional "rephrases", "phrasings"} -> the error record, written as one
                   batch file under ROOT/errors/MODEL/YYYY/MM/DD/HH/ (the pipeline's input)
 
 Hot swap: a watcher thread reads serving/MODEL/latest every `poll_s`; a new version is downloaded, verified
@@ -105,14 +105,15 @@ class Service:
         return {"model": self.settings.model, "version": model.version,
                 "predictions": model(texts, max_new_tokens=max_new_tokens)}
 
-    def feedback(self, text: str, output: str, correct: str, rephrases: list[str]) -> ErrorRecord:
+    def feedback(self, text: str, output: str, correct: str, rephrases: list[str] = (),
+                 phrasings: list[str] = ()) -> ErrorRecord:
         """A user-reported mistake -> a checked error record in ROOT/errors/MODEL/ (raises RecordError)."""
         model = self.current
         now = utc_now()
         rid = f"feedback-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
         record = parse_record({"id": rid, "model": self.settings.model, "task": model.task, "input": text,
                                "prediction": output, "target": correct, "logged_at": stamp(now),
-                               "rephrases": rephrases}, "feedback")
+                               "rephrases": list(rephrases), "phrasings": list(phrasings)}, "feedback")
         if model.task == "classification" and correct not in model.labels.values():
             raise RecordError("feedback", rid, [f"correct must be one of {sorted(model.labels.values())}, "
                                                 f"got {correct!r}"])
@@ -138,6 +139,7 @@ class FeedbackRequest(BaseModel):
     output: str
     correct: str
     rephrases: list[str] = []
+    phrasings: list[str] = []
 
 
 def create_app(service: Service) -> FastAPI:
@@ -159,7 +161,8 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/feedback", status_code=201)
     def feedback(request: FeedbackRequest) -> dict:
         try:
-            record = service.feedback(request.input, request.output, request.correct, request.rephrases)
+            record = service.feedback(request.input, request.output, request.correct, request.rephrases,
+                                          request.phrasings)
         except RecordError as error:
             raise HTTPException(422, str(error)) from None
         return {"recorded": record.to_dict(), "where": service.layout.errors}

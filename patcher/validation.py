@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .records import ID_PATTERN, MAX_TEXT, REQUIRED
+from .records import ID_PATTERN, MAX_TEXT, OPTIONAL, REQUIRED
 
 TEXT = ("model", "input", "prediction", "target")
 CONTROL = r"[\x00-\x08\x0a-\x1f\x7f]"
@@ -62,8 +62,9 @@ def _suite(gx, models: dict[str, list[str] | None]):
         column="model", value_set=sorted(models), meta={"reason": f"model is not {' or '.join(sorted(models))}"}))
     suite.add_expectation(E.ExpectColumnValuesToMatchRegex(
         column="logged_at", regex=RFC3339, meta={"reason": "logged_at is not an RFC 3339 timestamp"}))
-    suite.add_expectation(E.ExpectColumnValuesToBeInSet(
-        column="rephrases_ok", value_set=[True], meta={"reason": "rephrases must be a list of valid texts"}))
+    for name in OPTIONAL:
+        suite.add_expectation(E.ExpectColumnValuesToBeInSet(
+            column=f"{name}_ok", value_set=[True], meta={"reason": f"{name} must be a list of valid texts"}))
     for model, labels in models.items():
         if labels:
             suite.add_expectation(E.ExpectColumnValuesToBeInSet(
@@ -72,7 +73,7 @@ def _suite(gx, models: dict[str, list[str] | None]):
     return suite
 
 
-def _rephrases_ok(value) -> bool:
+def _texts_ok(value) -> bool:
     if value is None:
         return True
     return isinstance(value, list) and all(
@@ -104,10 +105,10 @@ def validate_lines(lines: list[str], models: dict[str, list[str] | None] | None 
         if not isinstance(data, dict):
             out.quarantined.append({"line": number, "record": line, "reasons": ["not a JSON object"]})
             continue
-        unknown = sorted(set(data) - set(REQUIRED) - {"rephrases"})
+        unknown = sorted(set(data) - set(REQUIRED) - set(OPTIONAL))
         row = {name: data.get(name) for name in REQUIRED}
-        row.update(line=number, rephrases_ok=_rephrases_ok(data.get("rephrases")),
-                   unknown=", ".join(unknown))
+        row.update({f"{name}_ok": _texts_ok(data.get(name)) for name in OPTIONAL})
+        row.update(line=number, unknown=", ".join(unknown))
         rows.append(row)
         raw[number] = (line, data)
     if not rows:

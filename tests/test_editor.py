@@ -155,3 +155,24 @@ def test_lead_directions_increase_the_target_lead(arch, tokenizer, make_model):
         before = editor.task.leads(editor.arch.tail(h), c.targets[positions])
         after = editor.task.leads(editor.arch.tail(h + 0.05 * d), c.targets[positions])
     assert (after > before).all()
+
+
+def test_training_phrasings_fire_the_neuron_and_join_the_memory(tokenizer, make_model):
+    text, target = EDITS[0]
+    phrasings = ["france has its capital in", "the seat of government of france is"]
+    fired = {}
+    for n in (0, 2):
+        editor = editor_for(make_model, tokenizer, "llama", phrasings=n, phrasings_right=True)
+        memory_before = len(editor.memory)
+        outcome = editor.edit("e0", text, target, phrasings=phrasings)
+        assert outcome.status == "edited" and outcome.prediction_after == target
+        cached = editor.cache([Example(p, target) for p in phrasings])
+        # memory grows by the edit input and each phrasing trained on (later edits must not fire there)
+        grown = sum(len(c.q_memory) for c in editor.cache([Example(text, target)] + [Example(p, target)
+                                                                                     for p in phrasings[:n]]))
+        assert len(editor.memory) == memory_before + grown
+        fired[n] = [editor.judge(c)[0] for c in cached]
+    assert fired[2] == [True, True]                 # phrasings_right: every phrasing trained on is right too
+    with pytest.raises(ValueError, match="fast-path extension"):
+        editor_for(make_model, tokenizer, "llama", phrasings=1).edit("e0", text, target, phrasings=phrasings,
+                                                                     path="reference")

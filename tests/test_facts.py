@@ -16,11 +16,14 @@ def test_counts_relations_and_phrasings():
     assert set(per_relation) == set(RELATIONS) and min(per_relation.values()) >= 50
     assert all(len(TEMPLATES[r]) >= 3 for r in RELATIONS)
     assert all(len(f.rephrases) >= 2 and f.prompt not in f.rephrases for f in facts)
+    # training phrasings never include a phrasing that measures Generality (or the edited prompt)
+    assert all(len(f.phrasings) == 3 and not set(f.phrasings) & {f.prompt, *f.rephrases} for f in facts)
     assert len({f.id for f in facts}) == len(facts) and all(ID_PATTERN.match(f.id) for f in facts)
     # every phrasing passes the error-record text checks (no control characters, bounded)
     record = {"id": "x", "model": "m", "task": "generation", "prediction": "p", "logged_at": "2026-11-24T00:00:00Z"}
     for f in facts:
-        parse_record({**record, "input": f.prompt, "target": f.answer, "rephrases": f.rephrases})
+        parse_record({**record, "input": f.prompt, "target": f.answer, "rephrases": f.rephrases,
+                      "phrasings": f.phrasings})
 
 
 def test_known_facts_are_there():

@@ -12,7 +12,9 @@ GOOD = {"id": "err-1", "model": "facts-smollm2", "task": "generation", "input": 
 
 def test_good_record_parses():
     r = parse_record(json.dumps(GOOD))
-    assert (r.id, r.target, r.rephrases) == ("err-1", "Lima", ["Peru's capital city is"])
+    assert (r.id, r.target, r.rephrases, r.phrasings) == ("err-1", "Lima", ["Peru's capital city is"], [])
+    r = parse_record({**GOOD, "phrasings": ["Peru has its capital in"]})
+    assert r.phrasings == ["Peru has its capital in"] and parse_record(r.to_json()) == r
 
 
 @pytest.mark.parametrize("change, problem", [
@@ -24,6 +26,7 @@ def test_good_record_parses():
     ({"input": "bell\x07"}, "control characters"),
     ({"logged_at": "yesterday"}, "not an RFC 3339"),
     ({"rephrases": "one"}, "rephrases must be a list"),
+    ({"phrasings": ["ok", ""]}, r"phrasings\[1\]: phrasing is empty"),
     ({"extra": 1}, "unknown fields"),
 ])
 def test_each_problem_is_named(change, problem):

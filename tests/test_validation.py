@@ -37,10 +37,13 @@ def test_reasons_name_the_problem():
     ok = {"id": "a-1", "model": "factcheck-minilm", "task": "classification", "input": "The sky is green.",
           "prediction": "SUPPORTED", "target": "REFUTED", "logged_at": "2026-11-24T10:00:00Z"}
     lines = [json.dumps(ok), json.dumps({**ok, "target": "MAYBE", "id": "a-2"}), json.dumps(ok),
-             json.dumps({**ok, "id": "a-3", "model": "gpt-9"}), "{not json", json.dumps({**ok, "id": "a-4", "x": 1})]
+             json.dumps({**ok, "id": "a-3", "model": "gpt-9"}), "{not json", json.dumps({**ok, "id": "a-4", "x": 1}),
+             json.dumps({**ok, "id": "a-5", "phrasings": ["The sky is blue.", 7]}),
+             json.dumps({**ok, "id": "a-6", "phrasings": ["The sky has the colour green."]})]
     result = validate_lines(lines)
     reasons = {q["line"]: q["reasons"] for q in result.quarantined}
-    assert [r["id"] for r in result.accepted] == ["a-1"]
+    assert [r["id"] for r in result.accepted] == ["a-1", "a-6"]
+    assert reasons[7] == ["phrasings must be a list of valid texts"]
     assert reasons[2] == ["target is not one of factcheck-minilm's labels ['SUPPORTED', 'REFUTED']"]
     assert reasons[3] == ["duplicate id (first at line 1)"]
     assert reasons[4] == ["model is not factcheck-minilm or facts-smollm2"]

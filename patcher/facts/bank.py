@@ -3,7 +3,7 @@
 Sources: countryinfo (capital, region, currency code, demonym), us (state capitals), periodictable
 (symbol, atomic number) and chatterbot-corpus (trivia question/answer pairs). The first template of a
 relation is the prompt that is edited and evaluated; the others are rephrasings that measure Generality
-and are never used to train a patch.
+and are never used to train a patch. TRAINING_TEMPLATES are other wordings an edit may train on.
 
 Stale or ambiguous entries, decided once here:
   - a country whose capital is not a single name (several capitals, or none) has no capital fact;
@@ -36,6 +36,25 @@ TEMPLATES = {
     "trivia": ["Question: {s} Answer:", "Q: {s} A:", "{s} The answer is"],
 }
 RELATIONS = tuple(TEMPLATES)
+# Training phrasings: other wordings an edit may train on (EditorConfig.phrasings), disjoint from TEMPLATES so
+# that the rephrasings measuring Generality are never trained on. Each ends where the answer starts.
+TRAINING_TEMPLATES = {
+    "capital": ["{s} has its capital in", "The seat of government of {s} is in",
+                "What is the capital of {s}? It is"],
+    "region": ["{s} belongs to the region of", "On a world map, {s} is found in",
+               "Which region is {s} in? It is in"],
+    "currency_code": ["The currency code for {s} is", "Money in {s} uses the currency code",
+                      "What is the currency code of {s}? It is"],
+    "demonym": ["A citizen of {s} is called", "The people of {s} are known as",
+                "What is a person from {s} called? They are called"],
+    "state_capital": ["The state capital of {s} is", "{s} has its state capital in",
+                      "What is the capital of the US state of {s}? It is"],
+    "element_symbol": ["The element {s} is written with the symbol", "In the periodic table, {s} has the symbol",
+                       "What is the chemical symbol for {s}? It is"],
+    "element_number": ["{s} is the element with atomic number", "In the periodic table, {s} has atomic number",
+                       "What is the atomic number of {s}? It is"],
+    "trivia": ["Trivia question: {s} Answer:", "Quiz: {s} The correct answer is", "{s} Answer:"],
+}
 
 
 def slug(text: str, width: int = 48) -> str:
@@ -56,6 +75,11 @@ class Fact:
 
     def phrase(self, template: int = 0) -> str:
         return TEMPLATES[self.relation][template].format(s=self.subject)
+
+    @property
+    def phrasings(self) -> list[str]:
+        """Training phrasings (TRAINING_TEMPLATES): never the rephrases."""
+        return [t.format(s=self.subject) for t in TRAINING_TEMPLATES[self.relation]]
 
     @property
     def prompt(self) -> str:

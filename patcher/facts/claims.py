@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .bank import TEMPLATES, Fact
+from .bank import TEMPLATES, TRAINING_TEMPLATES, Fact
 
 LABELS = ("SUPPORTED", "REFUTED")
 
@@ -25,6 +25,11 @@ class Claim:
     @property
     def id(self) -> str:
         return f"{self.fact.id}:{'true' if self.label == 'SUPPORTED' else f'false{self.variant}'}"
+
+    @property
+    def phrasings(self) -> list[str]:
+        """The same claim in the relation's training phrasings (never the rephrases)."""
+        return [f"{p} {self.answer}." for p in self.fact.phrasings]
 
     @property
     def rephrases(self) -> list[str]:

@@ -14,16 +14,22 @@ from .claims import claims
 
 
 def examples(facts: list[Fact], phrasings: str = "prompt") -> list[Example]:
-    """'prompt': one example per fact (its edit prompt); 'all': every phrasing of every fact."""
+    """'prompt': one example per fact (its edit prompt); 'all': every wording of every fact, the training
+    phrasings included (a memory must cover every prompt shape an edit trains on, or a new neuron learns to
+    tell the shapes apart instead of the facts)."""
     if phrasings == "prompt":
         return [Example(f.prompt, f.answer) for f in facts]
-    return [Example(p, f.answer) for f in facts for p in [f.prompt, *f.rephrases]]
+    return [Example(p, f.answer) for f in facts for p in [f.prompt, *f.rephrases, *f.phrasings]]
 
 
 def task_examples(task: str, facts: list[Fact], phrasings: str = "prompt", seed: int = 0) -> list[Example]:
-    """The examples of a task over facts: answers (generation) or true/false claims (classification)."""
+    """The examples of a task over facts: answers (generation) or true/false claims (classification), in
+    the same wordings as `examples`."""
     if task == "classification":
-        return [Example(c.text, c.label) for c in claims(facts, seed, phrasings)]
+        out = [Example(c.text, c.label) for c in claims(facts, seed, phrasings)]
+        if phrasings == "all":
+            out += [Example(p, c.label) for c in claims(facts, seed) for p in c.phrasings]
+        return out
     return examples(facts, phrasings)
 
 
@@ -42,12 +48,12 @@ def find_mistakes(editor: Editor, facts: list[Fact], model_name: str, limit: int
     prompt; classification, each fact's true claim and two false ones."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if editor.task.name == "classification":
-        items = [(c.id, c.text, c.label, c.rephrases) for c in claims(facts, seed, false_per_fact=2)]
+        items = [(c.id, c.text, c.label, c.rephrases, c.phrasings) for c in claims(facts, seed, false_per_fact=2)]
     else:
-        items = [(f.id, f.prompt, f.answer, f.rephrases) for f in facts]
-    cached = editor.cache([Example(text, target) for _, text, target, _ in items])
+        items = [(f.id, f.prompt, f.answer, f.rephrases, f.phrasings) for f in facts]
+    cached = editor.cache([Example(text, target) for _, text, target, _, _ in items])
     records = []
-    for (rid, text, target, rephrases), c in zip(items, cached):
+    for (rid, text, target, rephrases, phrasings), c in zip(items, cached):
         if limit is not None and len(records) >= limit:
             break
         right, _, decoded = editor.judge(c)
@@ -56,5 +62,5 @@ def find_mistakes(editor: Editor, facts: list[Fact], model_name: str, limit: int
         prediction = greedy_answer(editor, text, len(c.targets)) if editor.task.name == "generation" else decoded
         records.append(ErrorRecord(id=rid, model=model_name, task=editor.task.name, input=text,
                                    prediction=prediction or "(empty)", target=target, logged_at=stamp,
-                                   rephrases=rephrases))
+                                   rephrases=rephrases, phrasings=phrasings))
     return records
