@@ -56,10 +56,10 @@ def checkpoints(n: int) -> list[int]:
     return sorted({m for m in [10, 50, *range(100, n, 100)] if m < n} | {n})
 
 
-def make_editor(name, config, model, tokenizer, sets, ft_lr, ft_steps, kl_examples):
+def make_editor(name, config, model, tokenizer, sets, ft_lr, ft_steps, kl_examples, kl_batch):
     if name in FINE_TUNING:
         editor = FineTuneEditor(model, tokenizer, EditorConfig(**{**config.to_dict(), "max_steps": ft_steps}),
-                                lr=ft_lr, kl_examples=kl_examples, **FINE_TUNING[name])
+                                lr=ft_lr, kl_examples=kl_examples, kl_batch=kl_batch, **FINE_TUNING[name])
         set_threads(config, editor.task.name)
         return editor
     return build_editor(model, tokenizer, config, sets["memory"], sets["validation"])
@@ -137,6 +137,8 @@ def main() -> int:
                     "(1e-3 and 1e-4 wrecked locality on MiniLM within 40 edits; 1e-5 kept it best)")
     ap.add_argument("--ft-steps", type=int, default=200, help="fine-tuning baselines: step limit per edit")
     ap.add_argument("--kl-examples", type=int, default=512, help="FT+KL: locality examples from the memory facts")
+    ap.add_argument("--kl-batch", type=int, default=32, help="FT+KL: examples drawn per step for the KL term "
+                    "(each costs the output layer at every answer position: use ~4 for an LM)")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     ap.add_argument("--out-dir", default="docs/benchmarks")
     ap.add_argument("--quiet", action="store_true")
@@ -157,7 +159,7 @@ def main() -> int:
         for name in args.editors.split(","):
             torch.manual_seed(seed)
             rows, detail = run_editor(name, {**EDITORS[name], **settings, "seed": seed}, model, tokenizer, sets,
-                                      train, test, records, (args.ft_lr, args.ft_steps, kl_examples),
+                                      train, test, records, (args.ft_lr, args.ft_steps, kl_examples, args.kl_batch),
                                       progress=not args.quiet)
             all_rows += [{**r, "seed": seed} for r in rows]
             details.append({**detail, "seed": seed})
@@ -167,7 +169,8 @@ def main() -> int:
     import transformers
 
     meta = {"model": args.model, "edits": len(records), "stream": len(stream), "seeds": args.seeds,
-            "settings": settings, "ft": {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples},
+            "settings": settings, "ft": {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples,
+                   "kl_batch": args.kl_batch},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                         "transformers": transformers.__version__},
             "date": time.strftime("%Y-%m-%d")}
@@ -179,7 +182,7 @@ def main() -> int:
     header = (f"### {args.model}: {len(records)} sequential real edits (of {len(stream)} in the stream), seeds "
               f"{args.seeds}, --set {settings or 'none'}; 'patcher' deviates from the reference settings in "
               f"{deviations or 'nothing'}; FT lr {args.ft_lr}, at most {args.ft_steps} steps, KL on "
-              f"{args.kl_examples} examples ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, torch "
+              f"{args.kl_examples} examples, {args.kl_batch} per step ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, torch "
               f"{torch.__version__})")
     (out / f"{stem}.md").write_text(markdown(all_rows, header) + "\n" + "".join(
         f"![{m}]({stem}_{m}.svg)\n" for m in METRICS))

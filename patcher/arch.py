@@ -42,6 +42,11 @@ class Arch:
         """(..., H) pre-norm stream after the last FFN -> (..., V) logits."""
         raise NotImplementedError
 
+    def tail_rows(self, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """(..., H), (R,) output ids -> (..., R): the logits of those outputs only (LMs override this to skip
+        the rest of the output layer)."""
+        return self.tail(h)[..., rows]
+
     def ffn_module(self) -> nn.Module:
         """The last FFN as a module, q (..., H) -> its output (..., H) before the residual add (for the
         fine-tuning baselines, patcher/finetune.py)."""
@@ -126,6 +131,9 @@ class LlamaArch(Arch):
             self._head_t = self.model.lm_head.weight.detach().t().contiguous()   # (H, V)
         return self.norm_in(h) @ self._head_t
 
+    def tail_rows(self, h, rows):
+        return self.norm_in(h) @ self.model.lm_head.weight[rows].t()              # (..., R)
+
     def ffn_module(self):
         return self.ffn_in                       # the SwiGLU MLP
 
@@ -147,6 +155,9 @@ class GPT2Arch(Arch):
 
     def tail(self, h):
         return self.model.lm_head(self.norm_in(h))
+
+    def tail_rows(self, h, rows):
+        return self.norm_in(h) @ self.model.lm_head.weight[rows].t()              # (..., R)
 
     def ffn_module(self):
         return self.mlp
@@ -187,6 +198,9 @@ class BartArch(Arch):
 
     def tail(self, h):
         return self.model.lm_head(self.norm_in(h)) + self.model.final_logits_bias
+
+    def tail_rows(self, h, rows):
+        return self.norm_in(h) @ self.model.lm_head.weight[rows].t() + self.model.final_logits_bias[0, rows]
 
     def ffn_module(self):
         return nn.Sequential(self.layer.fc1, self.ffn_act, self.layer.fc2)

@@ -240,10 +240,10 @@ class Editor:
         directions = self.lead_directions(c, positions) if cfg.value_init == "lead" else None
         new = NewNeurons(c.q[positions], self.neurons.activation, cfg.value_scale_init, generator, directions)
         if path == "fast":
-            forward = self._fast_forward([c, *extra], new, positions)
-            check = forward
+            forward, check, targets = self._fast_forward([c, *extra], new, positions)
         elif path == "reference":
             forward, check = self._reference_forward(c, example, new, positions)
+            targets = lambda: c.targets                                         # noqa: E731
         else:
             raise ValueError(f"unknown path {path!r}: 'fast' or 'reference'")
 
@@ -253,7 +253,7 @@ class Editor:
         previous_val, step, parts = None, 0, {}
         for step in range(1, cfg.max_steps + 1):
             logits, a_edit = forward(True)                                     # (C, P, V), (C, n)
-            loss, parts = patch_loss(cfg, self.task.edit_loss(logits, c.targets, cfg), a_edit, self.memory, new)
+            loss, parts = patch_loss(cfg, self.task.edit_loss(logits, targets(), cfg), a_edit, self.memory, new)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(new.parameters(), cfg.grad_clip)
@@ -263,10 +263,6 @@ class Editor:
                 with torch.no_grad():
                     logits, a_edit = check(False)
                     if not bool((self.task.leads(logits[0], c.targets) > cfg.success_margin).all()):
-                        continue
-                    others = logits[1:]                                        # (K-1, P, V)
-                    if cfg.phrasings_right and not bool(
-                            (self.task.leads(others, c.targets.expand(others.shape[:-1])) > 0).all()):
                         continue
                     if self.val_memory is None or not len(self.val_memory):
                         break
@@ -288,16 +284,35 @@ class Editor:
         return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def _fast_forward(self, cached: list[Cached], new: NewNeurons, positions: torch.Tensor):
-        """The edit input and its K-1 training phrasings (same answer, so the same P judged positions)."""
+        """The edit input and its K-1 training phrasings (same answer, so the same P judged positions).
+        -> (forward for training, forward for checks, the training targets): with vocab_candidates,
+        training sees only the candidate outputs (targets re-indexed into them), checks see every output
+        and re-pick the candidates."""
         q = torch.stack([c.q for c in cached])                                 # (K, P, H)
         base = torch.stack([c.h + self.neurons(c.q) for c in cached]).detach() # (K, P, H), fixed during training
         columns = torch.arange(len(positions), device=self.device)
+        targets = cached[0].targets                                            # (P,)
+        k = self.cfg.vocab_candidates if self.task.name == "generation" else 0
+        picked = {}
 
-        def forward(train: bool):
+        def full(train: bool):
             a = new.preactivation(q)                                           # (K, P, n)
             logits = self.arch.tail(base + new.act(a) @ new.values())          # (K, P, V)
+            if k:
+                top = logits.detach().topk(k, dim=-1).indices.flatten()
+                picked["rows"] = torch.unique(torch.cat([top, targets]))       # (R,) sorted output ids
             return logits, a[:, positions, columns]                            # (K, P, V), (K, n)
-        return forward
+
+        def candidates(train: bool):
+            a = new.preactivation(q)                                           # (K, P, n)
+            logits = self.arch.tail_rows(base + new.act(a) @ new.values(), picked["rows"])   # (K, P, R)
+            return logits, a[:, positions, columns]
+
+        if not k:
+            return full, full, lambda: targets
+        with torch.no_grad():
+            full(False)
+        return candidates, full, lambda: torch.searchsorted(picked["rows"], targets)
 
     def _reference_forward(self, c: Cached, example: Example, new: NewNeurons, positions: torch.Tensor):
         inputs, judged, _, _ = self.task.encode([example])

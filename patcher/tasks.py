@@ -7,6 +7,7 @@ patch neurons N are tail(h_p + N(q_p)) exactly (see arch.py), so edits and check
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,7 @@ class Task:
         self.arch = arch
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self._fingerprint: str | None = None
 
     # --- subclasses ---------------------------------------------------------------------------------
     def encode(self, examples: list[Example]) -> tuple[dict, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
@@ -54,10 +56,39 @@ class Task:
         """The model's answer from the judged logits (P, V)."""
         raise NotImplementedError
 
+    def probe_target(self) -> str:
+        """Any valid target (for the model's fingerprint, patcher/activations.py)."""
+        raise NotImplementedError
+
     # --- shared -------------------------------------------------------------------------------------
     @torch.no_grad()
     def cache(self, examples: list[Example], batch_size: int = 32) -> list[Cached]:
-        """Runs the model (eval mode, no patch attached) and caches q and h at the judged positions."""
+        """Runs the model (eval mode, no patch attached) and caches q and h at the judged positions. Large
+        sets (memory, locality) come from the on-disk activation cache when this model computed them before,
+        and are computed on every core otherwise."""
+        from . import activations
+
+        folder = activations.directory() if len(examples) >= activations.MIN_EXAMPLES else None
+        if folder is None:
+            return self._compute(examples, batch_size)
+        if self._fingerprint is None:
+            probe = self._compute([Example(activations.PROBE, self.probe_target())])[0]
+            self._fingerprint = activations.fingerprint(self, probe)
+        path = folder / f"{activations.key(self, examples, self._fingerprint)}.safetensors"
+        found = activations.load(path, next(self.arch.model.parameters()).device)
+        if found is not None:
+            return found
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)        # a batched forward pass: every core pays off
+        try:
+            out = self._compute(examples, batch_size)
+        finally:
+            torch.set_num_threads(threads)
+        activations.save(path, out)
+        return out
+
+    @torch.no_grad()
+    def _compute(self, examples: list[Example], batch_size: int = 32) -> list[Cached]:
         model, arch = self.arch.model, self.arch
         device = next(model.parameters()).device
         out: list[Cached] = []
@@ -140,6 +171,9 @@ class ClassificationTask(Task):
     def decode(self, logits):
         return self.labels[int(logits[0].argmax())]
 
+    def probe_target(self):
+        return self.labels[0]
+
 
 class GenerationTask(Task):
     """The edit fixes an answer. Teacher forcing on input + answer; position p judges answer token p.
@@ -182,6 +216,9 @@ class GenerationTask(Task):
 
     def decode(self, logits):
         return self.tokenizer.decode(logits.argmax(-1).tolist()).strip()
+
+    def probe_target(self):
+        return "river"
 
 
 def task_for(arch: Arch, tokenizer) -> Task:

@@ -31,7 +31,8 @@ def wrong_label(editor, text):
 def test_fast_path_equals_reference_procedure(arch, tokenizer, make_model):
     # Same schedule and seed, dropout off: the reference runs the whole model on the edit fed 8 times.
     # float64 so that Adam's sign-like steps on near-zero gradients do not amplify rounding noise.
-    settings = dict(max_steps=150, reference_dropout=False, edit_copies=8, beta=1.0)
+    # The whole vocabulary in the edit loss: candidate outputs (vocab_candidates) are a fast-path shortcut.
+    settings = dict(max_steps=150, reference_dropout=False, edit_copies=8, beta=1.0, vocab_candidates=0)
     results = {}
     for path in ("fast", "reference"):
         editor = editor_for(make_model, tokenizer, arch, torch.float64, **settings)
@@ -162,7 +163,7 @@ def test_training_phrasings_fire_the_neuron_and_join_the_memory(tokenizer, make_
     phrasings = ["france has its capital in", "the seat of government of france is"]
     fired = {}
     for n in (0, 2):
-        editor = editor_for(make_model, tokenizer, "llama", phrasings=n, phrasings_right=True)
+        editor = editor_for(make_model, tokenizer, "llama", phrasings=n)
         memory_before = len(editor.memory)
         outcome = editor.edit("e0", text, target, phrasings=phrasings)
         assert outcome.status == "edited" and outcome.prediction_after == target
@@ -172,7 +173,32 @@ def test_training_phrasings_fire_the_neuron_and_join_the_memory(tokenizer, make_
                                                                                      for p in phrasings[:n]]))
         assert len(editor.memory) == memory_before + grown
         fired[n] = [editor.judge(c)[0] for c in cached]
-    assert fired[2] == [True, True]                 # phrasings_right: every phrasing trained on is right too
+    assert fired[2] == [True, True]                 # the phrasings trained on are right too
     with pytest.raises(ValueError, match="fast-path extension"):
         editor_for(make_model, tokenizer, "llama", phrasings=1).edit("e0", text, target, phrasings=phrasings,
                                                                      path="reference")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bart"])
+def test_tail_rows_are_the_whole_tail_at_those_outputs(arch, tokenizer, make_model):
+    editor = Editor(make_model(arch), tokenizer)
+    c = editor.cache([Example("the capital of france is", "paris")])[0]
+    rows = torch.tensor([0, 5, 17, editor.arch.model.config.vocab_size - 1])
+    assert torch.allclose(editor.arch.tail_rows(c.h, rows), editor.arch.tail(c.h)[..., rows], atol=1e-5)
+
+
+def test_vocab_candidates_edit_is_judged_on_the_whole_vocabulary(tokenizer, make_model):
+    for k in (0, 8):
+        editor = editor_for(make_model, tokenizer, "llama", vocab_candidates=k)
+        outcomes = [editor.edit(f"e{i}", text, target) for i, (text, target) in enumerate(EDITS)]
+        assert [o.status for o in outcomes] == ["edited"] * 3
+        # success is the whole model's argmax over the whole vocabulary, whatever the training loss saw
+        branch = PatchBranch(editor.arch, editor.neurons)
+        try:
+            for text, target in EDITS:
+                inputs, positions, targets, _ = editor.task.encode([Example(text, target)])
+                with torch.no_grad():
+                    logits = editor.model(**inputs).logits[0, positions[0]]
+                assert torch.equal(logits.argmax(-1), targets[0])
+        finally:
+            branch.remove()

@@ -1,0 +1,42 @@
+"""The on-disk activation cache: a large example set is computed once per model, read back identical, and
+a different model (other weights) or a changed example set never reads another's activations."""
+import torch
+
+from patcher import Editor
+from patcher.activations import MIN_EXAMPLES
+from patcher.tasks import Example
+
+
+def files(root):
+    return sorted(p.name for p in (root / "activations").glob("*.safetensors")) if (root / "activations").exists() else []
+
+
+def test_computed_once_read_back_identical_and_keyed_by_model(tmp_path, monkeypatch, tokenizer, make_model):
+    monkeypatch.setenv("PATCHER_CACHE", str(tmp_path))
+    examples = [Example(f"the number {i} is", "paris") for i in range(MIN_EXAMPLES)]
+    task = Editor(make_model("llama"), tokenizer).task
+    first = task.cache(examples)
+    assert len(files(tmp_path)) == 1
+    again = Editor(make_model("llama"), tokenizer).task.cache(examples)     # a new process would do the same
+    assert len(files(tmp_path)) == 1 and len(again) == len(first)
+    for a, b in zip(first, again):
+        for name in ("q", "h", "targets", "q_memory"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+    other = make_model("llama")
+    with torch.no_grad():
+        other.model.layers[0].mlp.down_proj.weight.mul_(1.5)               # other weights: another fingerprint
+    changed = Editor(other, tokenizer).task.cache(examples)
+    assert len(files(tmp_path)) == 2
+    assert not torch.allclose(changed[0].q, first[0].q)
+    task.cache(examples[:-1] + [Example("another one", "paris")])           # other examples: another entry
+    assert len(files(tmp_path)) == 3
+    task.cache(examples[:10])                                               # small sets are not stored
+    assert len(files(tmp_path)) == 3
+
+
+def test_off_switch(tmp_path, monkeypatch, tokenizer, make_model):
+    monkeypatch.setenv("PATCHER_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATCHER_ACTIVATION_CACHE", "off")
+    Editor(make_model("gpt2"), tokenizer).task.cache([Example(f"item {i}", "x") for i in range(MIN_EXAMPLES)])
+    assert files(tmp_path) == []
