@@ -11,7 +11,7 @@ unchanged, failed edits, neurons, median seconds and steps per edit, and the pro
 Writes JSON, a Markdown table and one SVG plot per metric (every editor against the number of edits) to
 --out-dir (default docs/benchmarks/).
 
-Editors (settings on top of --set):
+Editors (their own settings win over --set, which applies to the rest):
   patcher     the editor's defaults
   reference   the reference implementation's settings (patcher.config.REFERENCE_SETTINGS)
   no-memory   ablation: no memory loss (beta = 0)
@@ -142,6 +142,8 @@ def main() -> int:
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     ap.add_argument("--out-dir", default="docs/benchmarks")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--append", action="store_true", help="keep the other editors' rows of an earlier run with "
+                    "the same output name (rerun some editors only)")
     args = ap.parse_args()
     settings = EditorConfig.parse_overrides(args.set)
     model_dir = build(args.model, out=model_path(args.model), progress=lambda m: print(m, file=sys.stderr))
@@ -154,40 +156,53 @@ def main() -> int:
     sets = fact_examples(probe.task.name, split, 0)
     train, test = LocalitySet.build(probe, "train", sets["train"]), LocalitySet.build(probe, "test", sets["test"])
     kl_examples = probe.cache(random.Random(0).sample(sets["memory"], min(args.kl_examples, len(sets["memory"]))))
-    all_rows, details = [], []
-    for seed in [int(x) for x in args.seeds.split(",")]:
-        for name in args.editors.split(","):
-            torch.manual_seed(seed)
-            rows, detail = run_editor(name, {**EDITORS[name], **settings, "seed": seed}, model, tokenizer, sets,
-                                      train, test, records, (args.ft_lr, args.ft_steps, kl_examples, args.kl_batch),
-                                      progress=not args.quiet)
-            all_rows += [{**r, "seed": seed} for r in rows]
-            details.append({**detail, "seed": seed})
     stem = f"sequential_{args.model}_{len(records)}{('_' + args.tag) if args.tag else ''}"
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    all_rows, details = [], []
+    if args.append and (out / f"{stem}.json").exists():      # keep the other editors' results of earlier runs
+        earlier = json.loads((out / f"{stem}.json").read_text())
+        redo = set(args.editors.split(","))
+        all_rows = [r for r in earlier["rows"] if r["editor"] not in redo]
+        details = [d for d in earlier["runs"] if d["editor"] not in redo]
+    for seed in [int(x) for x in args.seeds.split(",")]:
+        for name in args.editors.split(","):
+            torch.manual_seed(seed)
+            # the editor's own settings win: `reference` stays the reference whatever --set says
+            rows, detail = run_editor(name, {**settings, **EDITORS[name], "seed": seed}, model, tokenizer, sets,
+                                      train, test, records, (args.ft_lr, args.ft_steps, kl_examples, args.kl_batch),
+                                      progress=not args.quiet)
+            all_rows += [{**r, "seed": seed} for r in rows]
+            details.append({**detail, "seed": seed, "ft": {"lr": args.ft_lr, "steps": args.ft_steps,
+                                                          "kl_examples": args.kl_examples,
+                                                          "kl_batch": args.kl_batch}})
+            write(out, stem, args, settings, len(records), len(stream), all_rows, details)   # after every editor
+    return 0
+
+
+def write(out: Path, stem: str, args, settings: dict, edits: int, stream: int, all_rows: list, details: list):
     import transformers
 
-    meta = {"model": args.model, "edits": len(records), "stream": len(stream), "seeds": args.seeds,
+    all_rows = sorted(all_rows, key=lambda r: (r["seed"], list(EDITORS).index(r["editor"]), r["edits"]))
+    meta = {"model": args.model, "edits": edits, "stream": stream, "seeds": args.seeds,
             "settings": settings, "ft": {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples,
                    "kl_batch": args.kl_batch},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                         "transformers": transformers.__version__},
             "date": time.strftime("%Y-%m-%d")}
     (out / f"{stem}.json").write_text(json.dumps({**meta, "rows": all_rows, "runs": details}, indent=1) + "\n")
-    for metric, svg in plots(all_rows, f"{args.model}, {len(records)} edits").items():
+    for metric, svg in plots(all_rows, f"{args.model}, {edits} edits").items():
         (out / f"{stem}_{metric}.svg").write_text(svg)
     effective = EditorConfig(**settings).to_dict()
     deviations = {k: v for k, v in effective.items() if EditorConfig.reference().to_dict()[k] != v and k != "seed"}
-    header = (f"### {args.model}: {len(records)} sequential real edits (of {len(stream)} in the stream), seeds "
+    header = (f"### {args.model}: {edits} sequential real edits (of {stream} in the stream), seeds "
               f"{args.seeds}, --set {settings or 'none'}; 'patcher' deviates from the reference settings in "
               f"{deviations or 'nothing'}; FT lr {args.ft_lr}, at most {args.ft_steps} steps, KL on "
               f"{args.kl_examples} examples, {args.kl_batch} per step ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, torch "
               f"{torch.__version__})")
     (out / f"{stem}.md").write_text(markdown(all_rows, header) + "\n" + "".join(
         f"![{m}]({stem}_{m}.svg)\n" for m in METRICS))
-    print(markdown(all_rows, header))
-    return 0
+    print(markdown(all_rows, header), file=sys.stderr)
 
 
 if __name__ == "__main__":

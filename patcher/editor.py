@@ -198,6 +198,11 @@ class Editor:
         new, positions, steps, losses = self._train(c, Example(input, target), path, extra)
         trial = self.neurons.extend(*new.frozen())
         right, lead, after = self.judge(c, trial)
+        if not right and self._candidates():        # the shortcut failed: train again on the whole vocabulary
+            new, positions, more, losses = self._train(c, Example(input, target), path, extra, candidates=0)
+            steps += more
+            trial = self.neurons.extend(*new.frozen())
+            right, lead, after = self.judge(c, trial)
         status = "edited" if right else "failed"
         keep = right or self.cfg.keep_failed
         if keep:
@@ -233,14 +238,19 @@ class Editor:
             wrong = leads[0].argmin().reshape(1)
         return wrong[: self.cfg.max_neurons_per_edit]
 
-    def _train(self, c: Cached, example: Example, path: str, extra: list[Cached] = ()):
+    def _candidates(self) -> int:
+        return self.cfg.vocab_candidates if self.task.name == "generation" else 0
+
+    def _train(self, c: Cached, example: Example, path: str, extra: list[Cached] = (),
+               candidates: int | None = None):
         cfg = self.cfg
         positions = self.neuron_positions(c, extra)                            # (n,) judged-position indices
         generator = torch.Generator().manual_seed(cfg.seed + len(self.outcomes))
         directions = self.lead_directions(c, positions) if cfg.value_init == "lead" else None
         new = NewNeurons(c.q[positions], self.neurons.activation, cfg.value_scale_init, generator, directions)
         if path == "fast":
-            forward, check, targets = self._fast_forward([c, *extra], new, positions)
+            k = self._candidates() if candidates is None else candidates
+            forward, check, targets = self._fast_forward([c, *extra], new, positions, k)
         elif path == "reference":
             forward, check = self._reference_forward(c, example, new, positions)
             targets = lambda: c.targets                                         # noqa: E731
@@ -283,24 +293,23 @@ class Editor:
             (grad,) = torch.autograd.grad(lead, h)
         return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
-    def _fast_forward(self, cached: list[Cached], new: NewNeurons, positions: torch.Tensor):
+    def _fast_forward(self, cached: list[Cached], new: NewNeurons, positions: torch.Tensor, k: int):
         """The edit input and its K-1 training phrasings (same answer, so the same P judged positions).
-        -> (forward for training, forward for checks, the training targets): with vocab_candidates,
-        training sees only the candidate outputs (targets re-indexed into them), checks see every output
-        and re-pick the candidates."""
+        -> (forward for training, forward for checks, the training targets): with k candidates, training
+        sees only the candidate outputs (targets re-indexed into them), checks see every output and add
+        each position's top k to the candidates."""
         q = torch.stack([c.q for c in cached])                                 # (K, P, H)
         base = torch.stack([c.h + self.neurons(c.q) for c in cached]).detach() # (K, P, H), fixed during training
         columns = torch.arange(len(positions), device=self.device)
         targets = cached[0].targets                                            # (P,)
-        k = self.cfg.vocab_candidates if self.task.name == "generation" else 0
         picked = {}
 
         def full(train: bool):
             a = new.preactivation(q)                                           # (K, P, n)
             logits = self.arch.tail(base + new.act(a) @ new.values())          # (K, P, V)
-            if k:
+            if k:       # the candidates only grow: an output pushed down once is not free to rise again
                 top = logits.detach().topk(k, dim=-1).indices.flatten()
-                picked["rows"] = torch.unique(torch.cat([top, targets]))       # (R,) sorted output ids
+                picked["rows"] = torch.unique(torch.cat([picked.get("rows", targets), top, targets]))  # (R,)
             return logits, a[:, positions, columns]                            # (K, P, V), (K, n)
 
         def candidates(train: bool):

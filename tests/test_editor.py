@@ -202,3 +202,25 @@ def test_vocab_candidates_edit_is_judged_on_the_whole_vocabulary(tokenizer, make
                 assert torch.equal(logits.argmax(-1), targets[0])
         finally:
             branch.remove()
+
+
+def test_an_edit_the_candidate_outputs_cannot_fix_is_trained_again_on_the_whole_vocabulary(
+        tokenizer, make_model, monkeypatch):
+    text, target = EDITS[0]
+    plain = editor_for(make_model, tokenizer, "llama", vocab_candidates=0)
+    expected = plain.edit("e0", text, target)
+    assert expected.status == "edited"
+    train, calls = Editor._train, []
+
+    def candidates_fail(self, *args, candidates=None, **kwargs):
+        calls.append(self._candidates() if candidates is None else candidates)
+        new, positions, steps, losses = train(self, *args, candidates=candidates, **kwargs)
+        if calls[-1]:
+            new.scales.data.zero_()                     # the patch trained on candidates does nothing
+        return new, positions, steps, losses
+
+    monkeypatch.setattr(Editor, "_train", candidates_fail)
+    editor = editor_for(make_model, tokenizer, "llama", vocab_candidates=8)
+    outcome = editor.edit("e0", text, target)
+    assert calls == [8, 0] and outcome.status == "edited" and outcome.steps > expected.steps
+    assert torch.allclose(editor.neurons.values, plain.neurons.values)       # the whole-vocabulary patch
