@@ -117,6 +117,22 @@ def plots(rows: list[dict], title: str) -> dict[str, str]:
     return out
 
 
+def generality_by_relation(details: list[dict]) -> str:
+    """GR of each editor's edits by relation (the error id's prefix): where generalization fails."""
+    table = {}
+    for d in details:
+        for o in d["outcomes"]:
+            if o["status"] != "skipped" and o["generalization"] is not None:
+                table.setdefault(o["error_id"].split(":")[0], {}).setdefault(d["editor"], []).append(o["generalization"])
+    editors = list(dict.fromkeys(d["editor"] for d in details))
+    lines = ["| relation | edits | " + " | ".join(editors) + " |", "|" + "---|" * (len(editors) + 2)]
+    for relation, by in sorted(table.items()):
+        n = max(len(v) for v in by.values())
+        lines.append(f"| {relation} | {n} | " + " | ".join(
+            f"{statistics.mean(by[e]):.3f}" if e in by else "n/a" for e in editors) + " |")
+    return "GR by relation (all seeds):\n\n" + "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict], header: str) -> str:
     cols = ["editor", "seed", "edits", "SR", "GR", "ER", "TrainR", "TestR", "train_unchanged", "test_unchanged",
             "failed", "neurons", "s_per_edit_median", "steps_median", "peak_rss_mb"]
@@ -144,6 +160,9 @@ def main() -> int:
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--append", action="store_true", help="keep the other editors' rows of an earlier run with "
                     "the same output name (rerun some editors only)")
+    ap.add_argument("--merge", action="append", default=[], metavar="JSON", help="add the other editors' rows "
+                    "of this result file (same model and edits; e.g. editors run in separate processes); with "
+                    "--editors '' the files are only combined")
     args = ap.parse_args()
     settings = EditorConfig.parse_overrides(args.set)
     model_dir = build(args.model, out=model_path(args.model), progress=lambda m: print(m, file=sys.stderr))
@@ -159,14 +178,20 @@ def main() -> int:
     stem = f"sequential_{args.model}_{len(records)}{('_' + args.tag) if args.tag else ''}"
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    editors = [e for e in args.editors.split(",") if e]
     all_rows, details = [], []
-    if args.append and (out / f"{stem}.json").exists():      # keep the other editors' results of earlier runs
-        earlier = json.loads((out / f"{stem}.json").read_text())
-        redo = set(args.editors.split(","))
-        all_rows = [r for r in earlier["rows"] if r["editor"] not in redo]
-        details = [d for d in earlier["runs"] if d["editor"] not in redo]
+    earlier = [out / f"{stem}.json"] if args.append and (out / f"{stem}.json").exists() else []
+    for path in earlier + [Path(p) for p in args.merge]:  # other editors' results on the same stream
+        result = json.loads(Path(path).read_text())
+        if (result["model"], result["edits"]) != (args.model, len(records)):
+            raise SystemExit(f"{path}: {result['model']}, {result['edits']} edits; this run: {args.model}, "
+                             f"{len(records)} edits")
+        all_rows += [r for r in result["rows"] if r["editor"] not in editors]
+        details += [d for d in result["runs"] if d["editor"] not in editors]
+    if not editors:
+        write(out, stem, args, settings, len(records), len(stream), all_rows, details)
     for seed in [int(x) for x in args.seeds.split(",")]:
-        for name in args.editors.split(","):
+        for name in editors:
             torch.manual_seed(seed)
             # the editor's own settings win: `reference` stays the reference whatever --set says
             rows, detail = run_editor(name, {**settings, **EDITORS[name], "seed": seed}, model, tokenizer, sets,
@@ -200,7 +225,7 @@ def write(out: Path, stem: str, args, settings: dict, edits: int, stream: int, a
               f"{deviations or 'nothing'}; FT lr {args.ft_lr}, at most {args.ft_steps} steps, KL on "
               f"{args.kl_examples} examples, {args.kl_batch} per step ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, torch "
               f"{torch.__version__})")
-    (out / f"{stem}.md").write_text(markdown(all_rows, header) + "\n" + "".join(
+    (out / f"{stem}.md").write_text(markdown(all_rows, header) + "\n" + generality_by_relation(details) + "\n" + "".join(
         f"![{m}]({stem}_{m}.svg)\n" for m in METRICS))
     print(markdown(all_rows, header), file=sys.stderr)
 
