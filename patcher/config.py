@@ -45,11 +45,13 @@ class EditorConfig:
     value_scale_init: float = _f(10.0, "initial trainable scale of the value vector")
     value_init: str = _f("random", "value direction at the start: 'random' (reference) or 'lead': the "
                                    "direction that most increases the target's lead at the neuron's position")
-    activation: str = _f("auto", "patch neuron activation: 'ffn' (the FFN's own: the reference), any "
-                                 "transformers activation name (e.g. 'relu'), or 'auto': the FFN's own where it "
-                                 "merges exactly (GELU FFNs with biases: BERT, GPT-2, BART), else 'relu' "
-                                 "(Llama's SwiGLU: SiLU's negative tail leaks into every position; measured in "
-                                 "docs/benchmarks)")
+    activation: str = _f("auto", "patch neuron activation: 'ffn' (the FFN's own, which merges exactly into "
+                                 "GELU FFNs with biases: BERT, GPT-2, BART; the reference), any transformers "
+                                 "activation name (e.g. 'relu'), or 'auto': an existing patch set's own, else "
+                                 "'relu'. ReLU has no negative tail: with the FFN's own (SiLU, GELU) every "
+                                 "neuron leaks into every position; measured: SmolLM2 200 edits TestR 0.88 -> "
+                                 "1.00, MiniLM 460 edits TestR 0.987 -> 0.996 and GR 0.947 -> 0.962 "
+                                 "(docs/benchmarks). ReLU patches on a GELU FFN export as a branch, not merged")
     success_margin: float = _f(0.0, "an edit counts as right when every judged target leads the best other "
                                     "logit by more than this (0: plain argmax, the reference)")
     phrasings: int = _f(3, "train each edit on up to this many other phrasings of its input as well (the "

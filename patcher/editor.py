@@ -130,7 +130,7 @@ class Editor:
         self.tokenizer = tokenizer
         self.arch = adapter_for(model)
         self.task = task_for(self.arch, tokenizer)
-        activation = self.patch_activation(self.arch, self.cfg.activation)
+        activation = self.patch_activation(self.arch, self.cfg.activation, neurons)
         dtype = next(model.parameters()).dtype
         self.neurons = neurons.to(self.device) if neurons is not None else \
             PatchNeurons.empty(self.arch.hidden_size, activation, dtype, self.device)
@@ -143,10 +143,10 @@ class Editor:
         self.outcomes: list[EditOutcome] = []
 
     @staticmethod
-    def patch_activation(arch, setting: str) -> str:
-        if setting == "ffn" or (setting == "auto" and arch.mergeable):
-            return arch.ffn_act_name
-        return "relu" if setting == "auto" else setting
+    def patch_activation(arch, setting: str, existing: PatchNeurons | None = None) -> str:
+        if setting == "auto":          # a patch set keeps one activation: new neurons follow the earlier ones
+            return existing.activation if existing is not None and len(existing) else "relu"
+        return arch.ffn_act_name if setting == "ffn" else setting
 
     # --- reading the patched model from the cache ---------------------------------------------------------
     def cache(self, examples: list[Example]) -> list[Cached]:

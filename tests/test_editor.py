@@ -135,12 +135,18 @@ def test_classification_edit_flips_the_label(tokenizer, make_model):
     assert outcome.generalization in (0.0, 1.0)
 
 
-@pytest.mark.parametrize("arch, expected", [("llama", "relu"), ("gpt2", "gelu_new"), ("bert", "gelu"),
-                                            ("bart", "gelu")])
-def test_auto_activation_merges_where_exact_else_relu(arch, expected, tokenizer, make_model):
-    assert Editor(make_model(arch), tokenizer).neurons.activation == expected
-    reference = Editor(make_model(arch), tokenizer, EditorConfig.reference()).neurons.activation
-    assert reference == Editor(make_model(arch), tokenizer).arch.ffn_act_name
+@pytest.mark.parametrize("arch, ffn", [("llama", "silu"), ("gpt2", "gelu_new"), ("bert", "gelu"), ("bart", "gelu")])
+def test_auto_activation_is_relu_unless_the_patch_set_has_another(arch, ffn, tokenizer, make_model):
+    assert Editor(make_model(arch), tokenizer).neurons.activation == "relu"
+    reference = Editor(make_model(arch), tokenizer, EditorConfig.reference())
+    assert reference.neurons.activation == reference.arch.ffn_act_name == ffn
+    # an existing patch set (made with the FFN's own activation) is extended with neurons like its own
+    earlier = reference.neurons.extend(torch.zeros(1, reference.arch.hidden_size), torch.zeros(1),
+                                       torch.zeros(1, reference.arch.hidden_size))
+    assert Editor(make_model(arch), tokenizer, neurons=earlier).neurons.activation == ffn
+    with pytest.raises(ValueError, match="existing patches use"):
+        Editor(make_model(arch), tokenizer, EditorConfig(activation="relu" if ffn != "relu" else "gelu"),
+               neurons=earlier)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])

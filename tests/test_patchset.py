@@ -17,15 +17,16 @@ from conftest import MEMORY
 EDITS = [("the capital of france is", "paris"), ("spain has its capital in", "madrid")]
 
 
-@pytest.fixture
-def saved_model(tmp_path, tokenizer, make_model):
-    """A tiny GPT-2 saved as a model directory, edited twice; -> (model_dir, editor, outcomes)."""
+@pytest.fixture(params=["ffn", "relu"])
+def saved_model(request, tmp_path, tokenizer, make_model):
+    """A tiny GPT-2 saved as a model directory, edited twice with the FFN's own activation (merges exactly)
+    or ReLU (the default; a branch); -> (model_dir, editor, outcomes)."""
     model_dir = tmp_path / "model"
     model = make_model("gpt2")
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     model, tok = load_model(model_dir)
-    editor = Editor(model, tok, EditorConfig())
+    editor = Editor(model, tok, EditorConfig(activation=request.param))
     editor.memory = Memory.from_examples(editor.task, MEMORY)
     outcomes = [editor.edit(f"e{i}", text, target) for i, (text, target) in enumerate(EDITS)]
     assert all(o.succeeded for o in outcomes)
@@ -40,7 +41,7 @@ def test_round_trip_and_manifest(tmp_path, saved_model):
     assert manifest["format"] == "patcher.patchset/1"
     assert manifest["base_model"]["name"] == "tiny-gpt2" and len(manifest["base_model"]["sha256"]) == 64
     assert manifest["architecture"] == "gpt2" and manifest["layer"] == "transformer.h.1.mlp.c_proj"
-    assert manifest["activation"] == "gelu_new"
+    assert manifest["activation"] == ("gelu_new" if editor.cfg.activation == "ffn" else "relu")
     assert [e["error_id"] for e in manifest["edits"]] == ["e0", "e1"]
     assert manifest["edits"][0]["input"] == EDITS[0][0] and manifest["edits"][0]["target"] == "paris"
     assert [n["error_id"] for n in manifest["neurons"]] == editor.owners
@@ -55,7 +56,7 @@ def test_loaded_onto_a_fresh_model_matches_the_editor(tmp_path, saved_model, mer
     model_dir, editor, outcomes = saved_model
     to_patchset(editor, outcomes, "tiny-gpt2", model_dir).save(tmp_path / "p")
     model, tok, patches = load_patched(model_dir, tmp_path / "p", merge=merge)
-    assert (model._patch_branch is None) == merge
+    assert (model._patch_branch is None) == (merge and editor.cfg.activation == "ffn")
     for text, target in EDITS:
         inputs, positions, _, _ = editor.task.encode([Example(text, target)])
         with torch.no_grad():

@@ -337,7 +337,7 @@ def test_serving_closes_the_loop(s3_env, prefect_api, factcheck, mistakes, tmp_p
         summary = run(root)
         assert summary["outcome"] == "approved: v0001", summary
         assert summary["counts"] == {"received": 4, "accepted": 4, "quarantined": 0}   # the 422 one was never logged
-        assert summary["export"]["how"] == "merged" and summary["export"]["parity"]["max_abs_diff"] <= 1e-4
+        assert summary["export"]["how"] == "branch in the graph" and summary["export"]["parity"]["max_abs_diff"] <= 1e-4
         assert latest(root, MODEL)["version"] == "v0001"
         deadline = time.monotonic() + 60
         while service.health()["version"] != "v0001":

@@ -1,0 +1,101 @@
+"""Why rephrasings fail: for each edit, do its new neurons fire on the held-out rephrasings at all (key side),
+and when they fire, does the answer flip (value side)? Per relation, on a production model's real mistakes.
+
+    .venv/bin/python bench/generality.py --model facts-smollm2 --per-relation 10 [--set key=value]
+
+Each edit is made alone on the unpatched model (the neurons and the memory are reset after it), so the
+figures isolate generalization from sequential interference. For every rephrasing of every edit: the
+pre-activation of each new neuron at its own answer position (the neuron fires when it is > 0), whether the
+rephrasing is right after the edit, and the same for the training phrasings. Prints a Markdown table and
+writes JSON to --out (default: none).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from patcher import EditorConfig  # noqa: E402
+from patcher.facts import all_facts, split_facts  # noqa: E402
+from patcher.memory import Memory  # noqa: E402
+from patcher.models.base import load_model  # noqa: E402
+from patcher.models.production import build, model_path  # noqa: E402
+from patcher.records import read_records  # noqa: E402
+from patcher.sequential import build_editor, fact_examples  # noqa: E402
+from patcher.tasks import Example  # noqa: E402
+
+
+def firing(editor, positions: torch.Tensor, neurons, texts: list[str], target: str) -> list[dict]:
+    """Per text: each new neuron's pre-activation at its answer position, and whether the text is right."""
+    out = []
+    for c in editor.cache([Example(t, target) for t in texts]):
+        a = neurons.preactivation(c.q[positions]).diagonal()                         # (n,) own position
+        out.append({"preactivations": a.tolist(), "fires": bool((a > 0).all()), "right": editor.judge(c)[0]})
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="facts-smollm2", choices=["factcheck-minilm", "facts-smollm2"])
+    ap.add_argument("--per-relation", type=int, default=10, help="edits per relation (the stream's first)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="EditorConfig override")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    config = EditorConfig(**EditorConfig.parse_overrides(args.set))
+    model, tokenizer = load_model(build(args.model, out=model_path(args.model), progress=lambda m: None))
+    sets = fact_examples("generation" if args.model == "facts-smollm2" else "classification",
+                         split_facts(all_facts(), seed=0), config.seed)
+    editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"])
+    memory = editor.memory.vectors.clone()
+    picked, count = [], {}
+    for r in read_records(f"data/errors/{args.model}.jsonl"):
+        relation = r.id.split(":")[0]
+        if count.get(relation, 0) < args.per_relation:
+            picked.append(r)
+            count[relation] = count.get(relation, 0) + 1
+    rows = []
+    for r in picked:
+        trained = r.phrasings[: config.phrasings]
+        positions = editor.neuron_positions(editor.cache([Example(r.input, r.target)])[0],
+                                            editor.cache([Example(p, r.target) for p in trained]))
+        outcome = editor.edit(r.id, r.input, r.target, r.rephrases, r.phrasings)
+        if outcome.status == "edited":
+            new = editor.neurons                                 # this edit's neurons only (reset below)
+            rows.append({"id": r.id, "relation": r.id.split(":")[0], "steps": outcome.steps,
+                         "held_out": firing(editor, positions, new, r.rephrases, r.target),
+                         "trained": firing(editor, positions, new, trained, r.target)})
+            editor.remove(r.id)
+        editor.edited.pop(r.id, None)
+        editor.memory = Memory(memory.clone())
+        print(f"  {r.id} {outcome.status}", file=sys.stderr)
+    table = {}
+    for row in rows:
+        for kind in ("held_out", "trained"):
+            for x in row[kind]:
+                table.setdefault((row["relation"], kind), []).append(x)
+    lines = ["| relation | edits | held-out right | held-out fire | right when fired | right when not fired | "
+             "held-out pre-act median | trained right | trained fire |", "|" + "---|" * 9]
+    for relation in sorted({r["relation"] for r in rows}):
+        h, t = table[(relation, "held_out")], table.get((relation, "trained"), [])
+        fired = [x for x in h if x["fires"]]
+        quiet = [x for x in h if not x["fires"]]
+        share = lambda xs, key: f"{sum(x[key] for x in xs) / len(xs):.2f}" if xs else "n/a"   # noqa: E731
+        lines.append(f"| {relation} | {sum(r['relation'] == relation for r in rows)} | {share(h, 'right')} | "
+                     f"{share(h, 'fires')} | {share(fired, 'right')} | {share(quiet, 'right')} | "
+                     f"{statistics.median(min(x['preactivations']) for x in h):.2f} | {share(t, 'right')} | "
+                     f"{share(t, 'fires')} |")
+    print("\n".join(lines))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"model": args.model, "settings": config.to_dict(), "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
