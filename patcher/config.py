@@ -18,7 +18,6 @@ REFERENCE_SETTINGS = {"activation": "ffn", "check_after": 100, "phrasings": 0, "
 class EditorConfig:
     # optimisation of one patch
     lr: float = _f(1e-2, "Adam learning rate for the patch parameters")
-    key_lr: float = _f(0.0, "Adam learning rate for the keys and biases (0: lr, the reference)")
     weight_decay: float = _f(0.01, "Adam weight decay")
     grad_clip: float = _f(5.0, "max gradient norm per step")
     plateau_factor: float = _f(0.5, "LR multiplier when the training loss plateaus")

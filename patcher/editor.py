@@ -257,9 +257,7 @@ class Editor:
         else:
             raise ValueError(f"unknown path {path!r}: 'fast' or 'reference'")
 
-        groups = [{"params": [new.keys, new.biases], "lr": cfg.key_lr or cfg.lr},
-                  {"params": [new.directions, new.scales]}]
-        opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        opt = torch.optim.Adam(new.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor,
                                                            patience=cfg.plateau_patience)
         previous_val, step, parts = None, 0, {}
