@@ -124,7 +124,7 @@ def generality_by_relation(details: list[dict]) -> str:
         for o in d["outcomes"]:
             if o["status"] != "skipped" and o["generalization"] is not None:
                 table.setdefault(o["error_id"].split(":")[0], {}).setdefault(d["editor"], []).append(o["generalization"])
-    editors = list(dict.fromkeys(d["editor"] for d in details))
+    editors = sorted(dict.fromkeys(d["editor"] for d in details), key=list(EDITORS).index)
     lines = ["| relation | edits | " + " | ".join(editors) + " |", "|" + "---|" * (len(editors) + 2)]
     for relation, by in sorted(table.items()):
         n = max(len(v) for v in by.values())
