@@ -108,6 +108,7 @@ class EditOutcome:
     lead: float | None = None        # smallest lead of a target over the best other logit, after the edit
     generalization: float | None = None   # share of the rephrases right right after the edit
     losses: dict = field(default_factory=dict)
+    reason: str | None = None        # why a failed edit failed
 
     @property
     def succeeded(self) -> bool:
@@ -191,6 +192,17 @@ class Editor:
                                   seconds=time.perf_counter() - start)
             self.outcomes.append(outcome)
             return outcome
+        wrong = int((self.task.leads(self.logits(c), c.targets) <= 0).sum())
+        if self.task.name == "generation" and wrong > self.cfg.max_neurons_per_edit:
+            # each neuron fixes its own answer position: training could not make this edit right
+            self.edited[error_id] = c
+            self._remember(c)
+            outcome = EditOutcome(error_id, input, "failed", before, before, target, lead=lead,
+                                  seconds=time.perf_counter() - start,
+                                  reason=f"{wrong} answer tokens wrong, at most {self.cfg.max_neurons_per_edit} "
+                                         "neurons per edit (max_neurons_per_edit): not trained")
+            self.outcomes.append(outcome)
+            return outcome
         extra = self.cache([Example(p, target) for p in list(phrasings)[: self.cfg.phrasings]])
         if extra and path != "fast":
             raise ValueError("training on phrasings is a fast-path extension; the reference path edits the "
@@ -204,6 +216,7 @@ class Editor:
             trial = self.neurons.extend(*new.frozen())
             right, lead, after = self.judge(c, trial)
         status = "edited" if right else "failed"
+        reason = None if right else f"not right within {self.cfg.max_steps} steps (smallest lead {lead:.3f})"
         keep = right or self.cfg.keep_failed
         if keep:
             self.neurons = trial
@@ -217,7 +230,7 @@ class Editor:
             generalization = self.accuracy(self.cache([Example(r, target) for r in rephrases]))
         outcome = EditOutcome(error_id, input, status, before, after if keep else before, target, steps=steps,
                               seconds=seconds, neurons=len(positions) if keep else 0,
-                              lead=lead, generalization=generalization, losses=losses)
+                              lead=lead, generalization=generalization, losses=losses, reason=reason)
         self.outcomes.append(outcome)
         return outcome
 

@@ -89,7 +89,8 @@ def gate(report: dict, thresholds: GateThresholds) -> GateReport:
          "passed": failed_share <= thresholds.max_failed_share, "detail": report.get("failed_ids", [])},
     ]
     passed = all(c["passed"] for c in checks)
-    review = [{"error_id": i, "reason": "the edit did not hold within the step limit (not patched)"}
+    reasons = report.get("failed_reasons", {})
+    review = [{"error_id": i, "reason": f"the edit failed (not patched): {reasons.get(i) or 'step limit'}"}
               for i in report.get("failed_ids", [])]
     review += [{"error_id": i, "reason": "wrong in the final patched model (a later edit broke it)"} for i in wrong]
     changed = [{"set": "train", **c} for c in report.get("train_changed", [])] + \

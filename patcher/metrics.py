@@ -73,6 +73,7 @@ def summarize(editor: Editor, outcomes: list[EditOutcome], train: LocalitySet | 
         "edit_seconds_median": statistics.median(edited_seconds) if edited_seconds else None,
         "edit_steps_median": statistics.median([o.steps for o in attempted]) if attempted else None,
         "failed_ids": [o.error_id for o in attempted if o.status == "failed"],
+        "failed_reasons": {o.error_id: o.reason for o in attempted if o.status == "failed"},
     }
     for name, loc in (("train", train), ("test", test)):
         if loc is not None and loc.cached:

@@ -230,3 +230,15 @@ def test_an_edit_the_candidate_outputs_cannot_fix_is_trained_again_on_the_whole_
     outcome = editor.edit("e0", text, target)
     assert calls == [8, 0] and outcome.status == "edited" and outcome.steps > expected.steps
     assert torch.allclose(editor.neurons.values, plain.neurons.values)       # the whole-vocabulary patch
+
+
+def test_an_answer_with_more_wrong_tokens_than_neurons_fails_at_once_with_the_reason(tokenizer, make_model):
+    editor = editor_for(make_model, tokenizer, "llama", max_neurons_per_edit=1)
+    text, target = "the capital of france is", "paris madrid rome lima"
+    c = editor.cache([Example(text, target)])[0]
+    wrong = int((editor.task.leads(editor.logits(c), c.targets) <= 0).sum())
+    assert wrong > 1
+    outcome = editor.edit("e0", text, target)
+    assert outcome.status == "failed" and outcome.steps == 0 and len(editor.neurons) == 0
+    assert f"{wrong} answer tokens wrong, at most 1 neurons per edit" in outcome.reason
+    assert editor.accuracy([editor.edited["e0"]]) == 0.0                    # counted in ER as a wrong edit
