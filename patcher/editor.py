@@ -192,8 +192,8 @@ class Editor:
                                   seconds=time.perf_counter() - start)
             self.outcomes.append(outcome)
             return outcome
-        wrong = int((self.task.leads(self.logits(c), c.targets) <= 0).sum())
-        if self.task.name == "generation" and wrong > self.cfg.max_neurons_per_edit:
+        wrong = int((self.task.leads(self.logits(c), c.targets) <= 0).sum()) if self.task.name == "generation" else 0
+        if wrong > self.cfg.max_neurons_per_edit:
             # each neuron fixes its own answer position: training could not make this edit right
             self.edited[error_id] = c
             self._remember(c)
