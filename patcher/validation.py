@@ -39,6 +39,8 @@ class Validated:
 
 
 def _suite(gx, models: dict[str, list[str] | None]):
+    from great_expectations.expectations.row_conditions import Column
+
     E = gx.expectations
     suite = gx.ExpectationSuite(name="error_records")
     for name in REQUIRED:
@@ -68,7 +70,7 @@ def _suite(gx, models: dict[str, list[str] | None]):
     for model, labels in models.items():
         if labels:
             suite.add_expectation(E.ExpectColumnValuesToBeInSet(
-                column="target", value_set=labels, row_condition=f'model=="{model}"', condition_parser="pandas",
+                column="target", value_set=labels, row_condition=Column("model") == model,
                 meta={"reason": f"target is not one of {model}'s labels {labels}"}))
     return suite
 
