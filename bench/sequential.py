@@ -133,6 +133,26 @@ def generality_by_relation(details: list[dict]) -> str:
     return "GR by relation (all seeds):\n\n" + "\n".join(lines) + "\n"
 
 
+def run_settings(details: list[dict]) -> str:
+    """One line per editor: the settings its rows were measured with, taken from the runs themselves (merged
+    files keep the settings of the process that ran them, not those of the process that combined them)."""
+    reference = EditorConfig.reference().to_dict()
+    lines = {}
+    for d in details:
+        if d["editor"] in FINE_TUNING:
+            ft = d.get("ft", {})
+            text = (f"lr {ft.get('lr')}, at most {ft.get('steps')} steps" + (
+                f", KL on {ft.get('kl_examples')} examples, {ft.get('kl_batch')} per step" if d["editor"] == "ft-last-kl"
+                else ""))
+        else:
+            ignored = {"seed", "threads", "device"}
+            deviations = {k: v for k, v in d["settings"].items() if k in reference and k not in ignored
+                          and reference[k] != v}
+            text = f"deviates from the reference settings in {deviations or 'nothing'}"
+        lines.setdefault(d["editor"], f"- {d['editor']}: {text}")
+    return "\n".join(lines[e] for e in sorted(lines, key=list(EDITORS).index))
+
+
 def markdown(rows: list[dict], header: str) -> str:
     cols = ["editor", "seed", "edits", "SR", "GR", "ER", "TrainR", "TestR", "train_unchanged", "test_unchanged",
             "failed", "neurons", "s_per_edit_median", "steps_median", "peak_rss_mb"]
@@ -218,13 +238,9 @@ def write(out: Path, stem: str, args, settings: dict, edits: int, stream: int, a
     (out / f"{stem}.json").write_text(json.dumps({**meta, "rows": all_rows, "runs": details}, indent=1) + "\n")
     for metric, svg in plots(all_rows, f"{args.model}, {edits} edits").items():
         (out / f"{stem}_{metric}.svg").write_text(svg)
-    effective = EditorConfig(**settings).to_dict()
-    deviations = {k: v for k, v in effective.items() if EditorConfig.reference().to_dict()[k] != v and k != "seed"}
-    header = (f"### {args.model}: {edits} sequential real edits (of {stream} in the stream), seeds "
-              f"{args.seeds}, --set {settings or 'none'}; 'patcher' deviates from the reference settings in "
-              f"{deviations or 'nothing'}; FT lr {args.ft_lr}, at most {args.ft_steps} steps, KL on "
-              f"{args.kl_examples} examples, {args.kl_batch} per step ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, torch "
-              f"{torch.__version__})")
+    header = (f"### {args.model}: {edits} sequential real edits (of {stream} in the stream), seeds {args.seeds} "
+              f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, torch {torch.__version__})\n\n"
+              + run_settings(details))
     (out / f"{stem}.md").write_text(markdown(all_rows, header) + "\n" + generality_by_relation(details) + "\n" + "".join(
         f"![{m}]({stem}_{m}.svg)\n" for m in METRICS))
     print(markdown(all_rows, header), file=sys.stderr)
