@@ -9,7 +9,7 @@ each checkpoint (10, 50, 100, then every 100, and the end) it records SR and GR 
 far (judged on the current model), TrainR/TestR and the share of locality examples whose prediction is
 unchanged, failed edits, neurons, median seconds and steps per edit, and the process's peak RSS so far.
 Writes JSON, a Markdown table and one SVG plot per metric (every editor against the number of edits) to
---out-dir (default docs/benchmarks/).
+--out-dir (default docs/benchmarks/), at every checkpoint: a run cut off keeps what it measured.
 
 Editors (their own settings win over --set, which applies to the rest):
   patcher     the editor's defaults
@@ -65,7 +65,9 @@ def make_editor(name, config, model, tokenizer, sets, ft_lr, ft_steps, kl_exampl
     return build_editor(model, tokenizer, config, sets["memory"], sets["validation"])
 
 
-def run_editor(name, settings, model, tokenizer, sets, train, test, records, ft, progress=True):
+def run_editor(name, settings, model, tokenizer, sets, train, test, records, ft, progress=True,
+               checkpoint=lambda rows, detail: None):
+    """-> (a row per checkpoint, the run's detail); `checkpoint` gets both so far at every checkpoint."""
     config = EditorConfig(**settings)
     editor = make_editor(name, config, model, tokenizer, sets, *ft)
     marks, rows, outcomes = checkpoints(len(records)), [], []
@@ -98,9 +100,14 @@ def run_editor(name, settings, model, tokenizer, sets, train, test, records, ft,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
             })
             print(json.dumps(rows[-1]), file=sys.stderr)
+            checkpoint(rows, run_detail(name, config, editor, outcomes))
+    return rows, run_detail(name, config, editor, outcomes)
+
+
+def run_detail(name, config, editor, outcomes) -> dict:
     lost = [o.error_id for o in outcomes if o.error_id in editor.edited and not editor.judge(editor.edited[o.error_id])[0]]
-    return rows, {"editor": name, "settings": config.to_dict(), "lost_edits": lost,
-                  "outcomes": [o.to_dict() for o in outcomes]}
+    return {"editor": name, "settings": config.to_dict(), "lost_edits": lost,
+            "outcomes": [o.to_dict() for o in outcomes]}
 
 
 def plots(rows: list[dict], title: str) -> dict[str, str]:
@@ -213,15 +220,20 @@ def main() -> int:
     for seed in [int(x) for x in args.seeds.split(",")]:
         for name in editors:
             torch.manual_seed(seed)
+            ft = {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples,
+                  "kl_batch": args.kl_batch}
+
+            def save(rows, detail):             # after every checkpoint: a cut-off run keeps what it measured
+                write(out, stem, args, settings, len(records), len(stream),
+                      all_rows + [{**r, "seed": seed} for r in rows], details + [{**detail, "seed": seed, "ft": ft}])
+
             # the editor's own settings win: `reference` stays the reference whatever --set says
             rows, detail = run_editor(name, {**settings, **EDITORS[name], "seed": seed}, model, tokenizer, sets,
                                       train, test, records, (args.ft_lr, args.ft_steps, kl_examples, args.kl_batch),
-                                      progress=not args.quiet)
+                                      progress=not args.quiet, checkpoint=save)
             all_rows += [{**r, "seed": seed} for r in rows]
-            details.append({**detail, "seed": seed, "ft": {"lr": args.ft_lr, "steps": args.ft_steps,
-                                                          "kl_examples": args.kl_examples,
-                                                          "kl_batch": args.kl_batch}})
-            write(out, stem, args, settings, len(records), len(stream), all_rows, details)   # after every editor
+            details.append({**detail, "seed": seed, "ft": ft})
+            write(out, stem, args, settings, len(records), len(stream), all_rows, details)
     return 0
 
 
