@@ -31,6 +31,31 @@ from patcher.sequential import build_editor, fact_examples  # noqa: E402
 from patcher.tasks import Example  # noqa: E402
 
 
+# --extra-wordings: four more training wordings per relation, disjoint from the bank's templates (the
+# rephrasings that measure GR are never trained on); the memory gets the other facts in them as well.
+EXTRA_TEMPLATES = {
+    "capital": ["{s}'s seat of government is located in", "The government of {s} sits in the city of",
+                "Name the capital of {s}:", "Capital of {s}:"],
+    "region": ["{s} is part of the region", "Geographically, {s} is in", "Region of {s}:",
+               "{s} can be found in the region of"],
+    "currency_code": ["The three-letter currency code of {s} is", "Currency code of {s}:",
+                      "In {s}, the money's ISO code is", "Bank notes in {s} carry the currency code"],
+    "demonym": ["Citizens of {s} are called", "A native of {s} is called", "Demonym for {s}:",
+                "The inhabitants of {s} are called"],
+    "state_capital": ["The seat of government of the state of {s} is", "State capital of {s}:",
+                      "The capital of the US state of {s} is called", "The state government of {s} sits in"],
+    "element_symbol": ["Symbol of {s}:", "The periodic table lists {s} under the symbol", "Chemists write {s} as",
+                       "The one- or two-letter symbol of {s} is"],
+    "element_number": ["Atomic number of {s}:", "The number of protons in an atom of {s} is",
+                       "{s} sits in the periodic table at number", "The proton count of {s} is"],
+    "trivia": ["Answer this question: {s}", "{s} Reply:", "Q. {s} Ans:", "Question - {s} Answer -"],
+}
+
+
+def extra_wordings(fact) -> list[str]:
+    return [t.format(s=fact.subject) for t in EXTRA_TEMPLATES[fact.relation]]
+
+
 def firing(editor, positions: torch.Tensor, neurons, texts: list[str], target: str) -> list[dict]:
     """Per text: each new neuron's pre-activation at its answer position, and whether the text is right."""
     out = []
@@ -45,12 +70,21 @@ def main() -> int:
     ap.add_argument("--model", default="facts-smollm2", choices=["factcheck-minilm", "facts-smollm2"])
     ap.add_argument("--per-relation", type=int, default=10, help="edits per relation (the stream's first)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="EditorConfig override")
+    ap.add_argument("--extra-wordings", action="store_true", help="facts-smollm2: train each edit on 4 more "
+                    "wordings too (EXTRA_TEMPLATES; raise `phrasings` with --set phrasings=7 to use them)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     config = EditorConfig(**EditorConfig.parse_overrides(args.set))
     model, tokenizer = load_model(build(args.model, out=model_path(args.model), progress=lambda m: None))
-    sets = fact_examples("generation" if args.model == "facts-smollm2" else "classification",
-                         split_facts(all_facts(), seed=0), config.seed)
+    facts = all_facts()
+    split = split_facts(facts, seed=0)
+    sets = fact_examples("generation" if args.model == "facts-smollm2" else "classification", split, config.seed)
+    by_id = {f.id: f for f in facts}
+    if args.extra_wordings:
+        if args.model != "facts-smollm2":
+            raise SystemExit("--extra-wordings: facts-smollm2 only")
+        memory_facts = split["train"][int(len(split["train"]) * 0.2):]       # as fact_examples' memory
+        sets["memory"] += [Example(w, f.answer) for f in memory_facts for w in extra_wordings(f)]
     editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"])
     memory = editor.memory.vectors.clone()
     picked, count = [], {}
@@ -61,10 +95,11 @@ def main() -> int:
             count[relation] = count.get(relation, 0) + 1
     rows = []
     for r in picked:
-        trained = r.phrasings[: config.phrasings]
+        phrasings = list(r.phrasings) + (extra_wordings(by_id[r.id]) if args.extra_wordings else [])
+        trained = phrasings[: config.phrasings]
         positions = editor.neuron_positions(editor.cache([Example(r.input, r.target)])[0],
                                             editor.cache([Example(p, r.target) for p in trained]))
-        outcome = editor.edit(r.id, r.input, r.target, r.rephrases, r.phrasings)
+        outcome = editor.edit(r.id, r.input, r.target, r.rephrases, phrasings)
         if outcome.status == "edited":
             new = editor.neurons                                 # this edit's neurons only (reset below)
             rows.append({"id": r.id, "relation": r.id.split(":")[0], "steps": outcome.steps,
@@ -74,19 +109,16 @@ def main() -> int:
         editor.edited.pop(r.id, None)
         editor.memory = Memory(memory.clone())
         print(f"  {r.id} {outcome.status}", file=sys.stderr)
-    table = {}
-    for row in rows:
-        for kind in ("held_out", "trained"):
-            for x in row[kind]:
-                table.setdefault((row["relation"], kind), []).append(x)
     lines = ["| relation | edits | held-out right | held-out fire | right when fired | right when not fired | "
              "held-out pre-act median | trained right | trained fire |", "|" + "---|" * 9]
-    for relation in sorted({r["relation"] for r in rows}):
-        h, t = table[(relation, "held_out")], table.get((relation, "trained"), [])
+    for relation in [*sorted({r["relation"] for r in rows}), "all"]:
+        mine = [r for r in rows if relation in ("all", r["relation"])]
+        h = [x for r in mine for x in r["held_out"]]
+        t = [x for r in mine for x in r["trained"]]
         fired = [x for x in h if x["fires"]]
         quiet = [x for x in h if not x["fires"]]
         share = lambda xs, key: f"{sum(x[key] for x in xs) / len(xs):.2f}" if xs else "n/a"   # noqa: E731
-        lines.append(f"| {relation} | {sum(r['relation'] == relation for r in rows)} | {share(h, 'right')} | "
+        lines.append(f"| {relation} | {len(mine)} | {share(h, 'right')} | "
                      f"{share(h, 'fires')} | {share(fired, 'right')} | {share(quiet, 'right')} | "
                      f"{statistics.median(min(x['preactivations']) for x in h):.2f} | {share(t, 'right')} | "
                      f"{share(t, 'fires')} |")
