@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from patcher import EditorConfig  # noqa: E402
 from patcher.arch import adapter_for  # noqa: E402
-from patcher.editor import NewNeurons, patch_loss  # noqa: E402
+from patcher.editor import NewNeurons, patch_loss, positions_to_patch  # noqa: E402
 from patcher.facts import all_facts, split_facts  # noqa: E402
 from patcher.facts.mistakes import examples  # noqa: E402
 from patcher.memory import Memory  # noqa: E402
@@ -88,10 +88,7 @@ def edit(task, cfg: EditorConfig, memory: Memory, record, seed: int):
         probe = task.arch.ffn_in.register_forward_pre_hook(lambda m, a: seen.__setitem__("q", a[0]))
         logits, positions, targets = run(task, wordings)
         probe.remove()
-    leads = torch.stack([task.leads(x, t) for x, t in zip(logits, targets)])            # (K, P)
-    wrong = (leads <= cfg.success_margin).any(0).nonzero().flatten()[: cfg.max_neurons_per_edit]
-    if len(wrong) == 0:
-        wrong = leads[0].argmin().reshape(1)
+    wrong = positions_to_patch(torch.stack([task.leads(x, t) for x, t in zip(logits, targets)]), cfg)   # (n,)
     q_edit = seen["q"][0, positions[0][wrong]]                                           # (n, H)
     new = NewNeurons(q_edit, "relu", cfg.value_scale_init, torch.Generator().manual_seed(seed))
     trainee = Trainee(new)

@@ -92,6 +92,16 @@ def memory_losses(cfg: EditorConfig, a_edit: torch.Tensor, memory: Memory, new: 
     return l_m1, l_m2
 
 
+def positions_to_patch(leads: torch.Tensor, cfg: EditorConfig) -> torch.Tensor:
+    """(K, P) leads of the edit input (row 0) and its training phrasings at the answer positions -> the
+    positions that get a neuron: those not right by the success margin in any row, at most
+    max_neurons_per_edit; the weakest of the input when every row is right but not by the margin."""
+    wrong = (leads <= cfg.success_margin).any(0).nonzero().flatten()
+    if len(wrong) == 0:
+        wrong = leads[0].argmin().reshape(1)
+    return wrong[: cfg.max_neurons_per_edit]
+
+
 @dataclass
 class EditOutcome:
     """What happened to one error record."""
@@ -246,10 +256,7 @@ class Editor:
             return torch.tensor([0], device=self.device)
         with torch.no_grad():
             leads = torch.stack([self.task.leads(self.logits(x), x.targets) for x in [c, *extra]])   # (K, P)
-        wrong = (leads <= self.cfg.success_margin).any(0).nonzero().flatten()
-        if len(wrong) == 0:            # right, but not by the margin anywhere: patch the weakest token
-            wrong = leads[0].argmin().reshape(1)
-        return wrong[: self.cfg.max_neurons_per_edit]
+        return positions_to_patch(leads, self.cfg)
 
     def _candidates(self) -> int:
         return self.cfg.vocab_candidates if self.task.name == "generation" else 0
