@@ -27,7 +27,7 @@ from patcher.memory import Memory  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
 from patcher.records import read_records  # noqa: E402
-from patcher.sequential import build_editor, fact_examples  # noqa: E402
+from patcher.sequential import build_editor, fact_examples, memory_facts  # noqa: E402
 from patcher.tasks import Example  # noqa: E402
 
 
@@ -83,8 +83,7 @@ def main() -> int:
     if args.extra_wordings:
         if args.model != "facts-smollm2":
             raise SystemExit("--extra-wordings: facts-smollm2 only")
-        memory_facts = split["train"][int(len(split["train"]) * 0.2):]       # as fact_examples' memory
-        sets["memory"] += [Example(w, f.answer) for f in memory_facts for w in extra_wordings(f)]
+        sets["memory"] += [Example(w, f.answer) for f in memory_facts(split) for w in extra_wordings(f)]
     editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"])
     memory = editor.memory.vectors.clone()
     picked, count = [], {}

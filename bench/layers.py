@@ -36,6 +36,7 @@ from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
 from patcher.patch import PatchBranch  # noqa: E402
 from patcher.records import read_records  # noqa: E402
+from patcher.sequential import memory_facts  # noqa: E402
 from patcher.tasks import Example, task_for  # noqa: E402
 
 
@@ -124,8 +125,7 @@ def main() -> int:
     model, tokenizer = load_model(build("facts-smollm2", out=model_path("facts-smollm2"), progress=lambda m: None))
     model.eval().requires_grad_(False)
     split = split_facts(all_facts(), seed=0)
-    n = int(len(split["train"]) * 0.2)                  # the TrainR facts stay out of the memory (as the editor)
-    wordings = examples(split["train"][n:], "all")
+    wordings = examples(memory_facts(split), "all")      # the editor's memory facts (TrainR facts kept apart)
     random.Random(cfg.seed).shuffle(wordings)
     locality = examples(split["test"], "prompt")[: args.locality]
     picked, count = [], {}

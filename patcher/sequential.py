@@ -50,6 +50,12 @@ def build_editor(model, tokenizer, config: EditorConfig, memory: list[Example] =
     return editor
 
 
+def memory_facts(split: dict, train_locality_share: float = 0.2) -> list:
+    """The train-split facts the memory is built from: all but the first `train_locality_share` (the TrainR
+    facts, kept apart from the memory)."""
+    return split["train"][int(len(split["train"]) * train_locality_share):]
+
+
 def fact_examples(task: str, split: dict, seed: int = 0, train_locality_share: float = 0.2) -> dict[str, list[Example]]:
     """A fact-bank split as the editor's example sets: `memory` (the train split, every phrasing, except its
     first `train_locality_share`), `validation` (validation memory, every phrasing), `train` (those first
@@ -57,7 +63,7 @@ def fact_examples(task: str, split: dict, seed: int = 0, train_locality_share: f
     from .facts.mistakes import task_examples
 
     n = int(len(split["train"]) * train_locality_share)
-    return {"memory": task_examples(task, split["train"][n:], "all", seed),
+    return {"memory": task_examples(task, memory_facts(split, train_locality_share), "all", seed),
             "validation": task_examples(task, split["validation"], "all", seed),
             "train": task_examples(task, split["train"][:n], "prompt", seed),
             "test": task_examples(task, split["test"], "prompt", seed)}
