@@ -27,33 +27,8 @@ from patcher.memory import Memory  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
 from patcher.records import read_records  # noqa: E402
-from patcher.sequential import build_editor, fact_examples, memory_facts  # noqa: E402
+from patcher.sequential import build_editor, fact_examples  # noqa: E402
 from patcher.tasks import Example  # noqa: E402
-
-
-# --extra-wordings: four more training wordings per relation, disjoint from the bank's templates (the
-# rephrasings that measure GR are never trained on); the memory gets the other facts in them as well.
-EXTRA_TEMPLATES = {
-    "capital": ["{s}'s seat of government is located in", "The government of {s} sits in the city of",
-                "Name the capital of {s}:", "Capital of {s}:"],
-    "region": ["{s} is part of the region", "Geographically, {s} is in", "Region of {s}:",
-               "{s} can be found in the region of"],
-    "currency_code": ["The three-letter currency code of {s} is", "Currency code of {s}:",
-                      "In {s}, the money's ISO code is", "Bank notes in {s} carry the currency code"],
-    "demonym": ["Citizens of {s} are called", "A native of {s} is called", "Demonym for {s}:",
-                "The inhabitants of {s} are called"],
-    "state_capital": ["The seat of government of the state of {s} is", "State capital of {s}:",
-                      "The capital of the US state of {s} is called", "The state government of {s} sits in"],
-    "element_symbol": ["Symbol of {s}:", "The periodic table lists {s} under the symbol", "Chemists write {s} as",
-                       "The one- or two-letter symbol of {s} is"],
-    "element_number": ["Atomic number of {s}:", "The number of protons in an atom of {s} is",
-                       "{s} sits in the periodic table at number", "The proton count of {s} is"],
-    "trivia": ["Answer this question: {s}", "{s} Reply:", "Q. {s} Ans:", "Question - {s} Answer -"],
-}
-
-
-def extra_wordings(fact) -> list[str]:
-    return [t.format(s=fact.subject) for t in EXTRA_TEMPLATES[fact.relation]]
 
 
 def firing(editor, positions: torch.Tensor, neurons, texts: list[str], target: str) -> list[dict]:
@@ -70,8 +45,6 @@ def main() -> int:
     ap.add_argument("--model", default="facts-smollm2", choices=["factcheck-minilm", "facts-smollm2"])
     ap.add_argument("--per-relation", type=int, default=10, help="edits per relation (the stream's first)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="EditorConfig override")
-    ap.add_argument("--extra-wordings", action="store_true", help="facts-smollm2: train each edit on 4 more "
-                    "wordings too (EXTRA_TEMPLATES; raise `phrasings` with --set phrasings=7 to use them)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     config = EditorConfig(**EditorConfig.parse_overrides(args.set))
@@ -79,11 +52,6 @@ def main() -> int:
     facts = all_facts()
     split = split_facts(facts, seed=0)
     sets = fact_examples("generation" if args.model == "facts-smollm2" else "classification", split, config.seed)
-    by_id = {f.id: f for f in facts}
-    if args.extra_wordings:
-        if args.model != "facts-smollm2":
-            raise SystemExit("--extra-wordings: facts-smollm2 only")
-        sets["memory"] += [Example(w, f.answer) for f in memory_facts(split) for w in extra_wordings(f)]
     editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"])
     memory = editor.memory.vectors.clone()
     picked, count = [], {}
@@ -94,7 +62,7 @@ def main() -> int:
             count[relation] = count.get(relation, 0) + 1
     rows = []
     for r in picked:
-        phrasings = list(r.phrasings) + (extra_wordings(by_id[r.id]) if args.extra_wordings else [])
+        phrasings = list(r.phrasings)
         trained = phrasings[: config.phrasings]
         positions = editor.neuron_positions(editor.cache([Example(r.input, r.target)])[0],
                                             editor.cache([Example(p, r.target) for p in trained]))
