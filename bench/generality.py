@@ -62,11 +62,10 @@ def main() -> int:
             count[relation] = count.get(relation, 0) + 1
     rows = []
     for r in picked:
-        phrasings = list(r.phrasings)
-        trained = phrasings[: config.phrasings]
+        trained = list(r.phrasings)[: config.phrasings]
         positions = editor.neuron_positions(editor.cache([Example(r.input, r.target)])[0],
                                             editor.cache([Example(p, r.target) for p in trained]))
-        outcome = editor.edit(r.id, r.input, r.target, r.rephrases, phrasings)
+        outcome = editor.edit(r.id, r.input, r.target, r.rephrases, r.phrasings)
         if outcome.status == "edited":
             new = editor.neurons                                 # this edit's neurons only (reset below)
             rows.append({"id": r.id, "relation": r.id.split(":")[0], "steps": outcome.steps,
