@@ -58,7 +58,7 @@ class EditorConfig:
                            "every phrasing's activation above the memory's (0: the input alone, the reference; "
                            "3 raised GR from 0.86 to 0.95 on MiniLM (460 edits) and from 0.18 to 0.33 on SmolLM2 "
                            "(60 edits) with locality unchanged; 7, the fact bank's training wordings, from 0.962 "
-                           "to 0.972 on MiniLM (460 edits) and from 0.346 to 0.444 on SmolLM2 (300 edits), 1-3% "
+                           "to 0.972 on MiniLM (460 edits) and from 0.352 to 0.451 on SmolLM2 (400 edits), 1-3% "
                            "more locality facts changed; docs/benchmarks)")
     vocab_candidates: int = _f(64, "generation: train the edit loss on the outputs that matter, each judged "
                                    "position's top-k (plus the targets; checks add the current top-k, the set "
