@@ -3,7 +3,9 @@
 The memory, validation memory and locality sets are the same example sets on every run against the same
 model, and running the model over them was most of a pipeline run's fixed cost (about a minute for MiniLM,
 two for SmolLM2 on 2 cores). They are stored once per (model, examples) under $PATCHER_CACHE/activations as
-safetensors; PATCHER_ACTIVATION_CACHE=off turns the cache off.
+safetensors; PATCHER_ACTIVATION_CACHE=off turns the cache off. The folder is kept under
+PATCHER_ACTIVATION_CACHE_MB (default 2048): after each write the least recently used entries go first (a read
+counts as a use), so model upgrades and changed example sets do not pile up.
 
 The model is identified by what it computes, not by a path: a fingerprint of the captured FFN input and
 stream on a fixed probe sentence (rounded), plus the probe's token ids. Any change to the weights or the
@@ -22,7 +24,17 @@ from safetensors.torch import load_file, save_file
 from .models.base import cache_dir
 
 MIN_EXAMPLES = 256           # smaller sets are cheaper to compute than to look up
+DEFAULT_BUDGET_MB = 2048     # SmolLM2's memory, validation and locality sets take ~1 GB together
 PROBE = "The quick brown fox jumps over the lazy dog near the river bank"
+
+
+def budget_bytes() -> int:
+    raw = os.environ.get("PATCHER_ACTIVATION_CACHE_MB", str(DEFAULT_BUDGET_MB))
+    try:
+        megabytes = float(raw)
+    except ValueError:
+        raise ValueError(f"PATCHER_ACTIVATION_CACHE_MB must be a number of megabytes, got {raw!r}") from None
+    return int(megabytes * 2**20)
 
 
 def directory() -> Path | None:
@@ -47,7 +59,9 @@ def fingerprint(task, probe_cached) -> str:
 def load(path: Path, device) -> list | None:
     from .tasks import Cached
 
-    if not path.exists():
+    try:
+        os.utime(path)                                   # a use: the least recently used entries are evicted first
+    except FileNotFoundError:
         return None
     t = load_file(str(path), device=str(device))
     p, m = t["position_offsets"].tolist(), t["memory_offsets"].tolist()
@@ -69,3 +83,28 @@ def save(path: Path, cached: list) -> None:
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(partial))
     os.replace(partial, path)
+    evict(path.parent, budget_bytes(), keep=path)
+
+
+def evict(folder: Path, budget: int, keep: Path) -> list[Path]:
+    """Deletes the least recently used entries until the folder fits the budget (`keep`, just written, stays
+    even when it alone is over). Another process may be evicting too: an entry already gone is skipped."""
+    entries = []
+    for p in folder.glob("*.safetensors"):
+        try:
+            entries.append((p.stat().st_mtime, p.stat().st_size, p))
+        except FileNotFoundError:
+            continue
+    total, removed = sum(size for _, size, _ in entries), []
+    for _, size, p in sorted(entries):
+        if total <= budget:
+            break
+        if p == keep:
+            continue
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+        total -= size
+        removed.append(p)
+    return removed

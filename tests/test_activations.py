@@ -1,5 +1,9 @@
 """The on-disk activation cache: a large example set is computed once per model, read back identical, and
 a different model (other weights) or a changed example set never reads another's activations."""
+import os
+import time
+
+import pytest
 import torch
 
 from patcher import Editor
@@ -40,3 +44,29 @@ def test_off_switch(tmp_path, monkeypatch, tokenizer, make_model):
     monkeypatch.setenv("PATCHER_ACTIVATION_CACHE", "off")
     Editor(make_model("gpt2"), tokenizer).task.cache([Example(f"item {i}", "x") for i in range(MIN_EXAMPLES)])
     assert files(tmp_path) == []
+
+
+def test_least_recently_used_entries_are_evicted_over_the_budget(tmp_path, monkeypatch, tokenizer, make_model):
+    monkeypatch.setenv("PATCHER_CACHE", str(tmp_path))
+    folder = tmp_path / "activations"
+    task = Editor(make_model("llama"), tokenizer).task
+    sets = [[Example(f"set {s} number {i} is", "paris") for i in range(MIN_EXAMPLES)] for s in range(3)]
+    task.cache(sets[0])
+    (entry_0,) = folder.glob("*.safetensors")
+    monkeypatch.setenv("PATCHER_ACTIVATION_CACHE_MB", str(2.5 * entry_0.stat().st_size / 2**20))  # room for two
+    os.utime(entry_0, (time.time() - 100, time.time() - 100))
+    task.cache(sets[1])
+    (entry_1,) = set(folder.glob("*.safetensors")) - {entry_0}
+    os.utime(entry_1, (time.time() - 50, time.time() - 50))
+    task.cache(sets[0])                          # a read: set 0 becomes the most recently used
+    task.cache(sets[2])                          # a third entry: the least recently used one (set 1) goes
+    kept = set(folder.glob("*.safetensors"))
+    assert len(kept) == 2 and entry_0 in kept and entry_1 not in kept
+
+
+def test_a_budget_that_is_not_a_number_is_named(monkeypatch):
+    from patcher import activations
+
+    monkeypatch.setenv("PATCHER_ACTIVATION_CACHE_MB", "lots")
+    with pytest.raises(ValueError, match="PATCHER_ACTIVATION_CACHE_MB"):
+        activations.budget_bytes()
