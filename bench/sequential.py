@@ -180,8 +180,9 @@ def main() -> int:
                     "(1e-3 and 1e-4 wrecked locality on MiniLM within 40 edits; 1e-5 kept it best)")
     ap.add_argument("--ft-steps", type=int, default=200, help="fine-tuning baselines: step limit per edit")
     ap.add_argument("--kl-examples", type=int, default=512, help="FT+KL: locality examples from the memory facts")
-    ap.add_argument("--kl-batch", type=int, default=32, help="FT+KL: examples drawn per step for the KL term "
-                    "(each costs the output layer at every answer position: use ~4 for an LM)")
+    ap.add_argument("--kl-batch", type=int, default=None, help="FT+KL: examples drawn per step for the KL term "
+                    "(each costs the output layer at every answer position; default 32 for the classifier, 4 "
+                    "for the LM)")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     ap.add_argument("--out-dir", default="docs/benchmarks")
     ap.add_argument("--quiet", action="store_true")
@@ -192,6 +193,8 @@ def main() -> int:
                     "--editors '' the files are only combined")
     args = ap.parse_args()
     settings = EditorConfig.parse_overrides(args.set)
+    if args.kl_batch is None:
+        args.kl_batch = 4 if args.model == "facts-smollm2" else 32
     model_dir = build(args.model, out=model_path(args.model), progress=lambda m: print(m, file=sys.stderr))
     model, tokenizer = load_model(model_dir)
     split = split_facts(all_facts(), seed=0)
