@@ -17,7 +17,7 @@ def test_counts_relations_and_phrasings():
     assert all(len(TEMPLATES[r]) >= 3 for r in RELATIONS)
     assert all(len(f.rephrases) >= 2 and f.prompt not in f.rephrases for f in facts)
     # training phrasings never include a phrasing that measures Generality (or the edited prompt)
-    assert all(len(f.phrasings) == 7 and not set(f.phrasings) & {f.prompt, *f.rephrases} for f in facts)
+    assert all(len(f.phrasings) == 15 and not set(f.phrasings) & {f.prompt, *f.rephrases} for f in facts)
     assert len({f.id for f in facts}) == len(facts) and all(ID_PATTERN.match(f.id) for f in facts)
     # every phrasing passes the error-record text checks (no control characters, bounded)
     record = {"id": "x", "model": "m", "task": "generation", "prediction": "p", "logged_at": "2026-11-24T00:00:00Z"}
