@@ -59,7 +59,8 @@ def smollm2_setup(config: EditorConfig, n_edits: int):
     split = split_facts(all_facts(), seed=config.seed)
     probe = Editor(model, tokenizer, config)
     records = find_mistakes(probe, split["edit"], "smollm2", limit=n_edits)
-    return (model, tokenizer, examples(split["train"], "all"), examples(split["validation"], "all"),
+    return (model, tokenizer, examples(split["train"], "all", config.phrasings),
+            examples(split["validation"], "all", config.phrasings),
             [(r.id, r.input, r.target) for r in records])
 
 

@@ -51,7 +51,8 @@ def main() -> int:
     model, tokenizer = load_model(build(args.model, out=model_path(args.model), progress=lambda m: None))
     facts = all_facts()
     split = split_facts(facts, seed=0)
-    sets = fact_examples("generation" if args.model == "facts-smollm2" else "classification", split, config.seed)
+    sets = fact_examples("generation" if args.model == "facts-smollm2" else "classification", split, config.seed,
+                         training_wordings=config.phrasings)
     editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"])
     memory = editor.memory.vectors.clone()
     picked, count = [], {}

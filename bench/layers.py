@@ -125,7 +125,7 @@ def main() -> int:
     model, tokenizer = load_model(build("facts-smollm2", out=model_path("facts-smollm2"), progress=lambda m: None))
     model.eval().requires_grad_(False)
     split = split_facts(all_facts(), seed=0)
-    wordings = examples(memory_facts(split), "all")      # the editor's memory facts (TrainR facts kept apart)
+    wordings = examples(memory_facts(split), "all", cfg.phrasings)   # the editor's memory facts (TrainR kept apart)
     random.Random(cfg.seed).shuffle(wordings)
     locality = examples(split["test"], "prompt")[: args.locality]
     picked, count = [], {}

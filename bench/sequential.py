@@ -202,7 +202,7 @@ def main() -> int:
     records = stream[: args.edits]
     print(f"{len(records)} of the {len(stream)} real mistakes in {args.model}'s stream", file=sys.stderr)
     probe = build_editor(model, tokenizer, EditorConfig(**settings))
-    sets = fact_examples(probe.task.name, split, 0)
+    sets = fact_examples(probe.task.name, split, 0, training_wordings=probe.cfg.phrasings)   # one memory for all
     train, test = LocalitySet.build(probe, "train", sets["train"]), LocalitySet.build(probe, "test", sets["test"])
     kl_examples = probe.cache(random.Random(0).sample(sets["memory"], min(args.kl_examples, len(sets["memory"]))))
     stem = f"sequential_{args.model}_{len(records)}{('_' + args.tag) if args.tag else ''}"

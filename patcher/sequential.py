@@ -56,15 +56,18 @@ def memory_facts(split: dict, train_locality_share: float = 0.2) -> list:
     return split["train"][int(len(split["train"]) * train_locality_share):]
 
 
-def fact_examples(task: str, split: dict, seed: int = 0, train_locality_share: float = 0.2) -> dict[str, list[Example]]:
-    """A fact-bank split as the editor's example sets: `memory` (the train split, every phrasing, except its
-    first `train_locality_share`), `validation` (validation memory, every phrasing), `train` (those first
-    facts: the TrainR set, kept apart from the memory) and `test` (the TestR set)."""
+def fact_examples(task: str, split: dict, seed: int = 0, train_locality_share: float = 0.2,
+                  training_wordings: int | None = None) -> dict[str, list[Example]]:
+    """A fact-bank split as the editor's example sets: `memory` (the train split in the edit prompt's wording,
+    the held-out ones and the first `training_wordings` training phrasings (all when None: give the editor's
+    `phrasings`), except its first `train_locality_share`), `validation` (validation memory, the same
+    wordings), `train` (those first facts: the TrainR set, kept apart from the memory) and `test` (TestR)."""
     from .facts.mistakes import task_examples
 
     n = int(len(split["train"]) * train_locality_share)
-    return {"memory": task_examples(task, memory_facts(split, train_locality_share), "all", seed),
-            "validation": task_examples(task, split["validation"], "all", seed),
+    memory = memory_facts(split, train_locality_share)
+    return {"memory": task_examples(task, memory, "all", seed, training_wordings),
+            "validation": task_examples(task, split["validation"], "all", seed, training_wordings),
             "train": task_examples(task, split["train"][:n], "prompt", seed),
             "test": task_examples(task, split["test"], "prompt", seed)}
 
@@ -76,7 +79,7 @@ def editor_on_facts(model, tokenizer, config: EditorConfig, split: dict, train_l
     from .metrics import LocalitySet
 
     task = "classification" if adapter_for(model).task == "classification" else "generation"
-    sets = fact_examples(task, split, config.seed, train_locality_share)
+    sets = fact_examples(task, split, config.seed, train_locality_share, config.phrasings)
     editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"], patches)
     return editor, LocalitySet.build(editor, "train", sets["train"]), LocalitySet.build(editor, "test", sets["test"])
 

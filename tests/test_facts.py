@@ -77,3 +77,18 @@ def test_claims_true_and_false_of_the_same_relation():
     two = claims(facts, seed=0, false_per_fact=2)
     assert len(two) == 3 * len(facts) and len({c.id for c in two}) == len(two)
     assert len({c.text for c in two}) == len(two)                       # two distinct wrong answers
+
+
+def test_the_memory_covers_the_training_wordings_an_edit_uses():
+    from patcher.sequential import fact_examples
+
+    split = split_facts(all_facts(), seed=0)
+    for task in ("generation", "classification"):
+        sets = {n: fact_examples(task, split, 0, training_wordings=n)["memory"] for n in (0, 7, None)}
+        texts = {n: {e.input for e in examples} for n, examples in sets.items()}
+        fact = split["train"][-1]                                       # a memory fact (the first 20% are TrainR)
+        seventh, eighth = fact.phrasings[6], fact.phrasings[7]
+        assert not any(t.startswith(seventh) for t in texts[0])         # prompt and held-out wordings only
+        assert any(t.startswith(seventh) for t in texts[7]) and not any(t.startswith(eighth) for t in texts[7])
+        assert any(t.startswith(eighth) for t in texts[None])
+        assert len(sets[0]) < len(sets[7]) < len(sets[None])

@@ -13,24 +13,25 @@ from .bank import Fact
 from .claims import claims
 
 
-def examples(facts: list[Fact], phrasings: str = "prompt") -> list[Example]:
-    """'prompt': one example per fact (its edit prompt); 'all': every wording of every fact, the training
-    phrasings included (a memory must cover every prompt shape an edit trains on, or a new neuron learns to
-    tell the shapes apart instead of the facts)."""
+def examples(facts: list[Fact], phrasings: str = "prompt", training_wordings: int | None = None) -> list[Example]:
+    """'prompt': one example per fact (its edit prompt); 'all': every wording of every fact, with the first
+    `training_wordings` training phrasings (all when None): a memory must cover every prompt shape an edit
+    trains on (EditorConfig.phrasings), or a new neuron learns to tell the shapes apart instead of the facts."""
     if phrasings == "prompt":
         return [Example(f.prompt, f.answer) for f in facts]
-    return [Example(p, f.answer) for f in facts for p in [f.prompt, *f.rephrases, *f.phrasings]]
+    return [Example(p, f.answer) for f in facts for p in [f.prompt, *f.rephrases, *f.phrasings[:training_wordings]]]
 
 
-def task_examples(task: str, facts: list[Fact], phrasings: str = "prompt", seed: int = 0) -> list[Example]:
+def task_examples(task: str, facts: list[Fact], phrasings: str = "prompt", seed: int = 0,
+                  training_wordings: int | None = None) -> list[Example]:
     """The examples of a task over facts: answers (generation) or true/false claims (classification), in
     the same wordings as `examples`."""
     if task == "classification":
         out = [Example(c.text, c.label) for c in claims(facts, seed, phrasings)]
         if phrasings == "all":
-            out += [Example(p, c.label) for c in claims(facts, seed) for p in c.phrasings]
+            out += [Example(p, c.label) for c in claims(facts, seed) for p in c.phrasings[:training_wordings]]
         return out
-    return examples(facts, phrasings)
+    return examples(facts, phrasings, training_wordings)
 
 
 @torch.no_grad()
