@@ -92,9 +92,10 @@ def evict(folder: Path, budget: int, keep: Path) -> list[Path]:
     entries = []
     for p in folder.glob("*.safetensors"):
         try:
-            entries.append((p.stat().st_mtime, p.stat().st_size, p))
+            stat = p.stat()
         except FileNotFoundError:
             continue
+        entries.append((stat.st_mtime, stat.st_size, p))
     total, removed = sum(size for _, size, _ in entries), []
     for _, size, p in sorted(entries):
         if total <= budget:
