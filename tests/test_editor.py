@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from patcher import Editor, EditorConfig, Memory, PatchBranch
+from patcher.editor import NewNeurons, memory_losses
 from patcher.tasks import Example
 
 from conftest import FACTS, MEMORY
@@ -242,3 +243,29 @@ def test_an_answer_with_more_wrong_tokens_than_neurons_fails_at_once_with_the_re
     assert outcome.status == "failed" and outcome.steps == 0 and len(editor.neurons) == 0
     assert f"{wrong} answer tokens wrong, at most 1 neurons per edit" in outcome.reason
     assert editor.accuracy([editor.edited["e0"]]) == 0.0                    # counted in ER as a wrong edit
+
+
+
+def test_memory_losses_equal_the_dense_top_k_in_value_and_gradient(tokenizer, make_model):
+    editor = editor_for(make_model, tokenizer, "gpt2")
+    c = editor.cache([Example(FACTS[0].input, "paris")])[0]
+    cfg = EditorConfig(mem_topk=5)
+    assert len(editor.memory) > 4 * cfg.mem_topk
+    results = []
+    for losses in (memory_losses, dense_memory_losses):
+        new = NewNeurons(c.q[:2], "relu", 10.0, torch.Generator().manual_seed(0))    # two neurons
+        new.keys.data += 0.05 * torch.randn(new.keys.shape, generator=torch.Generator().manual_seed(1))
+        a_edit = new.preactivation(c.q[:2]).diagonal().unsqueeze(0)                  # (1, 2)
+        l_m1, l_m2 = losses(cfg, a_edit, editor.memory, new)
+        (l_m1 + l_m2).backward()
+        results.append((l_m1.item(), l_m2.item(), new.keys.grad, new.biases.grad))
+    (m1, m2, gk, gb), (d1, d2, dk, db) = results
+    assert m1 == pytest.approx(d1, rel=1e-5) and m2 == pytest.approx(d2, rel=1e-5)
+    assert torch.allclose(gk, dk, rtol=1e-4, atol=1e-7) and torch.allclose(gb, db, rtol=1e-4, atol=1e-7)
+    assert gk.abs().sum() > 0
+
+
+def dense_memory_losses(cfg, a_edit, memory, new):
+    """The loss as written in the paper: every memory row's pre-activation under autograd."""
+    top = new.preactivation(memory.vectors).topk(cfg.mem_topk, dim=0).values
+    return torch.exp(top.unsqueeze(0) - a_edit.unsqueeze(1) + cfg.m1).mean(), torch.exp(top - cfg.m2).mean()
