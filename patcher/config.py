@@ -62,8 +62,9 @@ class EditorConfig:
                            "activation above the memory's (0: the input alone, the reference). Measured (one "
                            "seed, docs/benchmarks): 3 raised GR from 0.86 to 0.95 on MiniLM (460 edits) and from "
                            "0.18 to 0.33 on SmolLM2 (60 edits); 7 from 0.962 to 0.972 on MiniLM (460) and from "
-                           "0.352 to 0.451 on SmolLM2 (400) with TrainR 1.000; 15 (all the bank has) GR 0.980 on "
-                           "MiniLM (460) and 0.563 on SmolLM2 at 200 edits, but SmolLM2 lost 2 of its 17 TrainR "
+                           "0.351 to 0.439 on SmolLM2 (the whole stream, 523; TrainR 0.941 both); 15 (all the "
+                           "bank has) GR 0.980 on MiniLM (460) and 0.563 on SmolLM2 at 200 edits, but SmolLM2 lost "
+                           "2 of its 17 TrainR "
                            "facts (0.882) and 5% of test predictions changed (3% with 7), at ~1.7x the time per "
                            "edit: more wordings make keys broader, on other facts too")
     vocab_candidates: int = _f(64, "generation: train the edit loss on the outputs that matter, each judged "
