@@ -100,13 +100,16 @@ def run_editor(name, settings, model, tokenizer, sets, train, test, records, ft,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
             })
             print(json.dumps(rows[-1]), file=sys.stderr)
-            checkpoint(rows, run_detail(name, config, editor, outcomes))
-    return rows, run_detail(name, config, editor, outcomes)
+            checkpoint(rows, run_detail(name, config, editor, outcomes, train, test))
+    return rows, run_detail(name, config, editor, outcomes, train, test)
 
 
-def run_detail(name, config, editor, outcomes) -> dict:
+def run_detail(name, config, editor, outcomes, train, test) -> dict:
+    """The run so far: settings, edits lost, the locality facts moved (with the edits firing on them), every
+    outcome."""
     lost = [o.error_id for o in outcomes if o.error_id in editor.edited and not editor.judge(editor.edited[o.error_id])[0]]
     return {"editor": name, "settings": config.to_dict(), "lost_edits": lost,
+            "changed": {"train": train.changed(editor), "test": test.changed(editor)},
             "outcomes": [o.to_dict() for o in outcomes]}
 
 

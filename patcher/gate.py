@@ -52,13 +52,18 @@ class GateReport:
                       f"| {_cell(e['after'])} | {_cell(e.get('final'))} | {e['status']} |" for e in shown]
         if self.changed:
             lines += ["", f"### Locality examples whose prediction changed ({len(self.changed)})", "",
-                      "| set | input | target | before | after |", "|---|---|---|---|---|"]
+                      "| set | input | target | before | after | neurons firing on it (edit: pre-activation) |",
+                      "|---|---|---|---|---|---|"]
             lines += [f"| {c['set']} | {_cell(c['input'])} | {_cell(c['target'])} | {_cell(c['before'])} | "
-                      f"{_cell(c['after'])} |" for c in self.changed[:limit]]
+                      f"{_cell(c['after'])} | {_cell(_firing(c.get('fired_by', [])))} |" for c in self.changed[:limit]]
         if self.review:
             lines += ["", f"### For review ({len(self.review)})", ""]
             lines += [f"- `{r['error_id']}`: {r['reason']}" for r in self.review[:limit]]
         return "\n".join(lines) + "\n"
+
+
+def _firing(fired_by: list[dict]) -> str:
+    return ", ".join(f"{f['error_id']}: {f['preactivation']:.2f}" for f in fired_by) or "none"
 
 
 def fmt(x) -> str:

@@ -42,10 +42,25 @@ class LocalitySet:
         return after / self.accuracy_before if self.accuracy_before else None
 
     def changed(self, editor: Editor) -> list[dict]:
-        """Examples whose prediction differs from the original model's."""
+        """Examples whose prediction differs from the original model's, each with the edits whose neurons
+        fire on it (`fired_by`): who moved it."""
         after = editor.predictions(self.cached)
-        return [{"input": e.input, "target": e.target, "before": b, "after": a}
-                for e, b, a in zip(self.examples, self.predictions_before, after) if a != b]
+        return [{"input": e.input, "target": e.target, "before": b, "after": a, "fired_by": firing_edits(editor, c)}
+                for e, c, b, a in zip(self.examples, self.cached, self.predictions_before, after) if a != b]
+
+
+def firing_edits(editor: Editor, c: Cached, limit: int = 3) -> list[dict]:
+    """The edits whose neurons fire on a cached input (pre-activation > 0 at a judged position), strongest
+    first, at most `limit`; none for an editor without neurons (fine-tuning)."""
+    if not len(editor.neurons):
+        return []
+    peak = editor.neurons.preactivation(c.q).amax(0)                          # (P, N) -> (N,)
+    strongest: dict[str, float] = {}
+    for owner, a in zip(editor.owners, peak.tolist()):
+        if a > max(strongest.get(owner, 0.0), 0.0):
+            strongest[owner] = a
+    ranked = sorted(strongest.items(), key=lambda item: -item[1])[:limit]
+    return [{"error_id": owner, "preactivation": round(a, 3)} for owner, a in ranked]
 
 
 def _mean(xs) -> float | None:

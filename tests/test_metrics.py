@@ -1,9 +1,12 @@
 """SR, GR and counts follow the paper's definitions: skipped (already right) records are not edits, failed
 edits count against SR, GR averages per edit over edits that have rephrases."""
 import pytest
+import torch
 
-from patcher import EditOutcome
-from patcher.metrics import summarize
+from patcher import Editor, EditOutcome, EditorConfig
+from patcher.metrics import LocalitySet, summarize
+
+from conftest import FACTS
 
 
 class FakeEditor:
@@ -35,3 +38,23 @@ def test_summary_numbers():
 def test_no_edits_gives_nulls():
     m = summarize(FakeEditor(None), [outcome("d", "skipped")])
     assert m["SR"] is None and m["GR"] is None and m["edit_seconds_median"] is None and m["n_edits"] == 0
+
+
+def test_changed_locality_examples_name_the_edits_whose_neurons_fire_on_them(tokenizer, make_model):
+    editor = Editor(make_model("gpt2"), tokenizer, EditorConfig())
+    locality = LocalitySet.build(editor, "test", FACTS[1:])
+    assert locality.changed(editor) == []
+    q = locality.cached[0].q[0]                                            # the first fact's answer position
+    value = 100 * torch.randn(q.shape, generator=torch.Generator().manual_seed(0))
+    for owner, bias in (("quiet", -5.0), ("loud", 0.0)):                 # pre-activation -4 and 1 there
+        editor.neurons = editor.neurons.extend((q / q.pow(2).sum()).unsqueeze(0), torch.tensor([bias]),
+                                               value.unsqueeze(0))
+        editor.owners.append(owner)
+    changed = locality.changed(editor)
+    assert changed and changed[0]["input"] == FACTS[1].input
+    for c in changed:
+        cached = locality.cached[[e.input for e in locality.examples].index(c["input"])]
+        peaks = editor.neurons.preactivation(cached.q).amax(0)             # (2,): quiet, loud
+        firing = sorted((p, name) for name, p in zip(["quiet", "loud"], peaks.tolist()) if p > 0)[::-1]
+        assert [f["error_id"] for f in c["fired_by"]] == [name for _, name in firing]
+    assert changed[0]["fired_by"][0]["preactivation"] == pytest.approx(1.0, abs=1e-3)
