@@ -70,7 +70,7 @@ def run_editor(name, settings, model, tokenizer, sets, train, test, records, ft,
     """-> (a row per checkpoint, the run's detail); `checkpoint` gets both so far at every checkpoint."""
     config = EditorConfig(**settings)
     editor = make_editor(name, config, model, tokenizer, sets, *ft)
-    marks, rows, outcomes = checkpoints(len(records)), [], []
+    marks, rows, outcomes, detail = checkpoints(len(records)), [], [], None
     start = time.perf_counter()
     for i, r in enumerate(records, 1):
         outcomes.append(editor.edit(r.id, r.input, r.target, r.rephrases, r.phrasings))
@@ -83,14 +83,15 @@ def run_editor(name, settings, model, tokenizer, sets, train, test, records, ft,
             if not attempted:
                 continue                                  # nothing attempted yet: every record was already right
             gr = [o.generalization for o in attempted if o.generalization is not None]
+            moved = locality_moved(editor, train, test)
             rows.append({
                 "editor": name, "edits": i,
                 "SR": sum(o.succeeded for o in attempted) / len(attempted),
                 "GR": sum(gr) / len(gr) if gr else None,
                 "ER": editor.accuracy(list(editor.edited.values())),
                 "TrainR": train.ratio(editor), "TestR": test.ratio(editor),
-                "train_unchanged": 1 - len(train.changed(editor)) / len(train.cached),
-                "test_unchanged": 1 - len(test.changed(editor)) / len(test.cached),
+                "train_unchanged": 1 - len(moved["train"]) / len(train.cached),
+                "test_unchanged": 1 - len(moved["test"]) / len(test.cached),
                 "failed": sum(o.status == "failed" for o in attempted),
                 "skipped": len(outcomes) - len(attempted),
                 "neurons": len(editor.neurons),
@@ -100,16 +101,21 @@ def run_editor(name, settings, model, tokenizer, sets, train, test, records, ft,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
             })
             print(json.dumps(rows[-1]), file=sys.stderr)
-            checkpoint(rows, run_detail(name, config, editor, outcomes, train, test))
-    return rows, run_detail(name, config, editor, outcomes, train, test)
+            detail = run_detail(name, config, editor, outcomes, moved)
+            checkpoint(rows, detail)
+    # the last record is a checkpoint: no detail yet only when every record was already right
+    return rows, detail or run_detail(name, config, editor, outcomes, locality_moved(editor, train, test))
 
 
-def run_detail(name, config, editor, outcomes, train, test) -> dict:
+def locality_moved(editor, train, test) -> dict:
+    return {"train": train.changed(editor), "test": test.changed(editor)}
+
+
+def run_detail(name, config, editor, outcomes, moved: dict) -> dict:
     """The run so far: settings, edits lost, the locality facts moved (with the edits firing on them), every
     outcome."""
     lost = [o.error_id for o in outcomes if o.error_id in editor.edited and not editor.judge(editor.edited[o.error_id])[0]]
-    return {"editor": name, "settings": config.to_dict(), "lost_edits": lost,
-            "changed": {"train": train.changed(editor), "test": test.changed(editor)},
+    return {"editor": name, "settings": config.to_dict(), "lost_edits": lost, "changed": moved,
             "outcomes": [o.to_dict() for o in outcomes]}
 
 

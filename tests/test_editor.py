@@ -245,7 +245,6 @@ def test_an_answer_with_more_wrong_tokens_than_neurons_fails_at_once_with_the_re
     assert editor.accuracy([editor.edited["e0"]]) == 0.0                    # counted in ER as a wrong edit
 
 
-
 def test_memory_losses_equal_the_dense_top_k_in_value_and_gradient(tokenizer, make_model):
     editor = editor_for(make_model, tokenizer, "gpt2")
     c = editor.cache([Example(FACTS[0].input, "paris")])[0]
