@@ -132,7 +132,7 @@ def edit(task, cfg: EditorConfig, memory: Memory, record, seed: int, subject: st
         probe.remove()
     if subject is None:
         wrong = positions_to_patch(torch.stack([task.leads(x, t) for x, t in zip(logits, targets)]), cfg)   # (n,)
-    else:
+    else:       # the key sits at the subject; the edit loss still judges the answer
         positions = [torch.tensor([subject_position(task.tokenizer, w.input, subject)]) for w in wordings]
         wrong = torch.tensor([0])
     q_edit = seen["q"][0, positions[0][wrong]]                                           # (n, H)
@@ -146,11 +146,8 @@ def edit(task, cfg: EditorConfig, memory: Memory, record, seed: int, subject: st
     opt = torch.optim.Adam(new.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     columns = torch.arange(len(wrong))
     step = 0
-    keyed = positions
     for step in range(1, cfg.max_steps + 1):
-        logits, positions, targets = run(task, wordings)
-        if subject is not None:
-            positions = keyed
+        logits, _, targets = run(task, wordings)
         edit_loss = sum(task.edit_loss(x, t, cfg) for x, t in zip(logits, targets)) / len(wordings)
         a_edit = torch.stack([trainee.a[i, p[wrong], columns] for i, p in enumerate(positions)])   # (K, n)
         loss, _ = patch_loss(cfg, edit_loss, a_edit, memory, new)
@@ -199,7 +196,11 @@ def main() -> int:
     by_subject = {}
     for f in by_id.values():
         by_subject.setdefault(f.subject, set()).add(f.relation)
-    args.kept_prompts = lambda fact: prompts_about(fact, by_subject, args.kl_on)
+
+    def edit_record(task, memory, record, seed):
+        fact = by_id[record.id]
+        return edit(task, cfg, memory, record, seed, fact.subject if args.key_at == "subject" else None, args.kl,
+                    prompts_about(fact, by_subject, args.kl_on))
     picked, count = [], {}
     for r in read_records("data/errors/facts-smollm2.jsonl"):
         relation = r.id.split(":")[0]
@@ -213,7 +214,7 @@ def main() -> int:
         if args.sequential:
             stream = [r for r in read_records("data/errors/facts-smollm2.jsonl")
                       if len(task.answer_ids(r.target)) <= cfg.max_neurons_per_edit][: args.sequential]
-            sequential(task, cfg, memory, stream, by_id, locality, args)
+            sequential(task, cfg, memory, stream, by_id, locality, edit_record)
             continue
         before = first_tokens(task, locality)
         rows = []
@@ -225,9 +226,7 @@ def main() -> int:
             siblings = [Example(f.prompt, f.answer) for f in by_id.values()
                         if f.subject == fact.subject and f.relation != fact.relation]
             siblings_before = first_tokens(task, siblings) if siblings else []
-            ok, steps, branch = edit(task, cfg, memory, r, cfg.seed + i,
-                                     fact.subject if args.key_at == "subject" else None, args.kl,
-                                     args.kept_prompts(fact))
+            ok, steps, branch = edit_record(task, memory, r, cfg.seed + i)
             held = right(task, [Example(w, r.target) for w in r.rephrases])
             kept = statistics.mean(a == b for a, b in zip(first_tokens(task, locality), before))
             same_subject = [a == b for a, b in zip(first_tokens(task, siblings), siblings_before)] if siblings else []
@@ -243,7 +242,7 @@ def main() -> int:
     return 0
 
 
-def sequential(task, cfg: EditorConfig, memory: Memory, stream, by_id, locality, args) -> None:
+def sequential(task, cfg: EditorConfig, memory: Memory, stream, by_id, locality, edit_record) -> None:
     """The stream as sequential edits at the adapter's layer; prints a row at each checkpoint."""
     edited = {r.id for r in stream}                 # a sibling that is itself edited is meant to move
     subjects = {by_id[r.id].subject for r in stream}
@@ -254,9 +253,7 @@ def sequential(task, cfg: EditorConfig, memory: Memory, stream, by_id, locality,
           "\n|---|---|---|---|---|---|---|", flush=True)
     done, steps = [], []
     for i, r in enumerate(stream):
-        ok, n, _ = edit(task, cfg, memory, r, cfg.seed + i,
-                        by_id[r.id].subject if args.key_at == "subject" else None, args.kl,
-                        args.kept_prompts(by_id[r.id]))
+        ok, n, _ = edit_record(task, memory, r, cfg.seed + i)
         memory.append(torch.cat([c.q_memory for c in task.cache(
             [Example(w, r.target) for w in [r.input, *r.phrasings[: cfg.phrasings]]])]))
         done.append((r, ok))
