@@ -217,7 +217,7 @@ def main() -> int:
             sequential(task, cfg, memory, stream, by_id, locality, edit_record)
             continue
         before = first_tokens(task, locality)
-        rows = []
+        rows = results[layer] = []
         for i, r in enumerate(picked):
             if len(task.answer_ids(r.target)) > cfg.max_neurons_per_edit:
                 continue                                  # the editor does not train these either
@@ -237,8 +237,8 @@ def main() -> int:
             print(f"  layer {layer} {r.id} right={ok} steps={steps} held-out={held} locality={kept:.3f} "
                   f"same-subject={same_subject}",
                   file=sys.stderr)
-        results[layer] = rows
-        report(results, args.out, cfg)
+            save(results, args.out, cfg)                  # after every edit: a run cut short keeps its rows
+        report(results)
     return 0
 
 
@@ -269,7 +269,13 @@ def sequential(task, cfg: EditorConfig, memory: Memory, stream, by_id, locality,
                   f"{statistics.median(steps)} |", flush=True)
 
 
-def report(results: dict, out: str, cfg: EditorConfig) -> None:
+def save(results: dict, out: str, cfg: EditorConfig) -> None:
+    if out:
+        with open(out, "w") as f:
+            json.dump({"model": "facts-smollm2", "settings": cfg.to_dict(), "layers": results}, f, indent=1)
+
+
+def report(results: dict) -> None:
     relations = sorted({row["relation"] for rows in results.values() for row in rows})
     lines = ["| layer | edits | SR | GR | " + " | ".join(f"GR {r}" for r in relations) +
              " | locality unchanged (mean, min) | same subject, other relations unchanged | steps median |",
@@ -284,9 +290,6 @@ def report(results: dict, out: str, cfg: EditorConfig) -> None:
                      f"{gr(rows):.3f} | " + " | ".join(by) + f" | {statistics.mean(kept):.4f}, {min(kept):.3f} | {same} | "
                      f"{statistics.median(row['steps'] for row in rows)} |")
     print("\n".join(lines), flush=True)
-    if out:
-        with open(out, "w") as f:
-            json.dump({"model": "facts-smollm2", "settings": cfg.to_dict(), "layers": results}, f, indent=1)
 
 
 if __name__ == "__main__":
