@@ -118,13 +118,18 @@ def prompts_about(fact, by_subject: dict, kind: str, wordings: int = 3) -> list[
     return {"essence": essence, "siblings": siblings, "both": essence + siblings}[kind]
 
 
+def training_wordings(record, cfg: EditorConfig) -> list[Example]:
+    """The edit input and the training phrasings the editor would use."""
+    return [Example(w, record.target) for w in [record.input, *record.phrasings[: cfg.phrasings]]]
+
+
 def edit(task, cfg: EditorConfig, memory: Memory, record, seed: int, subject: str | None = None,
          kl: float = 0.0, kept_prompts: list[str] = ()):
     """Train one edit's neurons at the adapter's layer, keyed at the answer positions (the editor's way) or,
     given the fact's subject, one neuron keyed at the subject's last token of every wording (with a KL term
     of weight `kl` on the next token after `kept_prompts`).
     -> (right, steps, branch) with the branch attached."""
-    wordings = [Example(w, record.target) for w in [record.input, *record.phrasings[: cfg.phrasings]]]
+    wordings = training_wordings(record, cfg)
     with torch.no_grad():
         seen = {}
         probe = task.arch.ffn_in.register_forward_pre_hook(lambda m, a: seen.__setitem__("q", a[0]))
@@ -225,11 +230,11 @@ def main() -> int:
             fact = by_id[r.id]
             siblings = [Example(f.prompt, f.answer) for f in by_id.values()
                         if f.subject == fact.subject and f.relation != fact.relation]
-            siblings_before = first_tokens(task, siblings) if siblings else []
+            siblings_before = first_tokens(task, siblings)
             ok, steps, branch = edit_record(task, memory, r, cfg.seed + i)
             held = right(task, [Example(w, r.target) for w in r.rephrases])
             kept = statistics.mean(a == b for a, b in zip(first_tokens(task, locality), before))
-            same_subject = [a == b for a, b in zip(first_tokens(task, siblings), siblings_before)] if siblings else []
+            same_subject = [a == b for a, b in zip(first_tokens(task, siblings), siblings_before)]
             branch.remove()
             rows.append({"id": r.id, "relation": r.id.split(":")[0], "right": ok, "steps": steps,
                          "held_out_right": held, "locality_unchanged": kept, "same_subject_unchanged": same_subject,
@@ -254,8 +259,7 @@ def sequential(task, cfg: EditorConfig, memory: Memory, stream, by_id, locality,
     done, steps = [], []
     for i, r in enumerate(stream):
         ok, n, _ = edit_record(task, memory, r, cfg.seed + i)
-        memory.append(torch.cat([c.q_memory for c in task.cache(
-            [Example(w, r.target) for w in [r.input, *r.phrasings[: cfg.phrasings]]])]))
+        memory.append(torch.cat([c.q_memory for c in task.cache(training_wordings(r, cfg))]))
         done.append((r, ok))
         steps.append(n)
         print(f"  edit {i + 1} {r.id} right={ok} steps={n}", file=sys.stderr, flush=True)
