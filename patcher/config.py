@@ -64,8 +64,7 @@ class EditorConfig:
                            "0.18 to 0.33 on SmolLM2 (60 edits); 7 from 0.962 to 0.972 on MiniLM (460) and from "
                            "0.351 to 0.439 on SmolLM2 (the whole stream, 523; TrainR 0.941 both); 15 (all the "
                            "bank has) GR 0.980 on MiniLM (460) and 0.563 on SmolLM2 at 200 edits, but SmolLM2 lost "
-                           "2 of its 17 TrainR "
-                           "facts (0.882) and 5% of test predictions changed (3% with 7), at ~1.7x the time per "
+                           "2 of its 17 TrainR facts (0.882) and 5% of test predictions changed (3% with 7), at ~1.7x the time per "
                            "edit: more wordings make keys broader, on other facts too")
     vocab_candidates: int = _f(64, "generation: train the edit loss on the outputs that matter, each judged "
                                    "position's top-k (plus the targets; checks add the current top-k, the set "
