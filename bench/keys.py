@@ -248,6 +248,8 @@ def main() -> int:
     ap.add_argument("--sibling-negatives", type=int, default=0,
                     help="the edit's subject in the first N training templates of its other relations joins "
                          "the memory")
+    ap.add_argument("--phrasings", type=int, default=EditorConfig().phrasings,
+                    help="training wordings per edit (EditorConfig.phrasings; the memory covers as many)")
     ap.add_argument("--keys-only", action="store_true", help="keys alone (no value): firing only")
     ap.add_argument("--steps", type=int, default=300, help="--keys-only: steps per key")
     ap.add_argument("--subject-init", choices=("subject", "last"), default="subject",
@@ -257,7 +259,7 @@ def main() -> int:
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     Neurons.cap = args.cap
-    cfg = EditorConfig()
+    cfg = EditorConfig(phrasings=args.phrasings)
     layers = [int(x) for x in args.layers.split(",")]
     model, tokenizer = load_model(build("facts-smollm2", out=model_path("facts-smollm2"), progress=lambda m: None))
     model.eval().requires_grad_(False)
