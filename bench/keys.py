@@ -55,6 +55,7 @@ from patcher.models.production import build, model_path  # noqa: E402
 from patcher.records import read_records  # noqa: E402
 from patcher.sequential import memory_facts  # noqa: E402
 from patcher.tasks import Example, task_for  # noqa: E402
+from layers import subject_position  # noqa: E402  (bench/layers.py: this script's folder is on the path)
 
 LAST = 29
 
@@ -397,15 +398,6 @@ def sequential(task, cfg, kind, layer, per_edit, memory, test, args, save) -> No
                   f"{row['test_unchanged']:.3f} | {row['same_subject_unchanged']:.3f} of {row['siblings']} | "
                   f"{row['neurons']} | {row['steps_median']} | {row['seconds']:.0f} |", flush=True)
             save(rows)
-
-
-def subject_position(tokenizer, text: str, subject: str) -> int:
-    """Index of the subject's last token in `text`."""
-    start = text.find(subject)
-    if start < 0:
-        raise ValueError(f"subject {subject!r} not in {text!r}")
-    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
-    return max(i for i, (a, _) in enumerate(offsets) if a < start + len(subject))
 
 
 if __name__ == "__main__":
