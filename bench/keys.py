@@ -171,11 +171,8 @@ class Neurons(torch.nn.Module):
             a = a + s.cummax(dim=1).values[f.row, f.col]                               # running max over p <= t
         return a
 
-    cap = False                                  # --cap: each neuron acts fully from pre-activation 1 on
-
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        act = a.clamp(0, 1) if self.cap else torch.relu(a)
-        return act @ (self.scales.unsqueeze(-1) * self.directions)                     # (..., n) -> (..., H)
+        return torch.relu(a) @ (self.scales.unsqueeze(-1) * self.directions)           # (..., n) -> (..., H)
 
 
 def edit_output(neurons: list[Neurons], f: Features) -> torch.Tensor:
@@ -256,10 +253,8 @@ def main() -> int:
     ap.add_argument("--subject-init", choices=("subject", "last"), default="subject",
                     help="the subject part starts from the subject's last token of the input (the record must name "
                          "the subject) or from the input's last token (no subject needed)")
-    ap.add_argument("--cap", action="store_true", help="neuron output min(relu(a), 1) (weak firing acts fully)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
-    Neurons.cap = args.cap
     cfg = EditorConfig(phrasings=args.phrasings)
     layers = [int(x) for x in args.layers.split(",")]
     model, tokenizer = load_model(build("facts-smollm2", out=model_path("facts-smollm2"), progress=lambda m: None))
