@@ -1,9 +1,9 @@
 """Which key carries an edit to wordings it never saw? Patch neurons in SmolLM2's last FFN whose key also reads a
 middle layer, trained and judged on cached features (facts-smollm2).
 
-    .venv/bin/python bench/keys.py --keys-only --per-relation 5 --layers 9,12,15
-    .venv/bin/python bench/keys.py --per-relation 5 --kinds answer,both --layers 12
-    .venv/bin/python bench/keys.py --sequential 100 --kinds both --layers 12 --sibling-negatives 3
+    .venv/bin/python bench/keys.py --per-relation 5 --kinds answer,both --layers 9,12 --sibling-negatives 3
+    .venv/bin/python bench/keys.py --sequential 100 --kinds both --layers 9 --sibling-negatives 3
+    .venv/bin/python bench/keys.py --keys-only --per-relation 2 --kinds answer,subject,both --layers 9,12
 
 A Transformer-Patcher key reads the last FFN's input at the answer position, where SmolLM2 carries the prompt's
 wording more than its subject (held-out rephrasings fire 0.3-0.6). A key at the subject's token in a middle
@@ -21,7 +21,8 @@ wordings, edit loss with label smoothing, activation and memory losses with the 
 ReLU, Adam) on the edit input and training wordings until they are right (checked every 25 steps), against the
 editor's memory (every position of --memory-examples sampled train-split wordings); `--sibling-negatives N`
 adds the edit's subject in the first N training templates of its other relations to the memory (the bank's
-templates: no other fact is read). The subject part starts from the subject's last token of the input.
+templates: no other fact is read). The subject part starts from the subject's last token of the input
+(`--subject-init last`: from the input's last token, for records that do not name their subject).
 `--keys-only`: one neuron per edit, keys only (no value, no edit loss, --steps steps), measuring firing.
 
 Measured right after each edit (alone) or at checkpoints (`--sequential N`, the stream's first N mistakes one
