@@ -251,9 +251,10 @@ def main() -> int:
                     help="training wordings per edit (EditorConfig.phrasings; the memory covers as many)")
     ap.add_argument("--keys-only", action="store_true", help="keys alone (no value): firing only")
     ap.add_argument("--steps", type=int, default=300, help="--keys-only: steps per key")
-    ap.add_argument("--subject-init", choices=("subject", "last"), default="subject",
+    ap.add_argument("--subject-init", choices=("subject", "shared", "last"), default="subject",
                     help="the subject part starts from the subject's last token of the input (the record must name "
-                         "the subject) or from the input's last token (no subject needed)")
+                         "the subject), from the last token of the longest text the input shares with all its training "
+                         "phrasings, or from the input's last token")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     cfg = EditorConfig(phrasings=args.phrasings)
@@ -298,8 +299,9 @@ def main() -> int:
                          "held": feats([Example(w, r.target) for w in r.rephrases]),
                          "siblings": feats(siblings) if siblings else None,
                          "negatives": feats(negatives, False) if negatives else None,
-                         "subject_at": subject_position(tokenizer, r.input, fact.subject)
-                         if args.subject_init == "subject" else len(tokenizer(r.input)["input_ids"]) - 1})
+                         "subject_at": len(tokenizer(r.input)["input_ids"]) - 1 if args.subject_init == "last" else
+                         subject_position(tokenizer, r.input, fact.subject if args.subject_init == "subject" else
+                                          shared_text(r.input, r.phrasings[: cfg.phrasings]))})
     print(f"features: memory {memory.shape[0]} wordings, test {test.shape[0]}, {len(picked)} edits, "
           f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     kinds = [(k, LAST if k == "answer" else L) for k in args.kinds.split(",") for L in (layers if k != "answer" else [LAST])]
@@ -316,6 +318,16 @@ def main() -> int:
         run = sequential if args.sequential else alone
         run(task, cfg, kind, layer, per_edit, memory, test, args, lambda rows: save(name, rows))
     return 0
+
+
+def shared_text(text: str, others: list[str]) -> str:
+    """The longest text `text` shares with every one of `others` (an edit's wordings share its subject)."""
+    for size in range(len(text), 0, -1):
+        for start in range(len(text) - size + 1):
+            piece = text[start: start + size]
+            if piece.strip() == piece and all(piece in o for o in others):
+                return piece
+    return text
 
 
 def alone(task, cfg, kind, layer, per_edit, memory, test, args, save) -> None:
