@@ -215,7 +215,9 @@ def train(task, cfg: EditorConfig, kind: str, layer: int, kept: list[Neurons], e
         torch.nn.utils.clip_grad_norm_(new.parameters(), cfg.grad_clip)
         opt.step()
         if not keys_only and step >= cfg.check_after and step % cfg.check_every == 0:
-            if all(right(task, [*kept, new], edit)):
+            with torch.no_grad():          # base already holds the kept neurons' output: no pass over them
+                logits = task.arch.tail(base + new(new.preactivation(edit)[edit.judged]))
+            if all(right_at(task, logits, edit)):
                 break
     return new.requires_grad_(False), step
 
@@ -225,10 +227,15 @@ def logits_at(task, neurons: list[Neurons], f: Features) -> torch.Tensor:
     return task.arch.tail(f.h + edit_output(neurons, f))                               # (J, V)
 
 
+def right_at(task, logits: torch.Tensor, f: Features) -> list[bool]:
+    """Per prompt of f: every answer token top-1 in logits (J, V) at f's judged positions."""
+    leads = task.leads(logits, f.targets)
+    return [bool((leads[s] > 0).all()) for s in f.spans()]
+
+
 @torch.no_grad()
 def right(task, neurons: list[Neurons], f: Features) -> list[bool]:
-    leads = task.leads(logits_at(task, neurons, f), f.targets)
-    return [bool((leads[s] > 0).all()) for s in f.spans()]
+    return right_at(task, logits_at(task, neurons, f), f)
 
 
 @torch.no_grad()
