@@ -49,14 +49,14 @@ from patcher import EditorConfig  # noqa: E402
 from patcher.arch import adapter_for  # noqa: E402
 from patcher.editor import positions_to_patch  # noqa: E402
 from patcher.facts import all_facts, split_facts  # noqa: E402
-from patcher.facts.bank import TRAINING_TEMPLATES  # noqa: E402
+from patcher.facts.bank import sibling_prompts  # noqa: E402
 from patcher.facts.mistakes import examples  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
 from patcher.records import read_records  # noqa: E402
 from patcher.sequential import memory_facts  # noqa: E402
+from patcher.subject import shared_text, subject_position  # noqa: E402
 from patcher.tasks import Example, task_for  # noqa: E402
-from layers import subject_position  # noqa: E402  (bench/layers.py: this script's folder is on the path)
 
 LAST = 29
 
@@ -271,9 +271,7 @@ def main() -> int:
     task = task_for(adapter_for(model), tokenizer)
     split = split_facts(all_facts(), seed=0)
     by_id = {f.id: f for f in all_facts()}
-    relations_of = {}
-    for f in by_id.values():
-        relations_of.setdefault(f.subject, set()).add(f.relation)
+    facts = list(by_id.values())
     memory_wordings = examples(memory_facts(split), "all", cfg.phrasings)
     random.Random(cfg.seed).shuffle(memory_wordings)
     memory_wordings = memory_wordings[: args.memory_examples]
@@ -300,8 +298,7 @@ def main() -> int:
         fact = by_id[r.id]
         siblings = [e for f in by_id.values() if f.subject == fact.subject and f.relation != fact.relation
                     and f.id not in edited for e in examples([f], "all", 0) if e.input not in in_memory]
-        negatives = [Example(t.format(s=fact.subject), r.target) for rel in sorted(relations_of[fact.subject] - {fact.relation})
-                     for t in TRAINING_TEMPLATES[rel][: args.sibling_negatives]]
+        negatives = [Example(t, r.target) for t in sibling_prompts(fact, facts, args.sibling_negatives)]
         per_edit.append({"record": r, "edit": feats([Example(w, r.target) for w in [r.input, *r.phrasings[: cfg.phrasings]]]),
                          "held": feats([Example(w, r.target) for w in r.rephrases]),
                          "siblings": feats(siblings) if siblings else None,
@@ -325,16 +322,6 @@ def main() -> int:
         run = sequential if args.sequential else alone
         run(task, cfg, kind, layer, per_edit, memory, test, args, lambda rows: save(name, rows))
     return 0
-
-
-def shared_text(text: str, others: list[str]) -> str:
-    """The longest text `text` shares with every one of `others` (an edit's wordings share its subject)."""
-    for size in range(len(text), 0, -1):
-        for start in range(len(text) - size + 1):
-            piece = text[start: start + size]
-            if piece.strip() == piece and all(piece in o for o in others):
-                return piece
-    return text
 
 
 def alone(task, cfg, kind, layer, per_edit, memory, test, args, save) -> None:

@@ -44,6 +44,7 @@ from patcher.models.production import build, model_path  # noqa: E402
 from patcher.patch import PatchBranch  # noqa: E402
 from patcher.records import read_records  # noqa: E402
 from patcher.sequential import memory_facts  # noqa: E402
+from patcher.subject import subject_position  # noqa: E402
 from patcher.tasks import Example, task_for  # noqa: E402
 
 
@@ -86,15 +87,6 @@ def first_tokens(task, examples_, batch=32) -> list[int]:
     for s in range(0, len(examples_), batch):
         out += [int(x[0].argmax()) for x in run(task, examples_[s:s + batch])[0]]
     return out
-
-
-def subject_position(tokenizer, text: str, subject: str) -> int:
-    """Index of the subject's last token in `text` (tokenised as the task does)."""
-    start = text.find(subject)
-    if start < 0:
-        raise ValueError(f"subject {subject!r} not in {text!r}")
-    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
-    return max(i for i, (a, _) in enumerate(offsets) if a < start + len(subject))
 
 
 ESSENCE = ["{s} is", "{s} is known for", "{s}'s", "Here is a fact about {s}:", "{s} has"]

@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from patcher import EditorConfig  # noqa: E402
 from patcher.config import REFERENCE_SETTINGS  # noqa: E402
 from patcher.facts import all_facts, split_facts  # noqa: E402
+from patcher.facts.bank import sibling_prompts  # noqa: E402
 from patcher.finetune import FineTuneEditor  # noqa: E402
 from patcher.metrics import LocalitySet  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
@@ -73,7 +74,8 @@ def run_editor(name, settings, model, tokenizer, sets, train, test, records, ft,
     marks, rows, outcomes, detail = checkpoints(len(records)), [], [], None
     start = time.perf_counter()
     for i, r in enumerate(records, 1):
-        outcomes.append(editor.edit(r.id, r.input, r.target, r.rephrases, r.phrasings))
+        negatives = {"negatives": r.negatives} if r.negatives and name not in FINE_TUNING else {}
+        outcomes.append(editor.edit(r.id, r.input, r.target, r.rephrases, r.phrasings, **negatives))
         if progress:
             o = outcomes[-1]
             print(f"  {name} {i}/{len(records)} {o.status} {o.steps} steps {o.seconds:.2f} s lead {o.lead:.3f}",
@@ -192,6 +194,9 @@ def main() -> int:
     ap.add_argument("--kl-batch", type=int, default=None, help="FT+KL: examples drawn per step for the KL term "
                     "(each costs the output layer at every answer position; default 32 for the classifier, 4 "
                     "for the LM)")
+    ap.add_argument("--negatives", type=int, default=0, help="each record's negatives, where it has none: its "
+                    "subject in the first N training templates of its other relations (patcher.facts.bank."
+                    "sibling_prompts; facts-smollm2), joining the memory before its edit")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     ap.add_argument("--out-dir", default="docs/benchmarks")
     ap.add_argument("--quiet", action="store_true")
@@ -209,6 +214,11 @@ def main() -> int:
     split = split_facts(all_facts(), seed=0)
     stream = read_records(f"data/errors/{args.model}.jsonl")
     records = stream[: args.edits]
+    if args.negatives:
+        by_id = {f.id: f for f in all_facts()}
+        for r in records:
+            if not r.negatives and r.id in by_id:
+                r.negatives = sibling_prompts(by_id[r.id], list(by_id.values()), args.negatives)
     print(f"{len(records)} of the {len(stream)} real mistakes in {args.model}'s stream", file=sys.stderr)
     probe = build_editor(model, tokenizer, EditorConfig(**settings))
     sets = fact_examples(probe.task.name, split, 0, training_wordings=probe.cfg.phrasings)   # one memory for all
@@ -254,7 +264,7 @@ def write(out: Path, stem: str, args, settings: dict, edits: int, stream: int, a
 
     all_rows = sorted(all_rows, key=lambda r: (r["seed"], list(EDITORS).index(r["editor"]), r["edits"]))
     meta = {"model": args.model, "edits": edits, "stream": stream, "seeds": args.seeds,
-            "settings": settings, "ft": {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples,
+            "settings": settings, "negatives": args.negatives, "ft": {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples,
                    "kl_batch": args.kl_batch},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                         "transformers": transformers.__version__},

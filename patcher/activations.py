@@ -44,7 +44,9 @@ def directory() -> Path | None:
 
 
 def key(task, examples, fingerprint: str) -> str:
-    content = json.dumps([task.name, task.max_length, fingerprint, [[e.input, e.target] for e in examples]])
+    subject = [] if task.subject_layer is None else [task.subject_layer]     # keys without one stay as they were
+    content = json.dumps([task.name, task.max_length, fingerprint, [[e.input, e.target] for e in examples],
+                          *subject])
     return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
@@ -65,8 +67,9 @@ def load(path: Path, device) -> list | None:
         return None
     t = load_file(str(path), device=str(device))
     p, m = t["position_offsets"].tolist(), t["memory_offsets"].tolist()
+    subject = lambda i: {} if "z" not in t else {"z": t["z"][m[i]:m[i + 1]], "at": t["at"][p[i]:p[i + 1]]}  # noqa: E731
     return [Cached(q=t["q"][p[i]:p[i + 1]], h=t["h"][p[i]:p[i + 1]], targets=t["targets"][p[i]:p[i + 1]],
-                   q_memory=t["q_memory"][m[i]:m[i + 1]]) for i in range(len(p) - 1)]
+                   q_memory=t["q_memory"][m[i]:m[i + 1]], **subject(i)) for i in range(len(p) - 1)]
 
 
 def save(path: Path, cached: list) -> None:
@@ -79,6 +82,8 @@ def save(path: Path, cached: list) -> None:
                "q_memory": torch.cat([c.q_memory for c in cached]),
                "position_offsets": offsets([c.q for c in cached]),
                "memory_offsets": offsets([c.q_memory for c in cached])}
+    if cached[0].z is not None:                          # a subject key: z has the memory's positions
+        tensors.update(z=torch.cat([c.z for c in cached]), at=torch.cat([c.at for c in cached]))
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(partial))

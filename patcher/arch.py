@@ -47,6 +47,11 @@ class Arch:
         the rest of the output layer)."""
         return self.tail(h)[..., rows]
 
+    def ffn_in_at(self, layer: int) -> nn.Module:
+        """The module whose first input is layer `layer`'s FFN input (the subject key, patcher/subject.py);
+        decoder-only models only: position t of that input has seen positions p <= t alone."""
+        raise ValueError(f"{self.name} has no subject key: decoder-only models (llama, gpt2) only")
+
     def ffn_module(self) -> nn.Module:
         """The last FFN as a module, q (..., H) -> its output (..., H) before the residual add (for the
         fine-tuning baselines, patcher/finetune.py)."""
@@ -134,6 +139,9 @@ class LlamaArch(Arch):
     def tail_rows(self, h, rows):
         return self.norm_in(h) @ self.model.lm_head.weight[rows].t()              # (..., R)
 
+    def ffn_in_at(self, layer):
+        return self.model.model.layers[layer].mlp
+
     def ffn_module(self):
         return self.ffn_in                       # the SwiGLU MLP
 
@@ -158,6 +166,9 @@ class GPT2Arch(Arch):
 
     def tail_rows(self, h, rows):
         return self.norm_in(h) @ self.model.lm_head.weight[rows].t()              # (..., R)
+
+    def ffn_in_at(self, layer):
+        return self.model.transformer.h[layer].mlp
 
     def ffn_module(self):
         return self.mlp

@@ -73,6 +73,13 @@ class EditorConfig:
                                    "whole vocabulary (0: the whole vocabulary always, the reference). 64 gave the "
                                    "same metrics over 60 SmolLM2 edits at 0.35x the time per edit; over "
                                    "SmolLM2's whole stream (523) no edit needed the fallback")
+    subject_layer: int | None = _f(None, "decoder-only LMs: each patch neuron's pre-activation also reads this "
+                                         "layer's FFN input, as a running max over the prompt so far: a(t) = "
+                                         "k.q[t] + b + max_{p<=t} u.z[p] (patcher/subject.py), so a neuron fires "
+                                         "on its subject in any wording; u starts at the subject's last token (the "
+                                         "text the input shares with its phrasings). None: the last FFN's input "
+                                         "alone (the reference). Not mergeable; fast path only. Pass `negatives` "
+                                         "(other questions about the subject) to keep its other facts")
     # the procedure
     keep_failed: bool = _f(False, "keep the neurons of an edit that failed (the reference does, silently)")
     edit_copies: int = _f(8, "reference path: the edit input is fed this many times per step")
@@ -104,7 +111,10 @@ class EditorConfig:
             if not hasattr(defaults, key):
                 raise ValueError(f"unknown setting {key!r} in {item!r} (see `patcher config`)")
             kind = type(getattr(defaults, key))
-            out[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+            if getattr(defaults, key) is None:       # optional integers (subject_layer)
+                out[key] = None if raw.lower() in ("", "none") else int(raw)
+            else:
+                out[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
         return out
 
     @classmethod

@@ -25,6 +25,7 @@ from .arch import adapter_for
 from .config import EditorConfig
 from .memory import Memory
 from .patch import PatchBranch, PatchNeurons
+from .subject import shared_text, subject_part, subject_position
 from .tasks import Cached, Example, task_for
 
 
@@ -36,13 +37,18 @@ def resolve_device(name: str) -> torch.device:
 
 class NewNeurons(nn.Module):
     """The n trainable neurons of one edit. Key k_i = q_i / ||q_i||^2 (pre-activation 1 on its own edit
-    position), bias 0, value = a random direction (unit norm in expectation) times a trainable scale."""
+    position), bias 0, value = a random direction (unit norm in expectation) times a trainable scale. With a
+    subject key (z_subject (H,): the subject layer's input at the subject's last token) each part starts at half:
+    k_i = q_i / 2||q_i||^2, u_i = z / 2||z||^2."""
 
     def __init__(self, q_edit: torch.Tensor, activation: str, scale_init: float, generator: torch.Generator,
-                 directions: torch.Tensor | None = None):
+                 directions: torch.Tensor | None = None, z_subject: torch.Tensor | None = None):
         super().__init__()
         n, hidden = q_edit.shape                                                    # q_edit: (n, H)
-        self.keys = nn.Parameter(q_edit / q_edit.pow(2).sum(-1, keepdim=True))      # (n, H)
+        share = 1.0 if z_subject is None else 0.5
+        self.keys = nn.Parameter(share * q_edit / q_edit.pow(2).sum(-1, keepdim=True))   # (n, H)
+        self.subject_keys = None if z_subject is None else nn.Parameter(
+            (share * z_subject / z_subject.pow(2).sum()).expand(n, hidden).clone())      # (n, H)
         self.biases = nn.Parameter(torch.zeros(n, dtype=q_edit.dtype, device=q_edit.device))
         if directions is None:
             directions = torch.randn(n, hidden, generator=generator, dtype=q_edit.dtype) / math.sqrt(hidden)
@@ -53,15 +59,19 @@ class NewNeurons(nn.Module):
     def values(self) -> torch.Tensor:
         return self.scales.unsqueeze(-1) * self.directions                           # (n, H)
 
-    def preactivation(self, q: torch.Tensor) -> torch.Tensor:
-        return q @ self.keys.t() + self.biases                                       # (..., H) -> (..., n)
+    def preactivation(self, q: torch.Tensor, z: torch.Tensor | None = None, at: torch.Tensor | None = None):
+        """q (..., P, H) -> (..., P, n); with a subject key also z and at, as PatchNeurons.preactivation."""
+        a = q @ self.keys.t() + self.biases
+        return a if self.subject_keys is None else a + subject_part(z, self.subject_keys, at)
 
-    def forward(self, q: torch.Tensor) -> torch.Tensor:
-        return self.act(self.preactivation(q)) @ self.values()                       # (..., H)
+    def forward(self, q: torch.Tensor, z: torch.Tensor | None = None, at: torch.Tensor | None = None):
+        return self.act(self.preactivation(q, z, at)) @ self.values()                # (..., H)
 
-    def frozen(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def frozen(self) -> tuple:
+        """(keys, biases, values, subject keys or None), for PatchNeurons.extend."""
         with torch.no_grad():
-            return self.keys.clone(), self.biases.clone(), self.values().clone()
+            subject = None if self.subject_keys is None else self.subject_keys.clone()
+            return self.keys.clone(), self.biases.clone(), self.values().clone(), subject
 
 
 def patch_loss(cfg: EditorConfig, edit_loss: torch.Tensor, a_edit: torch.Tensor, memory: Memory | None,
@@ -84,15 +94,9 @@ def _topk_mean(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def memory_losses(cfg: EditorConfig, a_edit: torch.Tensor, memory: Memory, new: "NewNeurons"):
-    """a_edit (C, n) -> (l_m1, l_m2) over the top-k memory pre-activations of the new neurons. Only the top k
-    rows carry a gradient, so they are found without autograd and only their pre-activations are recomputed
-    with it: the same loss and gradient with one pass over the (growing) memory instead of three."""
-    if len(memory) <= cfg.mem_topk:
-        top = new.preactivation(memory.vectors)                                     # (N, n)
-    else:
-        with torch.no_grad():
-            rows = new.preactivation(memory.vectors).topk(cfg.mem_topk, dim=0).indices    # (k, n)
-        top = torch.einsum("knh,nh->kn", memory.vectors[rows], new.keys) + new.biases  # (k, n)
+    """a_edit (C, n) -> (l_m1, l_m2) over the top-k memory pre-activations of the new neurons
+    (Memory.top_preactivation: one pass over the growing memory, the dense top-k's value and gradient)."""
+    top = memory.top_preactivation(new, cfg.mem_topk)                              # (k, n)
     l_m1 = torch.exp(top.unsqueeze(0) - a_edit.unsqueeze(1) + cfg.m1).mean()         # (C, k, n)
     l_m2 = torch.exp(top - cfg.m2).mean()
     return l_m1, l_m2
@@ -146,13 +150,16 @@ class Editor:
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.arch = adapter_for(model)
-        self.task = task_for(self.arch, tokenizer)
+        self.task = task_for(self.arch, tokenizer, self.cfg.subject_layer)
         activation = self.patch_activation(self.arch, self.cfg.activation, neurons)
         dtype = next(model.parameters()).dtype
         self.neurons = neurons.to(self.device) if neurons is not None else \
-            PatchNeurons.empty(self.arch.hidden_size, activation, dtype, self.device)
+            PatchNeurons.empty(self.arch.hidden_size, activation, dtype, self.device, self.cfg.subject_layer)
         if self.neurons.activation != activation:
             raise ValueError(f"existing patches use {self.neurons.activation}, the config asks for {activation}")
+        if self.neurons.subject_layer != self.cfg.subject_layer:
+            raise ValueError(f"existing patches have subject_layer {self.neurons.subject_layer}, the config asks "
+                             f"for {self.cfg.subject_layer}")
         self.owners: list[str] = list(owners or [])          # error id of each neuron
         self.memory = memory.to(self.device) if memory is not None else None
         self.val_memory = val_memory.to(self.device) if val_memory is not None else None
@@ -172,7 +179,7 @@ class Editor:
     def logits(self, c: Cached, neurons: PatchNeurons | None = None) -> torch.Tensor:
         """(P, V) logits at the judged positions with the given neurons (default: the current patch set)."""
         neurons = self.neurons if neurons is None else neurons
-        return self.arch.tail(c.h + neurons(c.q))
+        return self.arch.tail(c.h + neurons(c.q, c.z, c.at))
 
     @torch.no_grad()
     def judge(self, c: Cached, neurons: PatchNeurons | None = None) -> tuple[bool, float, str]:
@@ -193,10 +200,11 @@ class Editor:
 
     # --- editing ------------------------------------------------------------------------------------------
     def edit(self, error_id: str, input: str, target: str, rephrases: list[str] = (),
-             phrasings: list[str] = (), path: str = "fast") -> EditOutcome:
+             phrasings: list[str] = (), path: str = "fast", negatives: list[str] = ()) -> EditOutcome:
         """Fix one mistake on top of all earlier patches. Not patched again if already right. `phrasings`:
         other wordings of the input the new neurons are trained on as well (at most config.phrasings of
-        them; never the `rephrases`, which measure Generality)."""
+        them; never the `rephrases`, which measure Generality). `negatives`: prompts the new neurons must not
+        fire on (e.g. other questions about the same subject), joining the memory before training."""
         if error_id in self.owners or error_id in self.edited:
             raise ValueError(f"error {error_id!r} was already edited")
         start = time.perf_counter()
@@ -219,15 +227,24 @@ class Editor:
                                          "neurons per edit (max_neurons_per_edit): not trained")
             self.outcomes.append(outcome)
             return outcome
-        extra = self.cache([Example(p, target) for p in list(phrasings)[: self.cfg.phrasings]])
+        wordings = list(phrasings)[: self.cfg.phrasings]
+        extra = self.cache([Example(p, target) for p in wordings])
         if extra and path != "fast":
             raise ValueError("training on phrasings is a fast-path extension; the reference path edits the "
                              "input alone (set phrasings=0)")
-        new, positions, steps, losses = self._train(c, Example(input, target), path, extra)
+        if self.cfg.subject_layer is not None and path != "fast":
+            raise ValueError("the subject key (subject_layer) is a fast-path extension")
+        for negative in self.cache([Example(n, target) for n in negatives]):
+            self._remember(negative)
+        # the subject key starts at the subject: the text the input shares with its phrasings (else its last token)
+        subject_at = subject_position(self.tokenizer, input, shared_text(input, wordings)) \
+            if self.cfg.subject_layer is not None else None
+        new, positions, steps, losses = self._train(c, Example(input, target), path, extra, subject_at=subject_at)
         trial = self.neurons.extend(*new.frozen())
         right, lead, after = self.judge(c, trial)
         if not right and self._candidates():        # the shortcut failed: train again on the whole vocabulary
-            new, positions, more, losses = self._train(c, Example(input, target), path, extra, candidates=0)
+            new, positions, more, losses = self._train(c, Example(input, target), path, extra, candidates=0,
+                                                       subject_at=subject_at)
             steps += more
             trial = self.neurons.extend(*new.frozen())
             right, lead, after = self.judge(c, trial)
@@ -252,7 +269,7 @@ class Editor:
 
     def _remember(self, c: Cached) -> None:
         if self.memory is not None:
-            self.memory.append(c.q_memory)
+            self.memory.append(c.q_memory, c.z)
 
     def neuron_positions(self, c: Cached, extra: list[Cached] = ()) -> torch.Tensor:
         """Judged positions that get a neuron: classification [CLS]; generation the answer tokens not yet
@@ -268,12 +285,14 @@ class Editor:
         return self.cfg.vocab_candidates if self.task.name == "generation" else 0
 
     def _train(self, c: Cached, example: Example, path: str, extra: list[Cached] = (),
-               candidates: int | None = None):
+               candidates: int | None = None, subject_at: int | None = None):
         cfg = self.cfg
         positions = self.neuron_positions(c, extra)                            # (n,) judged-position indices
         generator = torch.Generator().manual_seed(cfg.seed + len(self.outcomes))
         directions = self.lead_directions(c, positions) if cfg.value_init == "lead" else None
-        new = NewNeurons(c.q[positions], self.neurons.activation, cfg.value_scale_init, generator, directions)
+        z_subject = None if subject_at is None else c.z[subject_at]
+        new = NewNeurons(c.q[positions], self.neurons.activation, cfg.value_scale_init, generator, directions,
+                         z_subject)
         if path == "fast":
             k = self._candidates() if candidates is None else candidates
             forward, check, targets = self._fast_forward([c, *extra], new, positions, k)
@@ -313,7 +332,7 @@ class Editor:
         """(n, H) unit vectors: at each neuron's position, the direction of the residual stream that most
         increases the target's lead over the best other output (the gradient of the lead through the
         tail), so a new neuron starts out pushing toward the right answer instead of a random direction."""
-        h = (c.h + self.neurons(c.q))[positions].detach().requires_grad_(True)     # (n, H)
+        h = (c.h + self.neurons(c.q, c.z, c.at))[positions].detach().requires_grad_(True)   # (n, H)
         with torch.enable_grad():
             lead = self.task.leads(self.arch.tail(h), c.targets[positions]).sum()
             (grad,) = torch.autograd.grad(lead, h)
@@ -325,13 +344,17 @@ class Editor:
         sees only the candidate outputs (targets re-indexed into them), checks see every output and add
         each position's top k to the candidates."""
         q = torch.stack([c.q for c in cached])                                 # (K, P, H)
-        base = torch.stack([c.h + self.neurons(c.q) for c in cached]).detach() # (K, P, H), fixed during training
+        base = torch.stack([c.h + self.neurons(c.q, c.z, c.at) for c in cached]).detach()   # (K, P, H), fixed
+        z = at = None
+        if self.cfg.subject_layer is not None:     # right-padded to the longest wording: (K, T, H), (K, P)
+            z = nn.utils.rnn.pad_sequence([c.z for c in cached], batch_first=True)
+            at = torch.stack([c.at for c in cached])
         columns = torch.arange(len(positions), device=self.device)
         targets = cached[0].targets                                            # (P,)
         picked = {}
 
         def full(train: bool):
-            a = new.preactivation(q)                                           # (K, P, n)
+            a = new.preactivation(q, z, at)                                    # (K, P, n)
             logits = self.arch.tail(base + new.act(a) @ new.values())          # (K, P, V)
             if k:       # the candidates only grow: an output pushed down once is not free to rise again
                 top = logits.detach().topk(k, dim=-1).indices.flatten()
@@ -339,7 +362,7 @@ class Editor:
             return logits, a[:, positions, columns]                            # (K, P, V), (K, n)
 
         def candidates(train: bool):
-            a = new.preactivation(q)                                           # (K, P, n)
+            a = new.preactivation(q, z, at)                                    # (K, P, n)
             logits = self.arch.tail_rows(base + new.act(a) @ new.values(), picked["rows"])   # (K, P, R)
             return logits, a[:, positions, columns]
 

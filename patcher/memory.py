@@ -3,6 +3,8 @@
 It decides locality, so it is built from the task's own distribution (the training split of the model's
 task) and grows with every edit input the editor sees (patched or already right), so a later patch cannot
 fire on an earlier edit. A separate validation memory (from the validation split) decides early stopping.
+With a subject key (patcher/subject.py) it also keeps the subject layer's input z at the same positions, prompt
+by prompt, since a neuron's pre-activation at a position depends on the positions before it.
 """
 from __future__ import annotations
 
@@ -12,10 +14,14 @@ from .tasks import Cached, Example, Task
 
 
 class Memory:
-    """A growing (N, H) matrix of FFN inputs."""
+    """A growing (N, H) matrix of FFN inputs; with a subject key also z (N, H) and the number of positions of
+    each prompt, in order (S,)."""
 
-    def __init__(self, vectors: torch.Tensor):
+    def __init__(self, vectors: torch.Tensor, z: torch.Tensor | None = None, lengths: torch.Tensor | None = None):
         self.vectors = vectors                       # (N, H)
+        self.z = z                                   # (N, H) or None
+        self.lengths = lengths                       # (S,) or None
+        self._layout_cache = None
 
     @classmethod
     def from_examples(cls, task: Task, examples: list[Example], max_vectors: int | None = None,
@@ -24,19 +30,81 @@ class Memory:
 
     @classmethod
     def from_cached(cls, cached: list[Cached], max_vectors: int | None = None, seed: int = 0) -> "Memory":
+        """At most max_vectors vectors, sampled with the seed: single positions, or (with a subject key) whole
+        prompts, whose running max needs every position."""
         if not cached:
             raise ValueError("a memory needs at least one example")
+        g = torch.Generator().manual_seed(seed)
+        if cached[0].z is not None:
+            if max_vectors is not None and sum(len(c.q_memory) for c in cached) > max_vectors:
+                order, kept, total = torch.randperm(len(cached), generator=g).tolist(), [], 0
+                for i in order:
+                    if total + len(cached[i].q_memory) > max_vectors:
+                        break
+                    kept.append(cached[i])
+                    total += len(cached[i].q_memory)
+                cached = kept
+            return cls(torch.cat([c.q_memory for c in cached]), torch.cat([c.z for c in cached]),
+                       torch.tensor([len(c.q_memory) for c in cached], device=cached[0].q.device))
         vectors = torch.cat([c.q_memory for c in cached])
         if max_vectors is not None and len(vectors) > max_vectors:
-            g = torch.Generator().manual_seed(seed)
             vectors = vectors[torch.randperm(len(vectors), generator=g)[:max_vectors].to(vectors.device)]
         return cls(vectors)
 
     def __len__(self) -> int:
         return self.vectors.shape[0]
 
-    def append(self, q: torch.Tensor) -> None:
+    def append(self, q: torch.Tensor, z: torch.Tensor | None = None) -> None:
+        """One more prompt's FFN inputs (and, with a subject key, its z at the same positions)."""
+        if (z is None) != (self.z is None):
+            raise ValueError("this memory " + ("keeps" if self.z is not None else "has no") + " subject-layer inputs")
         self.vectors = torch.cat([self.vectors, q.to(self.vectors)])
+        if z is not None:
+            self.z = torch.cat([self.z, z.to(self.z)])
+            self.lengths = torch.cat([self.lengths, self.lengths.new_tensor([len(q)])])
 
     def to(self, device) -> "Memory":
-        return Memory(self.vectors.to(device))
+        move = lambda t: None if t is None else t.to(device)                       # noqa: E731
+        return Memory(self.vectors.to(device), move(self.z), move(self.lengths))
+
+    # --- pre-activations of (new) neurons over the memory ------------------------------------------------
+    def preactivation(self, neurons) -> torch.Tensor:
+        """(N, n): every memory position's pre-activation of `neurons` (keys, biases, subject_keys)."""
+        a = self.vectors @ neurons.keys.t() + neurons.biases
+        if self.z is None:
+            return a
+        return a + self._running_max_rows(self.z @ neurons.subject_keys.t())[0]
+
+    def top_preactivation(self, neurons, k: int) -> torch.Tensor:
+        """(k, n): each neuron's k highest memory pre-activations. Only they carry a gradient, so they are found
+        without autograd and only their rows are recomputed with it (for the subject part, the row where the
+        running max was attained): the dense top-k's value and gradient in one pass over the memory."""
+        if len(self) <= k:
+            return self.preactivation(neurons)
+        with torch.no_grad():
+            a = self.vectors @ neurons.keys.t() + neurons.biases                    # (N, n)
+            if self.z is not None:
+                best, where = self._running_max_rows(self.z @ neurons.subject_keys.t())
+                a = a + best
+            rows = a.topk(k, dim=0).indices                                         # (k, n)
+        top = torch.einsum("knh,nh->kn", self.vectors[rows], neurons.keys) + neurons.biases
+        if self.z is not None:
+            top = top + torch.einsum("knh,nh->kn", self.z[where.gather(0, rows)], neurons.subject_keys)
+        return top
+
+    def _layout(self):
+        """Each position's prompt, its index in it and its prompt's first row, for a (S, T, n) layout. -> (rows
+        (N,), cols (N,), starts (N,), S, T); kept until the memory grows."""
+        if self._layout_cache is None or len(self._layout_cache[0]) != len(self):
+            first = self.lengths.cumsum(0) - self.lengths                              # (S,)
+            rows = torch.repeat_interleave(torch.arange(len(self.lengths), device=self.vectors.device), self.lengths)
+            cols = torch.arange(len(self), device=self.vectors.device) - first[rows]
+            self._layout_cache = (rows, cols, first[rows], len(self.lengths), int(self.lengths.max()))
+        return self._layout_cache
+
+    def _running_max_rows(self, scores: torch.Tensor):
+        """scores (N, n) -> (running max within each prompt (N, n), the memory row where it is attained (N, n))."""
+        rows, cols, starts, s, t = self._layout()
+        padded = scores.new_full((s, t, scores.shape[1]), float("-inf")).index_put((rows, cols), scores)
+        best, index = padded.cummax(1)                                              # (S, T, n)
+        return best[rows, cols], index[rows, cols] + starts.unsqueeze(-1)

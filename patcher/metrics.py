@@ -54,7 +54,7 @@ def firing_edits(editor: Editor, c: Cached, limit: int = 3) -> list[dict]:
     first, at most `limit`; none for an editor without neurons (fine-tuning)."""
     if not len(editor.neurons):
         return []
-    peak = editor.neurons.preactivation(c.q).amax(0)                          # (P, N) -> (N,)
+    peak = editor.neurons.preactivation(c.q, c.z, c.at).amax(0)               # (P, N) -> (N,)
     strongest: dict[str, float] = {}
     for owner, a in zip(editor.owners, peak.tolist()):
         if a > max(strongest.get(owner, 0.0), 0.0):

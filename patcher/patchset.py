@@ -1,5 +1,5 @@
-"""Patch sets on disk: `patches.safetensors` (keys, biases, values) plus `manifest.json` (base model and its
-hash, layer, activation, and per edit: the error it fixes, its neurons, its input/target and metrics).
+"""Patch sets on disk: `patches.safetensors` (keys, biases, values; subject_keys with a subject key) plus
+`manifest.json` (base model and its hash, layer, activation, subject_layer, and per edit: the error it fixes, its neurons, its input/target and metrics).
 
 A patch set only ever holds the delta; it loads onto the base model as a branch, or merges into the FFN
 weights where that is exact. Rollback removes one edit's neurons and leaves every other output unchanged.
@@ -82,6 +82,8 @@ class PatchSet:
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}")
         tmp.mkdir(parents=True)
         tensors = {"keys": self.neurons.keys, "biases": self.neurons.biases, "values": self.neurons.values}
+        if self.neurons.subject_keys is not None:
+            tensors["subject_keys"] = self.neurons.subject_keys
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / WEIGHTS)
         manifest = {
             "format": FORMAT,
@@ -90,6 +92,7 @@ class PatchSet:
             "layer": self.layer,
             "hidden_size": int(self.neurons.keys.shape[1]),
             "activation": self.neurons.activation,
+            "subject_layer": self.neurons.subject_layer,      # null: the last FFN's input alone
             "n_neurons": len(self),
             "neurons": [{"index": i, "error_id": o} for i, o in enumerate(self.owners)],
             "edits": self.edits,
@@ -122,7 +125,13 @@ class PatchSet:
         owners = [n["error_id"] for n in m["neurons"]]
         if t["keys"].shape[0] != len(owners):
             raise ValueError(f"{patch_dir}: {t['keys'].shape[0]} neurons in {WEIGHTS}, {len(owners)} in {MANIFEST}")
-        return cls(PatchNeurons(t["keys"], t["biases"], t["values"], m["activation"]), owners, m["base_model"],
+        subject_layer = m.get("subject_layer")
+        if (subject_layer is None) != ("subject_keys" not in t):
+            raise ValueError(f"{patch_dir}: subject_layer {subject_layer} in {MANIFEST}, but "
+                             f"{'no ' if 'subject_keys' not in t else ''}subject_keys in {WEIGHTS}")
+        neurons = PatchNeurons(t["keys"], t["biases"], t["values"], m["activation"], t.get("subject_keys"),
+                               subject_layer)
+        return cls(neurons, owners, m["base_model"],
                    m["architecture"], m["layer"], m["edits"], m.get("editor_config", {}), m["created_at"])
 
     # --- edits ------------------------------------------------------------------------------------------------

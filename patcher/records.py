@@ -8,6 +8,8 @@
   target      the right label or answer
   rephrases   optional list of equivalent inputs (they measure Generality; never trained on)
   phrasings   optional list of other wordings of the input that the edit may train on
+  negatives   optional list of other prompts about the input's subject whose answers must not change (they join
+              the editor's memory: a subject-keyed neuron must not fire on them)
   logged_at   RFC 3339 timestamp
 
 `parse_record` checks one line and names the line, the record and the problem; `read_records` never drops
@@ -25,7 +27,7 @@ TASKS = ("classification", "generation")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_TEXT = 2000
 REQUIRED = ("id", "model", "task", "input", "prediction", "target", "logged_at")
-OPTIONAL = ("rephrases", "phrasings")          # lists of texts
+OPTIONAL = ("rephrases", "phrasings", "negatives")          # lists of texts
 
 
 class RecordError(ValueError):
@@ -48,6 +50,7 @@ class ErrorRecord:
     logged_at: str
     rephrases: list[str] = field(default_factory=list)
     phrasings: list[str] = field(default_factory=list)
+    negatives: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,7 +110,7 @@ def parse_record(line: str | dict, where: str = "record") -> ErrorRecord:
     if problems:
         raise RecordError(where, rid, problems)
     return ErrorRecord(data["id"], data["model"], data["task"], data["input"], data["prediction"], data["target"],
-                       data["logged_at"], lists["rephrases"], lists["phrasings"])
+                       data["logged_at"], lists["rephrases"], lists["phrasings"], lists["negatives"])
 
 
 def read_records(path: str | Path) -> list[ErrorRecord]:

@@ -97,7 +97,8 @@ def run_stream(editor: Editor, records: list[ErrorRecord], progress: bool = True
     outcomes: list[EditOutcome] = []
     bar = tqdm(records, desc="editing", unit="edit", disable=not progress, dynamic_ncols=True)
     for record in bar:
-        outcome = editor.edit(record.id, record.input, record.target, record.rephrases, record.phrasings, path=path)
+        outcome = editor.edit(record.id, record.input, record.target, record.rephrases, record.phrasings, path=path,
+                              negatives=record.negatives)
         outcomes.append(outcome)
         attempted = [o for o in outcomes if o.status != "skipped"]
         if attempted:

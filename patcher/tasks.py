@@ -30,6 +30,10 @@ class Cached:
     h: torch.Tensor          # (P, H) pre-norm stream after the unpatched FFN at the judged positions
     targets: torch.Tensor    # (P,)   target label / token id per judged position
     q_memory: torch.Tensor   # (M, H) FFN inputs this example contributes to the memory
+    # with a subject key (Task.subject_layer, patcher/subject.py); decoder-only, so the M memory positions are
+    # the input's T positions
+    z: torch.Tensor | None = None    # (T, H) the subject layer's FFN input at every position
+    at: torch.Tensor | None = None   # (P,)   the judged positions' indices into z
 
 
 class Task:
@@ -37,10 +41,11 @@ class Task:
 
     name = "base"
 
-    def __init__(self, arch: Arch, tokenizer, max_length: int = 128):
+    def __init__(self, arch: Arch, tokenizer, max_length: int = 128, subject_layer: int | None = None):
         self.arch = arch
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.subject_layer = subject_layer     # also cache that layer's FFN input (Cached.z)
         self._fingerprint: str | None = None
 
     # --- subclasses ---------------------------------------------------------------------------------
@@ -96,21 +101,25 @@ class Task:
             batch = examples[start:start + batch_size]
             inputs, positions, targets, mem_mask = self.encode(batch)
             seen = {}
-            h1 = arch.ffn_in.register_forward_pre_hook(lambda m, a: seen.__setitem__("q", a[0]))
-            h2 = arch.norm_in.register_forward_pre_hook(lambda m, a: seen.__setitem__("h", a[0]))
+            hooks = [arch.ffn_in.register_forward_pre_hook(lambda m, a: seen.__setitem__("q", a[0])),
+                     arch.norm_in.register_forward_pre_hook(lambda m, a: seen.__setitem__("h", a[0]))]
+            if self.subject_layer is not None:
+                hooks.append(arch.ffn_in_at(self.subject_layer).register_forward_pre_hook(
+                    lambda m, a: seen.__setitem__("z", a[0])))
             try:
                 was_training = model.training
                 model.eval()
                 model(**{k: v.to(device) for k, v in inputs.items()})
                 model.train(was_training)
             finally:
-                h1.remove()
-                h2.remove()
+                for hook in hooks:
+                    hook.remove()
             q, h = seen["q"], seen["h"]                       # (B, T, H)
             for i in range(len(batch)):
-                pos = positions[i].to(device)
+                pos, real = positions[i].to(device), mem_mask[i].to(device)
+                subject = {} if self.subject_layer is None else {"z": seen["z"][i, real].clone(), "at": pos}
                 out.append(Cached(q=q[i, pos].clone(), h=h[i, pos].clone(), targets=targets[i].to(device),
-                                  q_memory=q[i, mem_mask[i].to(device)].clone()))
+                                  q_memory=q[i, real].clone(), **subject))
         return out
 
     def leads(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -221,5 +230,10 @@ class GenerationTask(Task):
         return "river"
 
 
-def task_for(arch: Arch, tokenizer) -> Task:
+def task_for(arch: Arch, tokenizer, subject_layer: int | None = None) -> Task:
+    if subject_layer is not None:
+        arch.ffn_in_at(subject_layer)                     # refuses architectures without a subject key
+        if arch.task == "classification" or arch.is_encoder_decoder:
+            raise ValueError(f"a subject key needs a decoder-only language model, not {arch.name} ({arch.task})")
+        return GenerationTask(arch, tokenizer, subject_layer=subject_layer)
     return ClassificationTask(arch, tokenizer) if arch.task == "classification" else GenerationTask(arch, tokenizer)

@@ -30,6 +30,12 @@ MEMORY = [Example(t, "yes") for t in [
     "the book was closed", "she likes green tea", "trains leave every hour", "a small boat drifted"]]
 
 
+def dense_memory_losses(cfg, a_edit, memory, new):
+    """The memory loss as written in the paper: every memory row's pre-activation under autograd, (l_m1, l_m2)."""
+    top = memory.preactivation(new).topk(cfg.mem_topk, dim=0).values
+    return torch.exp(top.unsqueeze(0) - a_edit.unsqueeze(1) + cfg.m1).mean(), torch.exp(top - cfg.m2).mean()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 server (SeaweedFS) on 127.0.0.1 for the whole session, with its own keys."""

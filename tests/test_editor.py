@@ -7,7 +7,7 @@ from patcher import Editor, EditorConfig, Memory, PatchBranch
 from patcher.editor import NewNeurons, memory_losses
 from patcher.tasks import Example
 
-from conftest import FACTS, MEMORY
+from conftest import FACTS, MEMORY, dense_memory_losses
 
 # distinct last tokens: a tiny random model tells inputs apart mostly by their last token
 EDITS = [("the capital of france is", "paris"), ("spain has its capital in", "madrid"),
@@ -245,26 +245,27 @@ def test_an_answer_with_more_wrong_tokens_than_neurons_fails_at_once_with_the_re
     assert editor.accuracy([editor.edited["e0"]]) == 0.0                    # counted in ER as a wrong edit
 
 
-def test_memory_losses_equal_the_dense_top_k_in_value_and_gradient(tokenizer, make_model):
-    editor = editor_for(make_model, tokenizer, "gpt2")
+@pytest.mark.parametrize("subject_layer", [None, 0])
+def test_memory_losses_equal_the_dense_top_k_in_value_and_gradient(subject_layer, tokenizer, make_model):
+    # with a subject key (patcher/subject.py) the recomputed rows read z where each prompt's running max was
+    editor = editor_for(make_model, tokenizer, "gpt2", subject_layer=subject_layer)
     c = editor.cache([Example(FACTS[0].input, "paris")])[0]
     cfg = EditorConfig(mem_topk=5)
     assert len(editor.memory) > 4 * cfg.mem_topk
     results = []
     for losses in (memory_losses, dense_memory_losses):
-        new = NewNeurons(c.q[:2], "relu", 10.0, torch.Generator().manual_seed(0))    # two neurons
-        new.keys.data += 0.05 * torch.randn(new.keys.shape, generator=torch.Generator().manual_seed(1))
-        a_edit = new.preactivation(c.q[:2]).diagonal().unsqueeze(0)                  # (1, 2)
+        g = torch.Generator().manual_seed(1)
+        new = NewNeurons(c.q[:2], "relu", 10.0, torch.Generator().manual_seed(0),          # one per answer token
+                         z_subject=None if c.z is None else c.z[3])
+        for key in [new.keys] + ([new.subject_keys] if c.z is not None else []):
+            key.data += 0.05 * key.data.norm() / key.shape[1] ** 0.5 * torch.randn(key.shape, generator=g)
+        a_edit = new.preactivation(c.q[:2], c.z, None if c.at is None else c.at[:2]).diagonal().unsqueeze(0)  # (1, 2)
         l_m1, l_m2 = losses(cfg, a_edit, editor.memory, new)
         (l_m1 + l_m2).backward()
-        results.append((l_m1.item(), l_m2.item(), new.keys.grad, new.biases.grad))
-    (m1, m2, gk, gb), (d1, d2, dk, db) = results
+        results.append((l_m1.item(), l_m2.item(), [p.grad for p in new.parameters() if p.grad is not None]))
+    (m1, m2, grads), (d1, d2, dense) = results
     assert m1 == pytest.approx(d1, rel=1e-5) and m2 == pytest.approx(d2, rel=1e-5)
-    assert torch.allclose(gk, dk, rtol=1e-4, atol=1e-7) and torch.allclose(gb, db, rtol=1e-4, atol=1e-7)
-    assert gk.abs().sum() > 0
-
-
-def dense_memory_losses(cfg, a_edit, memory, new):
-    """The loss as written in the paper: every memory row's pre-activation under autograd."""
-    top = new.preactivation(memory.vectors).topk(cfg.mem_topk, dim=0).values
-    return torch.exp(top.unsqueeze(0) - a_edit.unsqueeze(1) + cfg.m1).mean(), torch.exp(top - cfg.m2).mean()
+    assert len(grads) == len(dense) == (2 if subject_layer is None else 3)       # keys, (subject keys), biases
+    for grad, expected in zip(grads, dense):
+        assert torch.allclose(grad, expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+    assert all(grad.abs().sum() > 0 for grad in grads[:2])

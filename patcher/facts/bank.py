@@ -197,6 +197,14 @@ def all_facts() -> list[Fact]:
 SPLITS = ("train", "validation", "test", "edit")
 
 
+def sibling_prompts(fact: Fact, facts: list[Fact], per_relation: int = 3) -> list[str]:
+    """Other questions about the fact's subject: the subject in the first `per_relation` training templates of
+    each other relation the bank has for it (templates only: no other fact's answer is read). An edit's
+    `negatives` (ErrorRecord): a subject-keyed neuron must not fire on them."""
+    relations = sorted({f.relation for f in facts if f.subject == fact.subject} - {fact.relation})
+    return [t.format(s=fact.subject) for r in relations for t in TRAINING_TEMPLATES[r][:per_relation]]
+
+
 def split_facts(facts: list[Fact], seed: int = 0, fractions=(0.4, 0.1, 0.1)) -> dict[str, list[Fact]]:
     """Splits by fact (so no phrasing of an edited fact is locality data), stratified by relation:
     train (memory, TrainR), validation (validation memory), test (TestR), the rest the edit stream."""
