@@ -94,6 +94,7 @@ def run_editor(name, settings, model, tokenizer, sets, train, test, records, ft,
                 "TrainR": train.ratio(editor), "TestR": test.ratio(editor),
                 "train_unchanged": 1 - len(moved["train"]) / len(train.cached),
                 "test_unchanged": 1 - len(moved["test"]) / len(test.cached),
+                **same_subject_unchanged(moved["test"], sets, records[:i]),
                 "failed": sum(o.status == "failed" for o in attempted),
                 "skipped": len(outcomes) - len(attempted),
                 "neurons": len(editor.neurons),
@@ -107,6 +108,16 @@ def run_editor(name, settings, model, tokenizer, sets, train, test, records, ft,
             checkpoint(rows, detail)
     # the last record is a checkpoint: no detail yet only when every record was already right
     return rows, detail or run_detail(name, config, editor, outcomes, locality_moved(editor, train, test))
+
+
+def same_subject_unchanged(moved_test: list[dict], sets: dict, done: list) -> dict:
+    """The test facts about a subject edited so far (other relations: the TestR set's prompts), the share whose
+    prediction did not change, and how many there are; None where records name no bank fact (claims)."""
+    subjects = {sets["record_subjects"][r.id] for r in done if r.id in sets.get("record_subjects", {})}
+    about = [e.input for e, subject in zip(sets["test"], sets.get("test_subjects", [])) if subject in subjects]
+    moved = {m["input"] for m in moved_test}
+    share = 1 - sum(x in moved for x in about) / len(about) if about else None
+    return {"same_subject_unchanged": share, "same_subject_facts": len(about)}
 
 
 def locality_moved(editor, train, test) -> dict:
@@ -173,10 +184,11 @@ def run_settings(details: list[dict]) -> str:
 
 def markdown(rows: list[dict], header: str) -> str:
     cols = ["editor", "seed", "edits", "SR", "GR", "ER", "TrainR", "TestR", "train_unchanged", "test_unchanged",
+            "same_subject_unchanged", "same_subject_facts",
             "failed", "neurons", "s_per_edit_median", "steps_median", "peak_rss_mb"]
     fmt = lambda v: "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))   # noqa: E731
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -223,6 +235,10 @@ def main() -> int:
     probe = build_editor(model, tokenizer, EditorConfig(**settings))
     sets = fact_examples(probe.task.name, split, 0, training_wordings=probe.cfg.phrasings)   # one memory for all
     train, test = LocalitySet.build(probe, "train", sets["train"]), LocalitySet.build(probe, "test", sets["test"])
+    if probe.task.name == "generation":          # one test example per test fact, in order
+        facts = {f.id: f for f in all_facts()}
+        sets["test_subjects"] = [f.subject for f in split["test"]]
+        sets["record_subjects"] = {r.id: facts[r.id].subject for r in records if r.id in facts}
     kl_examples = probe.cache(random.Random(0).sample(sets["memory"], min(args.kl_examples, len(sets["memory"]))))
     stem = f"sequential_{args.model}_{len(records)}{('_' + args.tag) if args.tag else ''}"
     out = Path(args.out_dir)
