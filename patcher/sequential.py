@@ -44,9 +44,9 @@ def build_editor(model, tokenizer, config: EditorConfig, memory: list[Example] =
         for entry, cached in zip(patches.edits, earlier):
             editor.edited[entry["error_id"]] = cached
             if editor.memory is None:
-                editor.memory = Memory(cached.q_memory)
+                editor.memory = Memory.from_cached([cached])
             else:
-                editor.memory.append(cached.q_memory)
+                editor.memory.append(cached.q_memory, cached.z)
     return editor
 
 

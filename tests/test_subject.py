@@ -8,7 +8,7 @@ from patcher import Editor, EditorConfig, Memory, PatchBranch, PatchNeurons
 from patcher.export import export
 from patcher.models.base import load_model
 from patcher.patchset import PatchSet, load_patched
-from patcher.sequential import to_patchset
+from patcher.sequential import build_editor, to_patchset
 from patcher.subject import running_max, shared_text, subject_position
 from patcher.tasks import Example
 
@@ -133,6 +133,9 @@ def test_subject_patches_save_load_and_export(tmp_path, tokenizer, make_model):
     assert manifest["patch_set"]["how"] == "branch in the graph" and manifest["parity"]["max_abs_diff"] <= 1e-4
     with pytest.raises(ValueError, match="subject_layer"):
         Editor(model, tok, EditorConfig(), neurons=loaded.neurons)                # a patch set keeps its kind
+    on_top = build_editor(model, tok, EditorConfig(subject_layer=0), MEMORY, patches=loaded)
+    assert len(on_top.memory.lengths) == len(MEMORY) + len(loaded.edits)        # earlier edits join the memory
+    assert on_top.edit("e9", FACTS[3].input, FACTS[3].target).status in ("edited", "skipped")
 
 
 def test_subject_key_is_refused_where_it_cannot_work(tokenizer, make_model):
