@@ -290,7 +290,7 @@ class Editor:
         positions = self.neuron_positions(c, extra)                            # (n,) judged-position indices
         generator = torch.Generator().manual_seed(cfg.seed + len(self.outcomes))
         directions = self.lead_directions(c, positions) if cfg.value_init == "lead" else None
-        z_subject = None if subject_at is None else c.z[subject_at]
+        z_subject = None if subject_at is None else c.z[min(subject_at, len(c.z) - 1)]   # past a truncation: the last
         new = NewNeurons(c.q[positions], self.neurons.activation, cfg.value_scale_init, generator, directions,
                          z_subject)
         if path == "fast":
