@@ -1,5 +1,6 @@
 """Patch sets on disk: `patches.safetensors` (keys, biases, values; subject_keys with a subject key) plus
-`manifest.json` (base model and its hash, layer, activation, subject_layer, and per edit: the error it fixes, its neurons, its input/target and metrics).
+`manifest.json` (base model and its hash, layer, activation, subject_layer, and per edit: the error it fixes, its
+neurons, its input/target and metrics).
 
 A patch set only ever holds the delta; it loads onto the base model as a branch, or merges into the FFN
 weights where that is exact. Rollback removes one edit's neurons and leaves every other output unchanged.
