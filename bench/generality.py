@@ -28,6 +28,7 @@ from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
 from patcher.records import read_records  # noqa: E402
 from patcher.sequential import build_editor, fact_examples  # noqa: E402
+from patcher.settings import PipelineSettings  # noqa: E402
 from patcher.tasks import Example  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def firing(editor, positions: torch.Tensor, neurons, texts: list[str], target: s
     """Per text: each new neuron's pre-activation at its answer position, and whether the text is right."""
     out = []
     for c in editor.cache([Example(t, target) for t in texts]):
-        a = neurons.preactivation(c.q[positions]).diagonal()                         # (n,) own position
+        a = neurons.preactivation(c.q, c.z, c.at)[positions, torch.arange(len(positions))]   # (n,) own position
         out.append({"preactivations": a.tolist(), "fires": bool((a > 0).all()), "right": editor.judge(c)[0]})
     return out
 
@@ -47,14 +48,15 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="EditorConfig override")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
-    config = EditorConfig(**EditorConfig.parse_overrides(args.set))
+    config = EditorConfig(**{**PipelineSettings.load().train.editor_overrides(args.model),
+                             **EditorConfig.parse_overrides(args.set)})
     model, tokenizer = load_model(build(args.model, out=model_path(args.model), progress=lambda m: None))
     facts = all_facts()
     split = split_facts(facts, seed=0)
     sets = fact_examples("generation" if args.model == "facts-smollm2" else "classification", split, config.seed,
                          training_wordings=config.phrasings)
     editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"])
-    memory = editor.memory.vectors.clone()
+    memory = (editor.memory.vectors, editor.memory.z, editor.memory.lengths)   # appending copies: kept as is
     picked, count = [], {}
     for r in read_records(f"data/errors/{args.model}.jsonl"):
         relation = r.id.split(":")[0]
@@ -66,7 +68,7 @@ def main() -> int:
         trained = list(r.phrasings)[: config.phrasings]
         positions = editor.neuron_positions(editor.cache([Example(r.input, r.target)])[0],
                                             editor.cache([Example(p, r.target) for p in trained]))
-        outcome = editor.edit(r.id, r.input, r.target, r.rephrases, r.phrasings)
+        outcome = editor.edit(r.id, r.input, r.target, r.rephrases, r.phrasings, negatives=r.negatives)
         if outcome.status == "edited":
             new = editor.neurons                                 # this edit's neurons only (reset below)
             rows.append({"id": r.id, "relation": r.id.split(":")[0], "steps": outcome.steps,
@@ -74,7 +76,7 @@ def main() -> int:
                          "trained": firing(editor, positions, new, trained, r.target)})
             editor.remove(r.id)
         editor.edited.pop(r.id, None)
-        editor.memory = Memory(memory.clone())
+        editor.memory = Memory(*memory)
         print(f"  {r.id} {outcome.status}", file=sys.stderr)
     lines = ["| relation | edits | held-out right | held-out fire | right when fired | right when not fired | "
              "held-out pre-act median | trained right | trained fire |", "|" + "---|" * 9]

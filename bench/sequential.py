@@ -11,8 +11,9 @@ unchanged, failed edits, neurons, median seconds and steps per edit, and the pro
 Writes JSON, a Markdown table and one SVG plot per metric (every editor against the number of edits) to
 --out-dir (default docs/benchmarks/), at every checkpoint: a run cut off keeps what it measured.
 
-Editors (their own settings win over --set, which applies to the rest):
-  patcher     the editor's defaults
+Editors (their own settings win over --set, which applies to the rest; the rest start from the model's
+settings in params.yaml, train.editor and train.models, as the pipeline runs them):
+  patcher     the editor's defaults with the model's settings (facts-smollm2: subject_layer 9)
   reference   the reference implementation's settings (patcher.config.REFERENCE_SETTINGS)
   no-memory   ablation: no memory loss (beta = 0)
   ft-last     fine-tuning the last FFN on each mistake until it is right (patcher/finetune.py)
@@ -46,9 +47,10 @@ from patcher.models.production import build, model_path  # noqa: E402
 from patcher.plot import metrics_svg  # noqa: E402
 from patcher.records import read_records  # noqa: E402
 from patcher.sequential import build_editor, fact_examples, set_threads  # noqa: E402
+from patcher.settings import PipelineSettings  # noqa: E402
 
-EDITORS = {"patcher": {}, "reference": REFERENCE_SETTINGS, "no-memory": {"beta": 0.0}, "ft-last": {},
-           "ft-last-kl": {}}
+EDITORS = {"patcher": {}, "reference": REFERENCE_SETTINGS, "no-memory": {"beta": 0.0}, "ft-last": {"subject_layer": None},
+           "ft-last-kl": {"subject_layer": None}}
 FINE_TUNING = {"ft-last": {"kl_weight": 0.0}, "ft-last-kl": {"kl_weight": 1.0}}   # lr and steps: --ft-* options
 METRICS = ["SR", "GR", "ER", "TrainR", "TestR", "test_unchanged"]
 
@@ -218,7 +220,8 @@ def main() -> int:
                     "of this result file (same model and edits; e.g. editors run in separate processes); with "
                     "--editors '' the files are only combined")
     args = ap.parse_args()
-    settings = EditorConfig.parse_overrides(args.set)
+    # this project's settings for the model (params.yaml train.editor + train.models), then --set
+    settings = {**PipelineSettings.load().train.editor_overrides(args.model), **EditorConfig.parse_overrides(args.set)}
     if args.kl_batch is None:
         args.kl_batch = 4 if args.model == "facts-smollm2" else 32
     model_dir = build(args.model, out=model_path(args.model), progress=lambda m: print(m, file=sys.stderr))

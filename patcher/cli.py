@@ -209,9 +209,15 @@ def cmd_errors_generate(args) -> int:
     model_dir = Path(args.model_dir) if args.model_dir else model_path(args.model)
     if not (model_dir / "model_card.json").exists():
         build(args.model, seed=args.seed, out=model_dir, progress=lambda m: print(m, file=sys.stderr))
-    facts = load_split(args.facts) if args.facts else split_facts(all_facts(), seed=args.seed)["edit"]
+    if args.facts:       # the bank: every split file beside it (negatives name the subject's other relations)
+        facts = load_split(args.facts)
+        bank = [f for path in sorted(Path(args.facts).parent.glob("*.jsonl")) for f in load_split(path)]
+    else:
+        bank = all_facts()
+        facts = split_facts(bank, seed=args.seed)["edit"]
     model, tokenizer = load_model(model_dir)
-    records = find_mistakes(Editor(model, tokenizer), facts, args.model, limit=args.limit, seed=args.seed)
+    records = find_mistakes(Editor(model, tokenizer), facts, args.model, limit=args.limit, seed=args.seed,
+                            negatives=args.negatives, bank=bank)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as fh:
@@ -508,6 +514,8 @@ def parser() -> argparse.ArgumentParser:
     eg.add_argument("--model-dir", help="the built model (default: `patcher models path NAME`, built if missing)")
     eg.add_argument("--facts", help="a split file (default: the edit split of the fact bank)")
     eg.add_argument("--limit", type=int, help="at most this many records")
+    eg.add_argument("--negatives", type=int, default=3, help="generation: each record's negatives, its subject in "
+                    "the first N training templates of each other relation the bank has for it (0: none)")
     eg.add_argument("--seed", type=int, default=0)
     eg.set_defaults(func=cmd_errors_generate)
 

@@ -12,7 +12,7 @@ def _f(default, help: str):
 # Where the defaults deviate from the reference implementation, the reference's values (each deviation is
 # measured in docs/benchmarks/).
 REFERENCE_SETTINGS = {"activation": "ffn", "check_after": 100, "max_neurons_per_edit": 5, "phrasings": 0,
-                      "vocab_candidates": 0}
+                      "vocab_candidates": 0, "subject_layer": None}
 
 
 @dataclass

@@ -26,10 +26,33 @@ class TrainSettings:
     seed: int = 0                       # the fact bank split seed (memory, locality sets): the models' build seed
     checkpoints: int = 8                # how many points of the metrics-over-the-stream plot
     editor: dict = field(default_factory=dict)    # EditorConfig overrides (see `patcher config`); device: auto
+    models: dict = field(default_factory=dict)    # per model name: EditorConfig overrides on top of `editor`
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "TrainSettings":
-        return from_section(cls, data)
+        settings = from_section(cls, data)
+        for name, overrides in {"": settings.editor, **settings.models}.items():
+            unknown = set(overrides or {}) - set(EditorConfig.help())
+            if unknown:
+                raise ValueError(f"train.{'models.' + name if name else 'editor'}: unknown editor settings "
+                                 f"{', '.join(sorted(unknown))} (see `patcher config`)")
+        return settings
+
+    def editor_overrides(self, model_name: str) -> dict:
+        """The model's EditorConfig overrides: `editor`, then `models[model_name]`."""
+        return {**self.editor, **(self.models.get(model_name) or {})}
+
+    def editor_config(self, model_name: str, base: PatchSet | None = None) -> tuple[EditorConfig, list[str]]:
+        """-> (the model's editor settings (device auto: CUDA where there is one), notes). An existing patch set
+        keeps one kind of key: where its neurons' subject layer differs from the settings', its own wins (a
+        patch set changes kind only when it starts over: an empty registry, a new model)."""
+        config = EditorConfig.from_dict({"device": "auto", **self.editor_overrides(model_name)})
+        notes = []
+        if base is not None and len(base.neurons) and base.neurons.subject_layer != config.subject_layer:
+            notes.append(f"subject_layer {base.neurons.subject_layer} (the patch set's own; the settings ask for "
+                         f"{config.subject_layer})")
+            config.subject_layer = base.neurons.subject_layer
+        return config, notes
 
 
 def checkpoint_marks(n: int, points: int) -> set[int]:
@@ -52,7 +75,7 @@ def train_patches(model_name: str, model_dir: str | Path, records: list[ErrorRec
     settings = settings or TrainSettings()
     start = time.perf_counter()
     model, tokenizer = load_model(model_dir)
-    config = EditorConfig.from_dict({"device": "auto", **settings.editor})     # CUDA where there is one
+    config, notes = settings.editor_config(model_name, base)
     editor, train, test = editor_on_facts(model, tokenizer, config, split_facts(all_facts(), seed=settings.seed),
                                           patches=base)
     if base is not None:
@@ -90,6 +113,7 @@ def train_patches(model_name: str, model_dir: str | Path, records: list[ErrorRec
         "test_changed": metrics.get("test_changed", []),
         "checkpoints": points,
         "editor": config.to_dict(),
+        "editor_notes": notes,
         "device": str(editor.device),
         "host": {"machine": platform.machine(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available()
                  else None, "threads": torch.get_num_threads()},

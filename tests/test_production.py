@@ -83,6 +83,15 @@ def test_smollm2_build_and_errors(models_dir, tmp_path):
     edit = split_facts(all_facts(), seed=0)["edit"]
     records = find_mistakes(editor, edit[:60], "facts-smollm2")
     assert len(records) >= 20
+    # negatives: the subject in the first 3 training templates of each other relation the bank has for it
+    subjects = {f.id: f.subject for f in edit}
+    for r in records:
+        assert len(r.negatives) % 3 == 0 and r.input not in r.negatives
+        assert all(subjects[r.id] in n for n in r.negatives), r
+        if r.id.startswith(("trivia:", "state_capital:")):          # no other relation about the subject
+            assert r.negatives == []
+    countries = [r for r in records if r.id.split(":")[0] in ("capital", "currency_code", "demonym", "region")]
+    assert sum(len(r.negatives) == 9 for r in countries) >= len(countries) / 2   # most: 3 other relations
     for r in records[:5]:
         assert greedy_answer(editor, r.input, len(editor.task.answer_ids(r.target))) == r.prediction != r.target
     torch.set_num_threads(1)

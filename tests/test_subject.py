@@ -11,6 +11,7 @@ from patcher.patchset import PatchSet, load_patched
 from patcher.sequential import build_editor, to_patchset
 from patcher.subject import running_max, shared_text, subject_position
 from patcher.tasks import Example
+from patcher.train import TrainSettings
 
 from conftest import FACTS, MEMORY
 
@@ -133,6 +134,15 @@ def test_subject_patches_save_load_and_export(tmp_path, tokenizer, make_model):
     assert manifest["patch_set"]["how"] == "branch in the graph" and manifest["parity"]["max_abs_diff"] <= 1e-4
     with pytest.raises(ValueError, match="subject_layer"):
         Editor(model, tok, EditorConfig(), neurons=loaded.neurons)                # a patch set keeps its kind
+    # the pipeline's settings per model; an existing patch set's kind wins over them
+    settings = TrainSettings.from_dict({"editor": {"phrasings": 0}, "models": {"tiny": {"subject_layer": 1}}})
+    assert settings.editor_config("tiny")[0].subject_layer == 1 and settings.editor_config("tiny")[0].phrasings == 0
+    assert settings.editor_config("other")[0].subject_layer is None
+    config, notes = settings.editor_config("tiny", loaded)
+    assert config.subject_layer == 0 and "the patch set's own" in notes[0]
+    assert TrainSettings.from_dict({}).editor_config("tiny", loaded)[0].subject_layer == 0
+    with pytest.raises(ValueError, match="train.models.tiny: unknown editor settings subjet_layer"):
+        TrainSettings.from_dict({"models": {"tiny": {"subjet_layer": 1}}})
     on_top = build_editor(model, tok, EditorConfig(subject_layer=0), MEMORY, patches=loaded)
     assert len(on_top.memory.lengths) == len(MEMORY) + len(loaded.edits)        # earlier edits join the memory
     assert on_top.edit("e9", FACTS[3].input, FACTS[3].target).status in ("edited", "skipped")

@@ -9,7 +9,7 @@ import torch
 from ..editor import Editor
 from ..records import ErrorRecord
 from ..tasks import Example
-from .bank import Fact
+from .bank import Fact, all_facts, sibling_prompts
 from .claims import claims
 
 
@@ -44,17 +44,21 @@ def greedy_answer(editor: Editor, prompt: str, max_new_tokens: int) -> str:
 
 
 def find_mistakes(editor: Editor, facts: list[Fact], model_name: str, limit: int | None = None,
-                  seed: int = 0) -> list[ErrorRecord]:
+                  seed: int = 0, negatives: int = 3, bank: list[Fact] | None = None) -> list[ErrorRecord]:
     """Error records for what the (unpatched) model gets wrong, in fact order: generation, each fact's
-    prompt; classification, each fact's true claim and two false ones."""
+    prompt, with `negatives`: its subject in the first `negatives` training templates of each other relation
+    `bank` (default: the whole fact bank) has for it (sibling_prompts; what a subject-keyed edit must leave alone);
+    classification, each fact's true claim and two false ones."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if editor.task.name == "classification":
-        items = [(c.id, c.text, c.label, c.rephrases, c.phrasings) for c in claims(facts, seed, false_per_fact=2)]
+        items = [(c.id, c.text, c.label, c.rephrases, c.phrasings, []) for c in claims(facts, seed, false_per_fact=2)]
     else:
-        items = [(f.id, f.prompt, f.answer, f.rephrases, f.phrasings) for f in facts]
-    cached = editor.cache([Example(text, target) for _, text, target, _, _ in items])
+        bank = all_facts() if bank is None else bank
+        items = [(f.id, f.prompt, f.answer, f.rephrases, f.phrasings,
+                  sibling_prompts(f, bank, negatives) if negatives else []) for f in facts]
+    cached = editor.cache([Example(item[1], item[2]) for item in items])
     records = []
-    for (rid, text, target, rephrases, phrasings), c in zip(items, cached):
+    for (rid, text, target, rephrases, phrasings, siblings), c in zip(items, cached):
         if limit is not None and len(records) >= limit:
             break
         right, _, decoded = editor.judge(c)
@@ -63,5 +67,5 @@ def find_mistakes(editor: Editor, facts: list[Fact], model_name: str, limit: int
         prediction = greedy_answer(editor, text, len(c.targets)) if editor.task.name == "generation" else decoded
         records.append(ErrorRecord(id=rid, model=model_name, task=editor.task.name, input=text,
                                    prediction=prediction or "(empty)", target=target, logged_at=stamp,
-                                   rephrases=rephrases, phrasings=phrasings))
+                                   rephrases=rephrases, phrasings=phrasings, negatives=siblings))
     return records
