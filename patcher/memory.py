@@ -18,10 +18,17 @@ class Memory:
     each prompt, in order (S,)."""
 
     def __init__(self, vectors: torch.Tensor, z: torch.Tensor | None = None, lengths: torch.Tensor | None = None):
-        self.vectors = vectors                       # (N, H)
-        self.z = z                                   # (N, H) or None
+        self._q, self._z, self._n = vectors, z, len(vectors)   # buffers (capacity, H): rows past _n are free
         self.lengths = lengths                       # (S,) or None
         self._layout_cache = None
+
+    @property
+    def vectors(self) -> torch.Tensor:
+        return self._q[: self._n]                    # (N, H)
+
+    @property
+    def z(self) -> torch.Tensor | None:
+        return None if self._z is None else self._z[: self._n]     # (N, H)
 
     @classmethod
     def from_examples(cls, task: Task, examples: list[Example], max_vectors: int | None = None,
@@ -52,16 +59,22 @@ class Memory:
         return cls(vectors)
 
     def __len__(self) -> int:
-        return self.vectors.shape[0]
+        return self._n
 
     def append(self, q: torch.Tensor, z: torch.Tensor | None = None) -> None:
-        """One more prompt's FFN inputs (and, with a subject key, its z at the same positions)."""
-        if (z is None) != (self.z is None):
-            raise ValueError("this memory " + ("keeps" if self.z is not None else "has no") + " subject-layer inputs")
-        self.vectors = torch.cat([self.vectors, q.to(self.vectors)])
+        """One more prompt's FFN inputs (and, with a subject key, its z at the same positions). The buffers
+        grow by doubling: an edit appends ~20 prompts, and copying a 40k-row memory for each cost ~1 s an edit.
+        Rows already there never change (a caller may keep `vectors` from before)."""
+        if (z is None) != (self._z is None):
+            raise ValueError("this memory " + ("keeps" if self._z is not None else "has no") + " subject-layer inputs")
+        end = self._n + len(q)
+        self._q = _room(self._q, self._n, end)
+        self._q[self._n:end] = q
         if z is not None:
-            self.z = torch.cat([self.z, z.to(self.z)])
+            self._z = _room(self._z, self._n, end)
+            self._z[self._n:end] = z
             self.lengths = torch.cat([self.lengths, self.lengths.new_tensor([len(q)])])
+        self._n = end
 
     def to(self, device) -> "Memory":
         move = lambda t: None if t is None else t.to(device)                       # noqa: E731
@@ -108,3 +121,12 @@ class Memory:
         padded = scores.new_full((s, t, scores.shape[1]), float("-inf")).index_put((rows, cols), scores)
         best, index = padded.cummax(1)                                              # (S, T, n)
         return best[rows, cols], index[rows, cols] + starts.unsqueeze(-1)
+
+
+def _room(buffer: torch.Tensor, used: int, needed: int) -> torch.Tensor:
+    """`buffer` if it has `needed` rows, else a buffer of twice that with its first `used` rows."""
+    if needed <= len(buffer):
+        return buffer
+    grown = buffer.new_empty((2 * needed, *buffer.shape[1:]))
+    grown[:used] = buffer[:used]
+    return grown

@@ -78,6 +78,19 @@ def test_memory_grows_with_every_edit_input(tokenizer, make_model):
     editor.edit("e0", FACTS[0].input, "paris")
     c = editor.cache([Example(FACTS[0].input, "paris")])[0]
     assert len(editor.memory) == before + len(c.q_memory)
+    assert torch.equal(editor.memory.vectors[before:], c.q_memory)
+
+
+def test_memory_appends_in_place_and_keeps_earlier_rows():
+    parts = [torch.randn(n, 4) for n in (3, 1, 5, 2, 7)]
+    memory, kept = Memory(parts[0]), []
+    for part in parts[1:]:
+        kept.append(memory.vectors)                       # a caller's view from before this append
+        memory.append(part)
+    assert torch.equal(memory.vectors, torch.cat(parts)) and len(memory) == 18
+    assert all(torch.equal(view, torch.cat(parts)[: len(view)]) for view in kept)
+    with pytest.raises(ValueError, match="no subject-layer inputs"):
+        memory.append(parts[0], parts[0])
 
 
 def test_failed_edit_is_reported_and_not_kept(tokenizer, make_model):
