@@ -56,7 +56,7 @@ def main() -> int:
     sets = fact_examples("generation" if args.model == "facts-smollm2" else "classification", split, config.seed,
                          training_wordings=config.phrasings)
     editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"])
-    memory = (editor.memory.vectors, editor.memory.z, editor.memory.lengths)   # appending copies: kept as is
+    memory = (editor.memory.vectors, editor.memory.z, editor.memory.lengths)   # rows there never change: restored below
     picked, count = [], {}
     for r in read_records(f"data/errors/{args.model}.jsonl"):
         relation = r.id.split(":")[0]

@@ -13,7 +13,7 @@ Writes JSON, a Markdown table and one SVG plot per metric (every editor against 
 
 Editors (their own settings win over --set, which applies to the rest; the rest start from the model's
 settings in params.yaml, train.editor and train.models, as the pipeline runs them):
-  patcher     the editor's defaults with the model's settings (facts-smollm2: subject_layer 9)
+  patcher     the editor's defaults with the model's settings (facts-smollm2: subject_layer 9, phrasings 15)
   reference   the reference implementation's settings (patcher.config.REFERENCE_SETTINGS)
   no-memory   ablation: no memory loss (beta = 0)
   ft-last     fine-tuning the last FFN on each mistake until it is right (patcher/finetune.py)
@@ -49,8 +49,8 @@ from patcher.records import read_records  # noqa: E402
 from patcher.sequential import build_editor, fact_examples, set_threads  # noqa: E402
 from patcher.settings import PipelineSettings  # noqa: E402
 
-EDITORS = {"patcher": {}, "reference": REFERENCE_SETTINGS, "no-memory": {"beta": 0.0}, "ft-last": {"subject_layer": None},
-           "ft-last-kl": {"subject_layer": None}}
+EDITORS = {"patcher": {}, "reference": REFERENCE_SETTINGS, "no-memory": {"beta": 0.0},
+           "ft-last": {"subject_layer": None}, "ft-last-kl": {"subject_layer": None}}
 FINE_TUNING = {"ft-last": {"kl_weight": 0.0}, "ft-last-kl": {"kl_weight": 1.0}}   # lr and steps: --ft-* options
 METRICS = ["SR", "GR", "ER", "TrainR", "TestR", "test_unchanged"]
 
