@@ -19,12 +19,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
-from transformers.activations import ACT2FN
 
 from .arch import adapter_for
 from .config import EditorConfig
 from .memory import Memory
-from .patch import PatchBranch, PatchNeurons
+from .patch import PatchBranch, PatchNeurons, activation_fn
 from .subject import shared_text, subject_part, subject_position
 from .tasks import Cached, Example, task_for
 
@@ -54,7 +53,7 @@ class NewNeurons(nn.Module):
             directions = torch.randn(n, hidden, generator=generator, dtype=q_edit.dtype) / math.sqrt(hidden)
         self.directions = nn.Parameter(directions.to(q_edit.device, q_edit.dtype).clone())   # (n, H)
         self.scales = nn.Parameter(torch.full((n,), scale_init, dtype=q_edit.dtype, device=q_edit.device))
-        self.act = ACT2FN[activation]
+        self.act = activation_fn(activation)
 
     def values(self) -> torch.Tensor:
         return self.scales.unsqueeze(-1) * self.directions                           # (n, H)

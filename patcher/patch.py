@@ -19,6 +19,20 @@ from .arch import Arch
 from .subject import running_max, subject_part
 
 
+class Knee(nn.Module):
+    """ReLU up to pre-activation 1, slope 0.1 beyond: a neuron firing weakly on a wording it was not trained on
+    acts almost as fully as on its trained ones (ReLU scales its output with the pre-activation), and a hard
+    edit can still grow its output past 1 (a hard cap at 1 left 2 of SmolLM2's first 100 mistakes unfixable)."""
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return a.clamp(0, 1) + 0.1 * torch.relu(a - 1)
+
+
+def activation_fn(name: str) -> nn.Module:
+    """A patch activation by name: 'knee' (above) or any transformers activation name."""
+    return Knee() if name == "knee" else ACT2FN[name]
+
+
 class PatchNeurons(nn.Module):
     """N patch neurons over hidden size H.  keys (N, H), biases (N,), values (N, H); with a subject key
     subject_keys (N, H) on the FFN input of layer `subject_layer`."""
@@ -34,7 +48,7 @@ class PatchNeurons(nn.Module):
         self.register_buffer("subject_keys", subject_keys)
         self.subject_layer = subject_layer
         self.activation = activation
-        self.act = ACT2FN[activation]
+        self.act = activation_fn(activation)
 
     @classmethod
     def empty(cls, hidden_size: int, activation: str, dtype=torch.float32, device="cpu",

@@ -44,14 +44,20 @@ class TrainSettings:
 
     def editor_config(self, model_name: str, base: PatchSet | None = None) -> tuple[EditorConfig, list[str]]:
         """-> (the model's editor settings (device auto: CUDA where there is one), notes). An existing patch set
-        keeps one kind of key: where its neurons' subject layer differs from the settings', its own wins (a
-        patch set changes kind only when it starts over: an empty registry, a new model)."""
+        keeps one kind of neuron: where its subject layer or activation differs from the settings', its own wins
+        (a patch set changes kind only when it starts over: an empty registry, a new model)."""
         config = EditorConfig.from_dict({"device": "auto", **self.editor_overrides(model_name)})
         notes = []
-        if base is not None and len(base.neurons) and base.neurons.subject_layer != config.subject_layer:
+        if base is None or not len(base.neurons):
+            return config, notes
+        if base.neurons.subject_layer != config.subject_layer:
             notes.append(f"subject_layer {base.neurons.subject_layer} (the patch set's own; the settings ask for "
                          f"{config.subject_layer})")
             config.subject_layer = base.neurons.subject_layer
+        if config.activation not in ("auto", base.neurons.activation):
+            notes.append(f"activation {base.neurons.activation} (the patch set's own; the settings ask for "
+                         f"{config.activation})")
+            config.activation = base.neurons.activation
         return config, notes
 
 

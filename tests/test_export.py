@@ -18,12 +18,12 @@ from patcher.sequential import to_patchset
 from conftest import FACTS, MEMORY
 
 
-def edited_tiny(tmp_path, make_model, tokenizer, kind):
+def edited_tiny(tmp_path, make_model, tokenizer, kind, config=EditorConfig()):
     model_dir = tmp_path / "model"
     make_model(kind).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     model, tok = load_model(model_dir)
-    editor = Editor(model, tok, EditorConfig())
+    editor = Editor(model, tok, config)
     editor.memory = Memory.from_examples(editor.task, MEMORY)
     outcomes = [editor.edit(f"e{i}", f.input, f.target) for i, f in enumerate(FACTS[:3])]
     assert all(o.succeeded for o in outcomes)
@@ -39,6 +39,13 @@ def test_llama_branch_is_in_the_graph_and_a_disagreement_fails_loudly(tmp_path, 
     unpatched, tok = load_model(model_dir)          # the graph holds the patches; this model does not
     with pytest.raises(ExportParityError, match="differ between onnxruntime and PyTorch"):
         check_parity(unpatched, tok, tmp_path / "onnx" / "model.onnx", [f.input for f in FACTS[:3]])
+
+
+def test_knee_patches_load_and_export_with_their_activation(tmp_path, make_model, tokenizer):
+    model_dir, patches = edited_tiny(tmp_path, make_model, tokenizer, "llama", EditorConfig(activation="knee"))
+    assert json.loads((patches / "manifest.json").read_text())["activation"] == "knee"
+    manifest = export(model_dir, patches, tmp_path / "onnx", MEMORY)
+    assert manifest["parity"]["examples"] == 3 + len(MEMORY) and manifest["parity"]["max_abs_diff"] <= 1e-4
 
 
 def test_real_factcheck_export_in_a_fresh_session(tmp_path, factcheck_model):

@@ -5,6 +5,7 @@ import torch
 
 from patcher import Editor, PatchBranch, PatchNeurons, merge_into
 from patcher.arch import adapter_for
+from patcher.patch import activation_fn
 from patcher.tasks import Example
 
 from conftest import FACTS
@@ -55,3 +56,9 @@ def test_select_and_extend_keep_neurons_independent(make_model):
     q = torch.randn(5, arch.hidden_size)
     assert torch.allclose(both(q), a(q) + b(q), atol=1e-5)
     assert torch.allclose(both.select(torch.tensor([2, 3, 4]))(q), b(q), atol=1e-6)
+
+
+def test_knee_is_relu_up_to_one_then_a_tenth():
+    a = torch.tensor([-2.0, 0.0, 0.3, 1.0, 3.0])
+    assert torch.allclose(activation_fn("knee")(a), torch.tensor([0.0, 0.0, 0.3, 1.0, 1.2]))
+    assert torch.equal(activation_fn("relu")(a), torch.relu(a))
