@@ -32,12 +32,14 @@ from patcher.settings import PipelineSettings  # noqa: E402
 from patcher.tasks import Example  # noqa: E402
 
 
-def firing(editor, positions: torch.Tensor, neurons, texts: list[str], target: str) -> list[dict]:
-    """Per text: each new neuron's pre-activation at its answer position, and whether the text is right."""
+def firing(editor, positions: torch.Tensor, neurons, texts: list[str], target: str, subject: str | None) -> list[dict]:
+    """Per text: each new neuron's pre-activation at its answer position, whether the text is right, and whether
+    it starts with the subject (where SmolLM2's middle layers hardly tell one first word from another)."""
     out = []
-    for c in editor.cache([Example(t, target) for t in texts]):
+    for text, c in zip(texts, editor.cache([Example(t, target) for t in texts])):
         a = neurons.preactivation(c.q, c.z, c.at)[positions, torch.arange(len(positions))]   # (n,) own position
-        out.append({"preactivations": a.tolist(), "fires": bool((a > 0).all()), "right": editor.judge(c)[0]})
+        out.append({"preactivations": a.tolist(), "fires": bool((a > 0).all()), "right": editor.judge(c)[0],
+                    "subject_first": bool(subject) and text.startswith(subject)})
     return out
 
 
@@ -52,6 +54,7 @@ def main() -> int:
                              **EditorConfig.parse_overrides(args.set)})
     model, tokenizer = load_model(build(args.model, out=model_path(args.model), progress=lambda m: None))
     facts = all_facts()
+    subjects = {f.id: f.subject for f in facts}
     split = split_facts(facts, seed=0)
     sets = fact_examples("generation" if args.model == "facts-smollm2" else "classification", split, config.seed,
                          training_wordings=config.phrasings)
@@ -72,14 +75,15 @@ def main() -> int:
         if outcome.status == "edited":
             new = editor.neurons                                 # this edit's neurons only (reset below)
             rows.append({"id": r.id, "relation": r.id.split(":")[0], "steps": outcome.steps,
-                         "held_out": firing(editor, positions, new, r.rephrases, r.target),
-                         "trained": firing(editor, positions, new, trained, r.target)})
+                         "held_out": firing(editor, positions, new, r.rephrases, r.target, subjects.get(r.id)),
+                         "trained": firing(editor, positions, new, trained, r.target, subjects.get(r.id))})
             editor.remove(r.id)
         editor.edited.pop(r.id, None)
         editor.memory = Memory(*memory)
         print(f"  {r.id} {outcome.status}", file=sys.stderr)
     lines = ["| relation | edits | held-out right | held-out fire | right when fired | right when not fired | "
-             "held-out pre-act median | trained right | trained fire |", "|" + "---|" * 9]
+             "held-out pre-act median | trained right | trained fire | held-out right: subject first / elsewhere |",
+             "|" + "---|" * 10]
     for relation in [*sorted({r["relation"] for r in rows}), "all"]:
         mine = [r for r in rows if relation in ("all", r["relation"])]
         h = [x for r in mine for x in r["held_out"]]
@@ -90,7 +94,8 @@ def main() -> int:
         lines.append(f"| {relation} | {len(mine)} | {share(h, 'right')} | "
                      f"{share(h, 'fires')} | {share(fired, 'right')} | {share(quiet, 'right')} | "
                      f"{statistics.median(min(x['preactivations']) for x in h):.2f} | {share(t, 'right')} | "
-                     f"{share(t, 'fires')} |")
+                     f"{share(t, 'fires')} | {share([x for x in h if x['subject_first']], 'right')} / "
+                     f"{share([x for x in h if not x['subject_first']], 'right')} |")
     print("\n".join(lines))
     if args.out:
         with open(args.out, "w") as f:
