@@ -50,8 +50,8 @@ class EditorConfig:
     activation: str = _f("auto", "patch neuron activation: 'ffn' (the FFN's own, which merges exactly into "
                                  "GELU FFNs with biases: BERT, GPT-2, BART; the reference), 'knee' (ReLU up to 1, "
                                  "slope 0.1 beyond: weak firing on unseen wordings acts almost fully; "
-                                 "patcher.patch.Knee), any transformers activation name (e.g. 'relu'), or 'auto': an existing patch set's own, else "
-                                 "'relu'. ReLU has no negative tail: with the FFN's own (SiLU, GELU) every "
+                                 "patcher.patch.Knee), any transformers activation name (e.g. 'relu'), or "
+                                 "'auto': an existing patch set's own, else 'relu'. ReLU has no negative tail: with the FFN's own (SiLU, GELU) every "
                                  "neuron leaks into every position; measured: SmolLM2 200 edits TestR 0.88 -> "
                                  "1.00, MiniLM 460 edits TestR 0.987 -> 0.996 and GR 0.947 -> 0.962 "
                                  "(docs/benchmarks). ReLU patches on a GELU FFN export as a branch, not merged")
