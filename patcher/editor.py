@@ -303,7 +303,7 @@ class Editor:
 
         opt = torch.optim.Adam(new.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor,
-                                                           patience=cfg.plateau_patience)
+                                                           patience=cfg.plateau_patience, min_lr=cfg.min_lr)
         previous_val, step, parts = None, 0, {}
         for step in range(1, cfg.max_steps + 1):
             logits, a_edit = forward(True)                                     # (C, P, V), (C, n)

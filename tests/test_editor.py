@@ -108,6 +108,16 @@ def test_failed_edit_kept_only_when_asked(tokenizer, make_model):
     assert outcome.status == "failed" and outcome.neurons >= 1 and len(editor.neurons) == outcome.neurons
 
 
+def test_the_lr_floor_keeps_a_collapsing_schedule_training(tokenizer, make_model):
+    # a schedule that cuts the LR a hundredfold at the first step without improvement: the edit stalls unless
+    # min_lr holds the LR up
+    schedule = dict(max_steps=300, plateau_patience=0, plateau_factor=0.01)
+    stalled = editor_for(make_model, tokenizer, "gpt2", min_lr=0.0, **schedule).edit("e0", FACTS[0].input, "paris")
+    held = editor_for(make_model, tokenizer, "gpt2", min_lr=1e-2, **schedule).edit("e0", FACTS[0].input, "paris")
+    assert stalled.status == "failed" and stalled.steps == 2 * 300     # the whole-vocabulary retry stalled too
+    assert held.status == "edited"
+
+
 def test_already_right_is_recognised_and_not_patched(tokenizer, make_model):
     editor = editor_for(make_model, tokenizer, "gpt2")
     first = editor.edit("e0", FACTS[0].input, "paris")
