@@ -168,7 +168,7 @@ class Editor:
     @staticmethod
     def patch_activation(arch, setting: str, existing: PatchNeurons | None = None) -> str:
         if setting == "auto":          # a patch set keeps one activation: new neurons follow the earlier ones
-            return existing.activation if existing is not None and len(existing) else "relu"
+            return existing.activation if existing is not None and len(existing) else "knee"
         return arch.ffn_act_name if setting == "ffn" else setting
 
     # --- reading the patched model from the cache ---------------------------------------------------------

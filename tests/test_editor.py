@@ -109,9 +109,9 @@ def test_failed_edit_kept_only_when_asked(tokenizer, make_model):
 
 
 def test_the_lr_floor_keeps_a_collapsing_schedule_training(tokenizer, make_model):
-    # a schedule that cuts the LR a hundredfold at the first step without improvement: the edit stalls unless
-    # min_lr holds the LR up
-    schedule = dict(max_steps=300, plateau_patience=0, plateau_factor=0.01)
+    # a schedule that cuts the LR a hundredfold at the first step without improvement: this ReLU edit stalls
+    # unless min_lr holds the LR up (knee neurons make this tiny edit before the loss first stops falling)
+    schedule = dict(max_steps=300, plateau_patience=0, plateau_factor=0.01, activation="relu")
     stalled = editor_for(make_model, tokenizer, "gpt2", min_lr=0.0, **schedule).edit("e0", FACTS[0].input, "paris")
     held = editor_for(make_model, tokenizer, "gpt2", min_lr=1e-2, **schedule).edit("e0", FACTS[0].input, "paris")
     assert stalled.status == "failed" and stalled.steps == 2 * 300     # the whole-vocabulary retry stalled too
@@ -160,8 +160,8 @@ def test_classification_edit_flips_the_label(tokenizer, make_model):
 
 
 @pytest.mark.parametrize("arch, ffn", [("llama", "silu"), ("gpt2", "gelu_new"), ("bert", "gelu"), ("bart", "gelu")])
-def test_auto_activation_is_relu_unless_the_patch_set_has_another(arch, ffn, tokenizer, make_model):
-    assert Editor(make_model(arch), tokenizer).neurons.activation == "relu"
+def test_auto_activation_is_knee_unless_the_patch_set_has_another(arch, ffn, tokenizer, make_model):
+    assert Editor(make_model(arch), tokenizer).neurons.activation == "knee"
     reference = Editor(make_model(arch), tokenizer, EditorConfig.reference())
     assert reference.neurons.activation == reference.arch.ffn_act_name == ffn
     # an existing patch set (made with the FFN's own activation) is extended with neurons like its own
