@@ -20,7 +20,7 @@ EDITS = [("the capital of france is", "paris"), ("spain has its capital in", "ma
 @pytest.fixture(params=["ffn", "relu"])
 def saved_model(request, tmp_path, tokenizer, make_model):
     """A tiny GPT-2 saved as a model directory, edited twice with the FFN's own activation (merges exactly)
-    or ReLU (the default; a branch); -> (model_dir, editor, outcomes)."""
+    or ReLU (a branch, as the default knee neurons); -> (model_dir, editor, outcomes)."""
     model_dir = tmp_path / "model"
     model = make_model("gpt2")
     model.save_pretrained(model_dir)
