@@ -51,16 +51,15 @@ class EditorConfig:
     value_scale_init: float = _f(10.0, "initial trainable scale of the value vector")
     value_init: str = _f("random", "value direction at the start: 'random' (reference) or 'lead': the "
                                    "direction that most increases the target's lead at the neuron's position")
-    activation: str = _f("auto", "patch neuron activation: 'knee' (ReLU up to 1, slope 0.1 beyond; patcher.patch.Knee), "
-                                 "'relu', 'ffn' (the FFN's own, which merges exactly into GELU FFNs with biases: "
-                                 "BERT, GPT-2, BART; the reference), any transformers activation name, or 'auto': "
-                                 "an existing patch set's own, else 'knee'. ReLU has no negative tail: with the "
-                                 "FFN's own (SiLU, GELU) every neuron leaks into every position; measured: SmolLM2 "
-                                 "200 edits TestR 0.88 -> 1.00, MiniLM 460 edits TestR 0.987 -> 0.996 and GR 0.947 "
-                                 "-> 0.962 (docs/benchmarks). The knee keeps that and makes weak firing on an unseen "
-                                 "wording act almost fully (ReLU scales it down): GR 0.649 -> 0.753 on SmolLM2's "
-                                 "523 edits, 0.972 -> 0.981 on MiniLM's 460. Neither merges into a GELU FFN: they "
-                                 "export as a branch")
+    activation: str = _f("auto", "patch neuron activation: 'knee' (ReLU up to 1, slope 0.1 beyond; patcher.patch.Knee),"
+                                 " 'relu', 'ffn' (the FFN's own, which merges exactly into GELU FFNs with biases: BERT,"
+                                 " GPT-2, BART; the reference), any transformers activation name, or 'auto': an "
+                                 "existing patch set's own, else 'knee'. ReLU has no negative tail: with the FFN's own "
+                                 "(SiLU, GELU) every neuron leaks into every position; measured: SmolLM2 200 edits "
+                                 "TestR 0.88 -> 1.00, MiniLM 460 edits TestR 0.987 -> 0.996 and GR 0.947 -> 0.962 "
+                                 "(docs/benchmarks). The knee keeps that and makes weak firing on an unseen wording act"
+                                 " almost fully (ReLU scales it down): GR 0.649 -> 0.753 on SmolLM2's 523 edits, 0.972 "
+                                 "-> 0.981 on MiniLM's 460. Neither merges into a GELU FFN: they export as a branch")
     success_margin: float = _f(0.0, "an edit counts as right when every judged target leads the best other "
                                     "logit by more than this (0: plain argmax, the reference)")
     phrasings: int = _f(7, "train each edit on up to this many other phrasings of its input as well (the "
