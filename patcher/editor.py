@@ -66,11 +66,11 @@ class NewNeurons(nn.Module):
     def forward(self, q: torch.Tensor, z: torch.Tensor | None = None, at: torch.Tensor | None = None):
         return self.act(self.preactivation(q, z, at)) @ self.values()                # (..., H)
 
-    def frozen(self) -> tuple:
-        """(keys, biases, values, subject keys or None), for PatchNeurons.extend."""
+    def frozen(self, bias_shift: float = 0.0) -> tuple:
+        """(keys, biases + bias_shift, values, subject keys or None), for PatchNeurons.extend."""
         with torch.no_grad():
             subject = None if self.subject_keys is None else self.subject_keys.clone()
-            return self.keys.clone(), self.biases.clone(), self.values().clone(), subject
+            return self.keys.clone(), self.biases + bias_shift, self.values().clone(), subject
 
 
 def patch_loss(cfg: EditorConfig, edit_loss: torch.Tensor, a_edit: torch.Tensor, memory: Memory | None,
@@ -239,13 +239,13 @@ class Editor:
         subject_at = subject_position(self.tokenizer, input, shared_text(input, wordings)) \
             if self.cfg.subject_layer is not None else None
         new, positions, steps, losses = self._train(c, Example(input, target), path, extra, subject_at=subject_at)
-        trial = self.neurons.extend(*new.frozen())
+        trial = self.neurons.extend(*new.frozen(self.cfg.bias_shift))
         right, lead, after = self.judge(c, trial)
         if not right and self._candidates():        # the shortcut failed: train again on the whole vocabulary
             new, positions, more, losses = self._train(c, Example(input, target), path, extra, candidates=0,
                                                        subject_at=subject_at)
             steps += more
-            trial = self.neurons.extend(*new.frozen())
+            trial = self.neurons.extend(*new.frozen(self.cfg.bias_shift))
             right, lead, after = self.judge(c, trial)
         status = "edited" if right else "failed"
         reason = None if right else f"not right within {self.cfg.max_steps} steps (smallest lead {lead:.3f})"

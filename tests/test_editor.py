@@ -118,6 +118,17 @@ def test_the_lr_floor_keeps_a_collapsing_schedule_training(tokenizer, make_model
     assert held.status == "edited"
 
 
+def test_bias_shift_raises_each_new_bias_and_nothing_else(tokenizer, make_model):
+    text, target = EDITS[0]
+    plain = editor_for(make_model, tokenizer, "llama", vocab_candidates=0)      # one training each: alike
+    shifted = editor_for(make_model, tokenizer, "llama", vocab_candidates=0, bias_shift=0.5)
+    assert plain.edit("e0", text, target).succeeded and shifted.edit("e0", text, target).succeeded
+    for name in ("keys", "values"):
+        assert torch.equal(getattr(shifted.neurons, name), getattr(plain.neurons, name))
+    assert torch.allclose(shifted.neurons.biases - plain.neurons.biases, torch.tensor(0.5))
+    assert EditorConfig.reference().bias_shift == 0.0
+
+
 def test_already_right_is_recognised_and_not_patched(tokenizer, make_model):
     editor = editor_for(make_model, tokenizer, "gpt2")
     first = editor.edit("e0", FACTS[0].input, "paris")
