@@ -41,7 +41,8 @@ class NewNeurons(nn.Module):
     k_i = q_i / 2||q_i||^2, u_i = z / 2||z||^2."""
 
     def __init__(self, q_edit: torch.Tensor, activation: str, scale_init: float, generator: torch.Generator,
-                 directions: torch.Tensor | None = None, z_subject: torch.Tensor | None = None):
+                 directions: torch.Tensor | None = None, z_subject: torch.Tensor | None = None,
+                 bias_shift: float = 0.0):
         super().__init__()
         n, hidden = q_edit.shape                                                    # q_edit: (n, H)
         share = 1.0 if z_subject is None else 0.5
@@ -53,7 +54,14 @@ class NewNeurons(nn.Module):
             directions = torch.randn(n, hidden, generator=generator, dtype=q_edit.dtype) / math.sqrt(hidden)
         self.directions = nn.Parameter(directions.to(q_edit.device, q_edit.dtype).clone())   # (n, H)
         self.scales = nn.Parameter(torch.full((n,), scale_init, dtype=q_edit.dtype, device=q_edit.device))
-        self.act = activation_fn(activation)
+        self.bias_shift = bias_shift
+        self._act = activation_fn(activation)
+
+    def act(self, a: torch.Tensor) -> torch.Tensor:
+        """The output as the neuron will be kept: its bias raised by bias_shift (EditorConfig.bias_shift). The
+        losses read the unshifted pre-activation, so the memory stays below m2 and the edit above it by m1 as
+        without the shift, while the edit loss and the success check see every position as it will be."""
+        return self._act(a + self.bias_shift)
 
     def values(self) -> torch.Tensor:
         return self.scales.unsqueeze(-1) * self.directions                           # (n, H)
@@ -66,11 +74,11 @@ class NewNeurons(nn.Module):
     def forward(self, q: torch.Tensor, z: torch.Tensor | None = None, at: torch.Tensor | None = None):
         return self.act(self.preactivation(q, z, at)) @ self.values()                # (..., H)
 
-    def frozen(self, bias_shift: float = 0.0) -> tuple:
+    def frozen(self) -> tuple:
         """(keys, biases + bias_shift, values, subject keys or None), for PatchNeurons.extend."""
         with torch.no_grad():
             subject = None if self.subject_keys is None else self.subject_keys.clone()
-            return self.keys.clone(), self.biases + bias_shift, self.values().clone(), subject
+            return self.keys.clone(), self.biases + self.bias_shift, self.values().clone(), subject
 
 
 def patch_loss(cfg: EditorConfig, edit_loss: torch.Tensor, a_edit: torch.Tensor, memory: Memory | None,
@@ -239,13 +247,13 @@ class Editor:
         subject_at = subject_position(self.tokenizer, input, shared_text(input, wordings)) \
             if self.cfg.subject_layer is not None else None
         new, positions, steps, losses = self._train(c, Example(input, target), path, extra, subject_at=subject_at)
-        trial = self.neurons.extend(*new.frozen(self.cfg.bias_shift))
+        trial = self.neurons.extend(*new.frozen())
         right, lead, after = self.judge(c, trial)
         if not right and self._candidates():        # the shortcut failed: train again on the whole vocabulary
             new, positions, more, losses = self._train(c, Example(input, target), path, extra, candidates=0,
                                                        subject_at=subject_at)
             steps += more
-            trial = self.neurons.extend(*new.frozen(self.cfg.bias_shift))
+            trial = self.neurons.extend(*new.frozen())
             right, lead, after = self.judge(c, trial)
         status = "edited" if right else "failed"
         reason = None if right else f"not right within {self.cfg.max_steps} steps (smallest lead {lead:.3f})"
@@ -291,7 +299,7 @@ class Editor:
         directions = self.lead_directions(c, positions) if cfg.value_init == "lead" else None
         z_subject = None if subject_at is None else c.z[min(subject_at, len(c.z) - 1)]   # past a truncation: the last
         new = NewNeurons(c.q[positions], self.neurons.activation, cfg.value_scale_init, generator, directions,
-                         z_subject)
+                         z_subject, cfg.bias_shift)
         if path == "fast":
             k = self._candidates() if candidates is None else candidates
             forward, check, targets = self._fast_forward([c, *extra], new, positions, k)
