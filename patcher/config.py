@@ -60,12 +60,11 @@ class EditorConfig:
                                  "(docs/benchmarks). The knee keeps that and makes weak firing on an unseen wording act"
                                  " almost fully (ReLU scales it down): GR 0.649 -> 0.753 on SmolLM2's 523 edits, 0.972 "
                                  "-> 0.981 on MiniLM's 460. Neither merges into a GELU FFN: they export as a branch")
-    bias_shift: float = _f(0.0, "raise each new neuron's bias by this much (the reference: 0). Training leaves a "
-                                "neuron's threshold at the edge of its training wordings (the memory loss pushes "
-                                "every memory pre-activation below m2 = -3, the edit's above the memory by m1), so "
-                                "an unseen wording in between stays silent; the shift moves the threshold into that "
-                                "gap. The memory and activation losses read the pre-activation without it; the edit "
-                                "loss and the success check see the neuron as kept. Measured (one seed, "
+    bias_shift: float = _f(0.0, "raise each new neuron's bias by this much once it is trained (the reference: 0), "
+                                "unless that leaves the edit wrong. Training leaves the neuron's threshold at the "
+                                "edge of its training wordings (the memory loss pushes every memory pre-activation "
+                                "below m2 = -3, the edit's above the memory by m1), so an unseen wording in between "
+                                "stays silent; the shift moves the threshold into that gap. Measured (one seed, "
                                 "docs/benchmarks): 1.0 on SmolLM2 (100 edits) GR 0.785 -> 0.865, test predictions "
                                 "unchanged 0.987 -> 0.974, TestR 1.000 both; on MiniLM (460) GR 0.981 -> 0.992, "
                                 "TestR 0.996 -> 0.991, test unchanged 0.984 -> 0.967: set per model (params.yaml)")

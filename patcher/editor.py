@@ -41,8 +41,7 @@ class NewNeurons(nn.Module):
     k_i = q_i / 2||q_i||^2, u_i = z / 2||z||^2."""
 
     def __init__(self, q_edit: torch.Tensor, activation: str, scale_init: float, generator: torch.Generator,
-                 directions: torch.Tensor | None = None, z_subject: torch.Tensor | None = None,
-                 bias_shift: float = 0.0):
+                 directions: torch.Tensor | None = None, z_subject: torch.Tensor | None = None):
         super().__init__()
         n, hidden = q_edit.shape                                                    # q_edit: (n, H)
         share = 1.0 if z_subject is None else 0.5
@@ -54,14 +53,7 @@ class NewNeurons(nn.Module):
             directions = torch.randn(n, hidden, generator=generator, dtype=q_edit.dtype) / math.sqrt(hidden)
         self.directions = nn.Parameter(directions.to(q_edit.device, q_edit.dtype).clone())   # (n, H)
         self.scales = nn.Parameter(torch.full((n,), scale_init, dtype=q_edit.dtype, device=q_edit.device))
-        self.bias_shift = bias_shift
-        self._act = activation_fn(activation)
-
-    def act(self, a: torch.Tensor) -> torch.Tensor:
-        """The output as the neuron will be kept: its bias raised by bias_shift (EditorConfig.bias_shift). The
-        losses read the unshifted pre-activation, so the memory stays below m2 and the edit above it by m1 as
-        without the shift, while the edit loss and the success check see every position as it will be."""
-        return self._act(a + self.bias_shift)
+        self.act = activation_fn(activation)
 
     def values(self) -> torch.Tensor:
         return self.scales.unsqueeze(-1) * self.directions                           # (n, H)
@@ -74,11 +66,11 @@ class NewNeurons(nn.Module):
     def forward(self, q: torch.Tensor, z: torch.Tensor | None = None, at: torch.Tensor | None = None):
         return self.act(self.preactivation(q, z, at)) @ self.values()                # (..., H)
 
-    def frozen(self) -> tuple:
+    def frozen(self, bias_shift: float = 0.0) -> tuple:
         """(keys, biases + bias_shift, values, subject keys or None), for PatchNeurons.extend."""
         with torch.no_grad():
             subject = None if self.subject_keys is None else self.subject_keys.clone()
-            return self.keys.clone(), self.biases + self.bias_shift, self.values().clone(), subject
+            return self.keys.clone(), self.biases + bias_shift, self.values().clone(), subject
 
 
 def patch_loss(cfg: EditorConfig, edit_loss: torch.Tensor, a_edit: torch.Tensor, memory: Memory | None,
@@ -247,14 +239,12 @@ class Editor:
         subject_at = subject_position(self.tokenizer, input, shared_text(input, wordings)) \
             if self.cfg.subject_layer is not None else None
         new, positions, steps, losses = self._train(c, Example(input, target), path, extra, subject_at=subject_at)
-        trial = self.neurons.extend(*new.frozen())
-        right, lead, after = self.judge(c, trial)
+        trial, right, lead, after = self._kept(new, c)
         if not right and self._candidates():        # the shortcut failed: train again on the whole vocabulary
             new, positions, more, losses = self._train(c, Example(input, target), path, extra, candidates=0,
                                                        subject_at=subject_at)
             steps += more
-            trial = self.neurons.extend(*new.frozen())
-            right, lead, after = self.judge(c, trial)
+            trial, right, lead, after = self._kept(new, c)
         status = "edited" if right else "failed"
         reason = None if right else f"not right within {self.cfg.max_steps} steps (smallest lead {lead:.3f})"
         keep = right or self.cfg.keep_failed
@@ -273,6 +263,18 @@ class Editor:
                               lead=lead, generalization=generalization, losses=losses, reason=reason)
         self.outcomes.append(outcome)
         return outcome
+
+    def _kept(self, new: NewNeurons, c: Cached) -> tuple[PatchNeurons, bool, float, str]:
+        """The patch set with the new neurons, their biases raised by config.bias_shift unless that leaves the
+        edit wrong (the shift can lift a neuron at an answer position it was trained to leave alone; 2 of
+        SmolLM2's first 232 edits), then unshifted. -> (patch set, right, smallest lead, prediction)."""
+        shifted = self.neurons.extend(*new.frozen(self.cfg.bias_shift))
+        judged = self.judge(c, shifted)
+        if not judged[0] and self.cfg.bias_shift:
+            plain = self.neurons.extend(*new.frozen())
+            if self.judge(c, plain)[0]:
+                return plain, *self.judge(c, plain)
+        return shifted, *judged
 
     def _remember(self, c: Cached) -> None:
         if self.memory is not None:
@@ -299,7 +301,7 @@ class Editor:
         directions = self.lead_directions(c, positions) if cfg.value_init == "lead" else None
         z_subject = None if subject_at is None else c.z[min(subject_at, len(c.z) - 1)]   # past a truncation: the last
         new = NewNeurons(c.q[positions], self.neurons.activation, cfg.value_scale_init, generator, directions,
-                         z_subject, cfg.bias_shift)
+                         z_subject)
         if path == "fast":
             k = self._candidates() if candidates is None else candidates
             forward, check, targets = self._fast_forward([c, *extra], new, positions, k)

@@ -3,7 +3,7 @@ failure is explicit, already-right inputs are not patched again, and rollback re
 import pytest
 import torch
 
-from patcher import Editor, EditorConfig, Memory, PatchBranch, PatchNeurons
+from patcher import Editor, EditorConfig, Memory, PatchBranch
 from patcher.editor import NewNeurons, memory_losses
 from patcher.tasks import Example
 
@@ -118,17 +118,16 @@ def test_the_lr_floor_keeps_a_collapsing_schedule_training(tokenizer, make_model
     assert held.status == "edited"
 
 
-def test_bias_shift_is_trained_as_it_is_kept(tokenizer, make_model):
-    # the kept neuron (bias raised by the shift) computes exactly what training saw; the losses read the
-    # pre-activation without the shift
-    q = torch.randn(3, 8)
-    new = NewNeurons(q[:2], "knee", 10.0, torch.Generator().manual_seed(0), bias_shift=0.5)
-    keys, biases, values, _ = new.frozen()
-    kept = PatchNeurons(keys, biases, values, "knee")
-    assert torch.allclose(biases, new.biases + 0.5)
-    assert torch.allclose(kept(q), new(q)) and not torch.allclose(kept(q), new._act(new.preactivation(q)) @ values)
+def test_bias_shift_raises_each_new_bias_unless_the_edit_would_be_wrong(tokenizer, make_model):
     text, target = EDITS[0]
-    assert editor_for(make_model, tokenizer, "llama", bias_shift=1.0).edit("e0", text, target).succeeded
+    plain = editor_for(make_model, tokenizer, "llama", vocab_candidates=0)      # one training each: alike
+    assert plain.edit("e0", text, target).succeeded
+    for shift, kept in ((0.5, 0.5), (-1000.0, 0.0)):       # a shift that silences the neuron is not kept
+        shifted = editor_for(make_model, tokenizer, "llama", vocab_candidates=0, bias_shift=shift)
+        assert shifted.edit("e0", text, target).succeeded
+        for name in ("keys", "values"):
+            assert torch.equal(getattr(shifted.neurons, name), getattr(plain.neurons, name))
+        assert torch.allclose(shifted.neurons.biases - plain.neurons.biases, torch.tensor(kept))
     assert EditorConfig.reference().bias_shift == 0.0
 
 
