@@ -266,14 +266,15 @@ class Editor:
 
     def _kept(self, new: NewNeurons, c: Cached) -> tuple[PatchNeurons, bool, float, str]:
         """The patch set with the new neurons, their biases raised by config.bias_shift unless that leaves the
-        edit wrong (the shift can lift a neuron at an answer position it was trained to leave alone; 2 of
-        SmolLM2's first 232 edits), then unshifted. -> (patch set, right, smallest lead, prediction)."""
+        edit wrong (2 of SmolLM2's first 232 edits were right without the shift, wrong with it), then unshifted.
+        -> (patch set, right, smallest lead, prediction)."""
         shifted = self.neurons.extend(*new.frozen(self.cfg.bias_shift))
         judged = self.judge(c, shifted)
         if not judged[0] and self.cfg.bias_shift:
             plain = self.neurons.extend(*new.frozen())
-            if self.judge(c, plain)[0]:
-                return plain, *self.judge(c, plain)
+            unshifted = self.judge(c, plain)
+            if unshifted[0]:
+                return plain, *unshifted
         return shifted, *judged
 
     def _remember(self, c: Cached) -> None:
