@@ -66,11 +66,13 @@ class NewNeurons(nn.Module):
     def forward(self, q: torch.Tensor, z: torch.Tensor | None = None, at: torch.Tensor | None = None):
         return self.act(self.preactivation(q, z, at)) @ self.values()                # (..., H)
 
-    def frozen(self, bias_shift: float = 0.0) -> tuple:
-        """(keys, biases + bias_shift, values, subject keys or None), for PatchNeurons.extend."""
+    def frozen(self, bias_shift: float = 0.0, value_gain: float = 1.0) -> tuple:
+        """(keys, biases + bias_shift, values x value_gain, subject keys or None, shifts), for
+        PatchNeurons.extend."""
         with torch.no_grad():
             subject = None if self.subject_keys is None else self.subject_keys.clone()
-            return self.keys.clone(), self.biases + bias_shift, self.values().clone(), subject
+            return (self.keys.clone(), self.biases + bias_shift, self.values() * value_gain, subject,
+                    torch.full_like(self.biases, bias_shift))
 
 
 def patch_loss(cfg: EditorConfig, edit_loss: torch.Tensor, a_edit: torch.Tensor, memory: Memory | None,
@@ -124,6 +126,7 @@ class EditOutcome:
     steps: int = 0
     seconds: float = 0.0
     neurons: int = 0                 # neurons added to the patch set by this edit
+    shifts_taken_back: int = 0       # earlier neurons whose bias shift was lowered (Editor._take_back_shifts)
     lead: float | None = None        # smallest lead of a target over the best other logit, after the edit
     generalization: float | None = None   # share of the rephrases right right after the edit
     losses: dict = field(default_factory=dict)
@@ -228,6 +231,7 @@ class Editor:
             return outcome
         wordings = list(phrasings)[: self.cfg.phrasings]
         extra = self.cache([Example(p, target) for p in wordings])
+        retracted = self._take_back_shifts([c, *extra])
         if extra and path != "fast":
             raise ValueError("training on phrasings is a fast-path extension; the reference path edits the "
                              "input alone (set phrasings=0)")
@@ -259,23 +263,38 @@ class Editor:
         if rephrases:
             generalization = self.accuracy(self.cache([Example(r, target) for r in rephrases]))
         outcome = EditOutcome(error_id, input, status, before, after if keep else before, target, steps=steps,
-                              seconds=seconds, neurons=len(positions) if keep else 0,
+                              seconds=seconds, neurons=len(positions) if keep else 0, shifts_taken_back=retracted,
                               lead=lead, generalization=generalization, losses=losses, reason=reason)
         self.outcomes.append(outcome)
         return outcome
 
     def _kept(self, new: NewNeurons, c: Cached) -> tuple[PatchNeurons, bool, float, str]:
-        """The patch set with the new neurons, their biases raised by config.bias_shift unless that leaves the
-        edit wrong (2 of SmolLM2's first 232 edits were right without the shift, wrong with it), then unshifted.
-        -> (patch set, right, smallest lead, prediction)."""
-        shifted = self.neurons.extend(*new.frozen(self.cfg.bias_shift))
+        """The patch set with the new neurons, their biases raised by config.bias_shift and values scaled by
+        config.value_gain, unless that leaves the edit wrong (2 of SmolLM2's first 232 edits were right without
+        the shift, wrong with it), then as trained. -> (patch set, right, smallest lead, prediction)."""
+        shifted = self.neurons.extend(*new.frozen(self.cfg.bias_shift, self.cfg.value_gain))
         judged = self.judge(c, shifted)
-        if not judged[0] and self.cfg.bias_shift:
+        if not judged[0] and (self.cfg.bias_shift or self.cfg.value_gain != 1):
             plain = self.neurons.extend(*new.frozen())
             unshifted = self.judge(c, plain)
             if unshifted[0]:
                 return plain, *unshifted
         return shifted, *judged
+
+    @torch.no_grad()
+    def _take_back_shifts(self, wordings: list[Cached]) -> int:
+        """Before a wrong edit is trained: each earlier neuron that fires on one of its wordings only because
+        of its bias shift (a neuron's shift is a guess that unseen wordings near its own are its fact; this
+        one is another fact) loses as much of the shift as keeps it silent on all of them. -> how many
+        neurons lost some. Without it, SmolLM2's edit 313 ("A person from Equatorial Guinea is called")
+        failed after 4,000 steps on top of edit 293's shifted "A person from Guinea" neurons."""
+        shifts = self.neurons.shifts
+        if not len(self.neurons) or not bool((shifts > 0).any()):
+            return 0
+        top = torch.stack([self.neurons.preactivation(w.q_memory, w.z).amax(0) for w in wordings]).amax(0)   # (N,)
+        kept = torch.minimum(shifts, (shifts - top).clamp_min(0))                    # silent: top - shift + kept <= 0
+        self.neurons = self.neurons.with_shifts(kept)
+        return int((kept < shifts).sum())
 
     def _remember(self, c: Cached) -> None:
         if self.memory is not None:

@@ -35,10 +35,12 @@ def activation_fn(name: str) -> nn.Module:
 
 class PatchNeurons(nn.Module):
     """N patch neurons over hidden size H.  keys (N, H), biases (N,), values (N, H); with a subject key
-    subject_keys (N, H) on the FFN input of layer `subject_layer`."""
+    subject_keys (N, H) on the FFN input of layer `subject_layer`. shifts (N,): the part of each bias that is a
+    bias shift added once the neuron was trained (EditorConfig.bias_shift), so it can be taken back."""
 
     def __init__(self, keys: torch.Tensor, biases: torch.Tensor, values: torch.Tensor, activation: str,
-                 subject_keys: torch.Tensor | None = None, subject_layer: int | None = None):
+                 subject_keys: torch.Tensor | None = None, subject_layer: int | None = None,
+                 shifts: torch.Tensor | None = None):
         super().__init__()
         if (subject_keys is None) != (subject_layer is None):
             raise ValueError("subject keys and their layer come together")
@@ -46,6 +48,7 @@ class PatchNeurons(nn.Module):
         self.register_buffer("biases", biases)
         self.register_buffer("values", values)
         self.register_buffer("subject_keys", subject_keys)
+        self.register_buffer("shifts", torch.zeros_like(biases) if shifts is None else shifts.to(biases))
         self.subject_layer = subject_layer
         self.activation = activation
         self.act = activation_fn(activation)
@@ -79,18 +82,26 @@ class PatchNeurons(nn.Module):
         """The neurons at `index` (a LongTensor or bool mask), as a new module."""
         subject = None if self.subject_keys is None else self.subject_keys[index]
         return PatchNeurons(self.keys[index], self.biases[index], self.values[index], self.activation, subject,
-                            self.subject_layer)
+                            self.subject_layer, self.shifts[index])
 
-    def extend(self, keys, biases, values, subject_keys=None) -> "PatchNeurons":
+    def extend(self, keys, biases, values, subject_keys=None, shifts=None) -> "PatchNeurons":
+        """These neurons and n more (shifts: the part of their biases that is a bias shift; default none)."""
         if (subject_keys is None) != (self.subject_keys is None):
             raise ValueError("new neurons must have a subject key exactly when the patch set's neurons do")
         subject = None if subject_keys is None else torch.cat([self.subject_keys, subject_keys.to(self.keys)])
+        shifts = torch.zeros(len(biases)) if shifts is None else shifts
         return PatchNeurons(
             torch.cat([self.keys, keys.to(self.keys)]),
             torch.cat([self.biases, biases.to(self.biases)]),
             torch.cat([self.values, values.to(self.values)]),
             self.activation, subject, self.subject_layer,
+            torch.cat([self.shifts, shifts.to(self.biases)]),
         )
+
+    def with_shifts(self, shifts: torch.Tensor) -> "PatchNeurons":
+        """The same neurons with each bias shift replaced by `shifts` (N,)."""
+        return PatchNeurons(self.keys, self.biases - self.shifts + shifts.to(self.biases), self.values,
+                            self.activation, self.subject_keys, self.subject_layer, shifts)
 
 
 class PatchBranch:

@@ -82,7 +82,8 @@ class PatchSet:
         out = Path(out_dir)
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}")
         tmp.mkdir(parents=True)
-        tensors = {"keys": self.neurons.keys, "biases": self.neurons.biases, "values": self.neurons.values}
+        tensors = {"keys": self.neurons.keys, "biases": self.neurons.biases, "values": self.neurons.values,
+                   "bias_shifts": self.neurons.shifts}     # the part of each bias a later edit may take back
         if self.neurons.subject_keys is not None:
             tensors["subject_keys"] = self.neurons.subject_keys
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / WEIGHTS)
@@ -131,7 +132,7 @@ class PatchSet:
             raise ValueError(f"{patch_dir}: subject_layer {subject_layer} in {MANIFEST}, but "
                              f"{'no ' if 'subject_keys' not in t else ''}subject_keys in {WEIGHTS}")
         neurons = PatchNeurons(t["keys"], t["biases"], t["values"], m["activation"], t.get("subject_keys"),
-                               subject_layer)
+                               subject_layer, t.get("bias_shifts"))       # older patch sets: none
         return cls(neurons, owners, m["base_model"],
                    m["architecture"], m["layer"], m["edits"], m.get("editor_config", {}), m["created_at"])
 

@@ -118,17 +118,47 @@ def test_the_lr_floor_keeps_a_collapsing_schedule_training(tokenizer, make_model
     assert held.status == "edited"
 
 
-def test_bias_shift_raises_each_new_bias_unless_the_edit_would_be_wrong(tokenizer, make_model):
+def test_bias_shift_and_value_gain_apply_to_each_new_neuron_unless_the_edit_would_be_wrong(tokenizer, make_model):
     text, target = EDITS[0]
     plain = editor_for(make_model, tokenizer, "llama", vocab_candidates=0)      # one training each: alike
     assert plain.edit("e0", text, target).succeeded
-    for shift, kept in ((0.5, 0.5), (-1000.0, 0.0)):       # a shift that silences the neuron is not kept
-        shifted = editor_for(make_model, tokenizer, "llama", vocab_candidates=0, bias_shift=shift)
+    # a shift that silences the neuron is not kept, nor a gain that flips the answer away
+    for shift, gain, kept in ((0.5, 1.0, True), (0.5, 1.25, True), (-1000.0, 1.25, False), (0.0, -1.0, False)):
+        shifted = editor_for(make_model, tokenizer, "llama", vocab_candidates=0, bias_shift=shift, value_gain=gain)
         assert shifted.edit("e0", text, target).succeeded
-        for name in ("keys", "values"):
-            assert torch.equal(getattr(shifted.neurons, name), getattr(plain.neurons, name))
-        assert torch.allclose(shifted.neurons.biases - plain.neurons.biases, torch.tensor(kept))
-    assert EditorConfig.reference().bias_shift == 0.0
+        assert torch.equal(shifted.neurons.keys, plain.neurons.keys)
+        assert torch.allclose(shifted.neurons.values, plain.neurons.values * (gain if kept else 1.0))
+        assert torch.allclose(shifted.neurons.biases - plain.neurons.biases, torch.tensor(shift if kept else 0.0))
+    assert EditorConfig.reference().bias_shift == 0.0 and EditorConfig.reference().value_gain == 1.0
+
+
+def test_a_later_wrong_edit_takes_back_the_shift_of_the_neurons_firing_on_it_only_because_of_it(tokenizer, make_model):
+    editor = editor_for(make_model, tokenizer, "llama", vocab_candidates=0, bias_shift=0.5)
+    text, target = EDITS[0]
+    assert editor.edit("e0", text, target).succeeded
+    n = len(editor.neurons)
+    assert torch.allclose(editor.neurons.shifts, torch.full((n,), 0.5))
+    unshifted = editor.neurons.biases - 0.5
+    wordings = editor.cache([Example(t, g) for t, g in [EDITS[1], EDITS[2], (text, target)]])
+
+    def top(neurons, cached):                       # (N,): each neuron's highest pre-activation on the wordings
+        return torch.stack([neurons.preactivation(c.q_memory, c.z).amax(0) for c in cached]).amax(0)
+
+    start = editor.neurons
+    for cached in (wordings[:2], wordings[2:]):     # other facts' wordings; the edit's own (fires unshifted)
+        editor.neurons = start
+        taken = editor._take_back_shifts(cached)
+        after = editor.neurons
+        lowered = after.shifts < start.shifts
+        assert taken == int(lowered.sum())
+        assert bool((after.shifts >= 0).all()) and torch.allclose(after.biases - after.shifts, unshifted)
+        assert bool((top(start, cached)[~lowered] <= 0).all())             # silent ones keep their shift
+        # the others lose just enough to be silent, or all of it where they fire without it
+        assert bool(((top(after, cached)[lowered] <= 1e-5) | (after.shifts[lowered] == 0)).all())
+    assert taken == n and bool((editor.neurons.shifts == 0).all())        # its own wording fires it unshifted
+    outcome = editor.edit("e1", *EDITS[1])
+    assert outcome.shifts_taken_back == 0 and outcome.to_dict()["shifts_taken_back"] == 0   # nothing left to take
+    assert torch.allclose(editor.neurons.shifts, torch.tensor([0.0] * n + [0.5] * outcome.neurons))
 
 
 def test_already_right_is_recognised_and_not_patched(tokenizer, make_model):

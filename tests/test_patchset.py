@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from patcher import Editor, EditorConfig, Memory
 from patcher.models.base import load_model
@@ -46,9 +46,16 @@ def test_round_trip_and_manifest(tmp_path, saved_model):
     assert manifest["edits"][0]["input"] == EDITS[0][0] and manifest["edits"][0]["target"] == "paris"
     assert [n["error_id"] for n in manifest["neurons"]] == editor.owners
     tensors = load_file(out / "patches.safetensors")
-    assert set(tensors) == {"keys", "biases", "values"}
+    assert set(tensors) == {"keys", "biases", "values", "bias_shifts"}
     loaded = PatchSet.load(out)
     assert torch.equal(loaded.neurons.keys, editor.neurons.keys) and loaded.owners == editor.owners
+    shifted = editor.neurons.with_shifts(torch.arange(len(editor.neurons), dtype=torch.float32))
+    editor.neurons = shifted            # a bias shift survives the round trip: a later run can take it back
+    again = PatchSet.load(to_patchset(editor, outcomes, "tiny-gpt2", model_dir).save(tmp_path / "shifted"))
+    assert torch.equal(again.neurons.shifts, shifted.shifts) and torch.equal(again.neurons.biases, shifted.biases)
+    del tensors["bias_shifts"]          # a patch set from before bias shifts: none to take back
+    save_file(tensors, out / "patches.safetensors")
+    assert bool((PatchSet.load(out).neurons.shifts == 0).all())
 
 
 @pytest.mark.parametrize("merge", [True, False])
