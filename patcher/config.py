@@ -74,7 +74,9 @@ class EditorConfig:
     value_gain: float = _f(1.0, "multiply each new neuron's value by this once it is trained, with the bias "
                                 "shift and the same fallback (1: the reference). An unseen wording that fires "
                                 "the neuron fully can still be wrong: 30 of 152 of SmolLM2's wrong held-out "
-                                "rephrasings after 342 edits")
+                                "rephrasings after 342 edits. Measured (one seed): 1.25 with bias_shift 1 on "
+                                "SmolLM2's whole stream (523) GR 0.846 -> 0.871, every other metric and the "
+                                "locality unchanged: SmolLM2's pipeline setting (params.yaml)")
     success_margin: float = _f(0.0, "an edit counts as right when every judged target leads the best other "
                                     "logit by more than this (0: plain argmax, the reference)")
     phrasings: int = _f(7, "train each edit on up to this many other phrasings of its input as well (the "
