@@ -231,7 +231,7 @@ class Editor:
             return outcome
         wordings = list(phrasings)[: self.cfg.phrasings]
         extra = self.cache([Example(p, target) for p in wordings])
-        retracted = self._take_back_shifts([c, *extra])
+        taken_back = self._take_back_shifts([c, *extra])
         if extra and path != "fast":
             raise ValueError("training on phrasings is a fast-path extension; the reference path edits the "
                              "input alone (set phrasings=0)")
@@ -263,7 +263,7 @@ class Editor:
         if rephrases:
             generalization = self.accuracy(self.cache([Example(r, target) for r in rephrases]))
         outcome = EditOutcome(error_id, input, status, before, after if keep else before, target, steps=steps,
-                              seconds=seconds, neurons=len(positions) if keep else 0, shifts_taken_back=retracted,
+                              seconds=seconds, neurons=len(positions) if keep else 0, shifts_taken_back=taken_back,
                               lead=lead, generalization=generalization, losses=losses, reason=reason)
         self.outcomes.append(outcome)
         return outcome
@@ -276,9 +276,9 @@ class Editor:
         judged = self.judge(c, shifted)
         if not judged[0] and (self.cfg.bias_shift or self.cfg.value_gain != 1):
             plain = self.neurons.extend(*new.frozen())
-            unshifted = self.judge(c, plain)
-            if unshifted[0]:
-                return plain, *unshifted
+            as_trained = self.judge(c, plain)
+            if as_trained[0]:
+                return plain, *as_trained
         return shifted, *judged
 
     @torch.no_grad()
