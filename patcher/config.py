@@ -34,6 +34,11 @@ class EditorConfig:
     check_every: int = _f(25, "steps between checks")
     val_min_improvement: float = _f(1e-3, "stop at the first successful check that does not improve the "
                                           "validation-memory loss by more than this")
+    max_checks_right: int = _f(0, "stop at the latest at the N-th check at which the edit is right (0: when the "
+                                  "validation-memory loss stops improving, however long; the reference). "
+                                  "Without the memory loss (beta = 0) that loss falls for ever, as l_a raises "
+                                  "the edit's activation: 8 of SmolLM2's first 200 edits trained to max_steps "
+                                  "(2,000) although right")
     # losses: L = l_e + alpha * l_a + beta * (l_m1 + l_m2)
     alpha: float = _f(1.0, "weight of the activation loss l_a")
     beta: float = _f(10.0, "weight of the memory loss l_m (reference: 5 for FEVER, 10 for zsRE)")

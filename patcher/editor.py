@@ -334,7 +334,7 @@ class Editor:
         opt = torch.optim.Adam(new.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor,
                                                            patience=cfg.plateau_patience, min_lr=cfg.min_lr)
-        previous_val, step, parts = None, 0, {}
+        previous_val, step, parts, right_checks = None, 0, {}, 0
         for step in range(1, cfg.max_steps + 1):
             logits, a_edit = forward(True)                                     # (C, P, V), (C, n)
             loss, parts = patch_loss(cfg, self.task.edit_loss(logits, targets(), cfg), a_edit, self.memory, new)
@@ -348,7 +348,8 @@ class Editor:
                     logits, a_edit = check(False)
                     if not bool((self.task.leads(logits[0], c.targets) > cfg.success_margin).all()):
                         continue
-                    if self.val_memory is None or not len(self.val_memory):
+                    right_checks += 1
+                    if self.val_memory is None or not len(self.val_memory) or right_checks == cfg.max_checks_right:
                         break
                     val = sum(memory_losses(cfg, a_edit, self.val_memory, new)).item()
                     if previous_val is not None and previous_val - val <= cfg.val_min_improvement:

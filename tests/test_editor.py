@@ -118,6 +118,21 @@ def test_the_lr_floor_keeps_a_collapsing_schedule_training(tokenizer, make_model
     assert held.status == "edited"
 
 
+def test_max_checks_right_bounds_training_once_the_edit_is_right(tokenizer, make_model):
+    # a validation loss that always counts as improving (as without the memory loss on SmolLM2) never stops it
+    cfg = dict(beta=0.0, max_steps=400, check_after=25, check_every=25, vocab_candidates=0,
+               val_min_improvement=-float("inf"))
+    unbounded = editor_for(make_model, tokenizer, "gpt2", **cfg).edit("e0", FACTS[0].input, "paris")
+    bounded = editor_for(make_model, tokenizer, "gpt2", max_checks_right=2, **cfg).edit("e0", FACTS[0].input, "paris")
+    assert unbounded.succeeded and unbounded.steps == 400
+    assert bounded.succeeded and bounded.steps < 400 and bounded.steps % 25 == 0
+    # the validation rule stops at the second right check at the earliest (it compares two); one check: right away
+    quickest = editor_for(make_model, tokenizer, "gpt2", **{**cfg, "val_min_improvement": 1e9}).edit(
+        "e0", FACTS[0].input, "paris")
+    once = editor_for(make_model, tokenizer, "gpt2", max_checks_right=1, **cfg).edit("e0", FACTS[0].input, "paris")
+    assert bounded.steps == quickest.steps and once.succeeded and once.steps == bounded.steps - 25
+
+
 def test_bias_shift_and_value_gain_apply_to_each_new_neuron_unless_the_edit_would_be_wrong(tokenizer, make_model):
     text, target = EDITS[0]
     plain = editor_for(make_model, tokenizer, "llama", vocab_candidates=0)      # one training each: alike
