@@ -151,17 +151,19 @@ def plots(rows: list[dict], title: str) -> dict[str, str]:
 
 
 def generality_by_relation(details: list[dict]) -> str:
-    """GR of each editor's edits by relation (the error id's prefix): where generalization fails."""
-    table = {}
+    """GR of each editor's edits by relation (the error id's prefix): where generalization fails. `edits`: the
+    relation's distinct records, however many seeds and editors edited them."""
+    table, edited = {}, {}
     for d in details:
         for o in d["outcomes"]:
             if o["status"] != "skipped" and o["generalization"] is not None:
-                table.setdefault(o["error_id"].split(":")[0], {}).setdefault(d["editor"], []).append(o["generalization"])
+                relation = o["error_id"].split(":")[0]
+                table.setdefault(relation, {}).setdefault(d["editor"], []).append(o["generalization"])
+                edited.setdefault(relation, set()).add(o["error_id"])
     editors = sorted(dict.fromkeys(d["editor"] for d in details), key=list(EDITORS).index)
     lines = ["| relation | edits | " + " | ".join(editors) + " |", "|" + "---|" * (len(editors) + 2)]
     for relation, by in sorted(table.items()):
-        n = max(len(v) for v in by.values())
-        lines.append(f"| {relation} | {n} | " + " | ".join(
+        lines.append(f"| {relation} | {len(edited[relation])} | " + " | ".join(
             f"{statistics.mean(by[e]):.3f}" if e in by else "n/a" for e in editors) + " |")
     return "GR by relation (all seeds):\n\n" + "\n".join(lines) + "\n"
 
