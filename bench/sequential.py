@@ -228,11 +228,27 @@ def main() -> int:
     settings = {**PipelineSettings.load().train.editor_overrides(args.model), **EditorConfig.parse_overrides(args.set)}
     if args.kl_batch is None:
         args.kl_batch = 4 if args.model == "facts-smollm2" else 32
+    stream = read_records(f"data/errors/{args.model}.jsonl")
+    records = stream[: args.edits]
+    stem = f"sequential_{args.model}_{len(records)}{('_' + args.tag) if args.tag else ''}"
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    editors = [e for e in args.editors.split(",") if e]
+    all_rows, details = [], []
+    earlier = [out / f"{stem}.json"] if args.append and (out / f"{stem}.json").exists() else []
+    for path in earlier + [Path(p) for p in args.merge]:  # other editors' results on the same stream
+        result = json.loads(Path(path).read_text())
+        if (result["model"], result["edits"]) != (args.model, len(records)):
+            raise SystemExit(f"{path}: {result['model']}, {result['edits']} edits; this run: {args.model}, "
+                             f"{len(records)} edits")
+        all_rows += [r for r in result["rows"] if r["editor"] not in editors]
+        details += [d for d in result["runs"] if d["editor"] not in editors]
+    if not editors:                               # only combining result files: no model needed
+        write(out, stem, args, settings, len(records), len(stream), all_rows, details)
+        return 0
     model_dir = build(args.model, out=model_path(args.model), progress=lambda m: print(m, file=sys.stderr))
     model, tokenizer = load_model(model_dir)
     split = split_facts(all_facts(), seed=0)
-    stream = read_records(f"data/errors/{args.model}.jsonl")
-    records = stream[: args.edits]
     if args.negatives:
         by_id = {f.id: f for f in all_facts()}
         for r in records:
@@ -247,21 +263,6 @@ def main() -> int:
         sets["test_subjects"] = [f.subject for f in split["test"]]
         sets["record_subjects"] = {r.id: facts[r.id].subject for r in records if r.id in facts}
     kl_examples = probe.cache(random.Random(0).sample(sets["memory"], min(args.kl_examples, len(sets["memory"]))))
-    stem = f"sequential_{args.model}_{len(records)}{('_' + args.tag) if args.tag else ''}"
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    editors = [e for e in args.editors.split(",") if e]
-    all_rows, details = [], []
-    earlier = [out / f"{stem}.json"] if args.append and (out / f"{stem}.json").exists() else []
-    for path in earlier + [Path(p) for p in args.merge]:  # other editors' results on the same stream
-        result = json.loads(Path(path).read_text())
-        if (result["model"], result["edits"]) != (args.model, len(records)):
-            raise SystemExit(f"{path}: {result['model']}, {result['edits']} edits; this run: {args.model}, "
-                             f"{len(records)} edits")
-        all_rows += [r for r in result["rows"] if r["editor"] not in editors]
-        details += [d for d in result["runs"] if d["editor"] not in editors]
-    if not editors:
-        write(out, stem, args, settings, len(records), len(stream), all_rows, details)
     for seed in [int(x) for x in args.seeds.split(",")]:
         for name in editors:
             torch.manual_seed(seed)
