@@ -17,7 +17,9 @@ settings in params.yaml, train.editor and train.models, as the pipeline runs the
               bias_shift 1, value_gain 1.25)
   reference   the reference implementation's settings (patcher.config.REFERENCE_SETTINGS)
   no-memory   ablation: no memory loss (beta = 0); stops at the 4th right check at the latest
-              (max_checks_right: without the memory loss the validation rule never stops a right edit)
+              (max_checks_right: without the memory loss the validation rule never stops a right edit) and
+              after 500 steps (max_steps; twice with the whole-vocabulary retry): without the memory loss
+              every earlier neuron fires on a new edit, and SmolLM2's edit 237 trained for over an hour
   ft-last     fine-tuning the last FFN on each mistake until it is right (patcher/finetune.py)
   ft-last-kl  the same with a KL term on locality examples from the memory's facts (FT+KL)
 """
@@ -51,7 +53,8 @@ from patcher.records import read_records  # noqa: E402
 from patcher.sequential import build_editor, fact_examples, set_threads  # noqa: E402
 from patcher.settings import PipelineSettings  # noqa: E402
 
-EDITORS = {"patcher": {}, "reference": REFERENCE_SETTINGS, "no-memory": {"beta": 0.0, "max_checks_right": 4},
+EDITORS = {"patcher": {}, "reference": REFERENCE_SETTINGS,
+           "no-memory": {"beta": 0.0, "max_checks_right": 4, "max_steps": 500},
            "ft-last": {"subject_layer": None}, "ft-last-kl": {"subject_layer": None}}
 FINE_TUNING = {"ft-last": {"kl_weight": 0.0}, "ft-last-kl": {"kl_weight": 1.0}}   # lr and steps: --ft-* options
 METRICS = ["SR", "GR", "ER", "TrainR", "TestR", "test_unchanged"]
