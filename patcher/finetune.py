@@ -48,6 +48,7 @@ class FineTuneEditor(Editor):
         self.kl_examples, self.kl_weight, self.kl_batch, self.ft_lr = list(kl_examples), kl_weight, kl_batch, lr
         self.opt = torch.optim.Adam(self.delta.tuned.parameters(), lr=lr)
         self._rng = torch.Generator().manual_seed(self.cfg.seed)
+        self._references: dict[int, torch.Tensor] = {}
 
     def logits(self, c: Cached, neurons=None) -> torch.Tensor:
         """(P, V); `neurons` given (the empty set of a locality baseline): that patch on the original model."""
@@ -55,14 +56,27 @@ class FineTuneEditor(Editor):
             return super().logits(c, neurons)
         return self.arch.tail(c.h + self.delta(c.q))
 
-    def _kl(self) -> torch.Tensor:
-        pick = torch.randperm(len(self.kl_examples), generator=self._rng)[: self.kl_batch]
-        q = torch.cat([self.kl_examples[i].q for i in pick])                 # (K, H) judged positions
-        h = torch.cat([self.kl_examples[i].h for i in pick])
-        with torch.no_grad():
-            reference = F.log_softmax(self.arch.tail(h), -1)
-        tuned = F.log_softmax(self.arch.tail(h + self.delta(q)), -1)
-        return F.kl_div(tuned, reference, log_target=True, reduction="batchmean")
+    def _forward(self, c: Cached) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (the edit's logits (P, V), with FT+KL the KL term on `kl_batch` locality examples drawn now, else
+        None), from one call of the output layer: it reads its whole weight matrix (~110 MB for SmolLM2) per
+        call, forward and backward, which bounds a step's time on a CPU."""
+        if not (self.kl_weight and self.kl_examples):
+            return self.logits(c), None
+        pick = torch.randperm(len(self.kl_examples), generator=self._rng)[: self.kl_batch].tolist()
+        q = torch.cat([c.q] + [self.kl_examples[i].q for i in pick])           # (P + K, H) judged positions
+        h = torch.cat([c.h] + [self.kl_examples[i].h for i in pick])
+        logits = self.arch.tail(h + self.delta(q))                               # (P + K, V)
+        reference = torch.cat([self._reference(i) for i in pick])               # (K, V)
+        tuned = F.log_softmax(logits[len(c.q):], -1)
+        return logits[: len(c.q)], F.kl_div(tuned, reference, log_target=True, reduction="batchmean")
+
+    @torch.no_grad()
+    def _reference(self, i: int) -> torch.Tensor:
+        """The original model's log-probabilities at locality example i's judged positions (P, V), computed once:
+        the original model's side needs no output layer at every step."""
+        if i not in self._references:
+            self._references[i] = F.log_softmax(self.arch.tail(self.kl_examples[i].h), -1)
+        return self._references[i]
 
     def edit(self, error_id: str, input: str, target: str, rephrases: list[str] = (), phrasings: list[str] = (),
              path: str = "fast") -> EditOutcome:
@@ -78,21 +92,26 @@ class FineTuneEditor(Editor):
             self.outcomes.append(outcome)
             return outcome
         self.edited[error_id] = c
-        step = 0
-        for step in range(1, self.cfg.max_steps + 1):
-            loss = self.task.edit_loss(self.logits(c).unsqueeze(0), c.targets, self.cfg)
-            if self.kl_weight and self.kl_examples:
-                loss = loss + self.kl_weight * self._kl()
+        step, loss = 0, None
+        while True:                # one forward per step: the logits after `step` updates, checked, then trained on
+            drawn = self._rng.get_state()
+            logits, kl = self._forward(c)                                        # (P, V), KL term or None
+            right = bool((self.task.leads(logits.detach(), c.targets) > self.cfg.success_margin).all())
+            if (step and right) or step == self.cfg.max_steps:
+                self._rng.set_state(drawn)       # the locality examples drawn for a step not taken: drawn again
+                break
+            step += 1
+            loss = self.task.edit_loss(logits.unsqueeze(0), c.targets, self.cfg)
+            if kl is not None:
+                loss = loss + self.kl_weight * kl
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            with torch.no_grad():
-                if bool((self.task.leads(self.logits(c), c.targets) > self.cfg.success_margin).all()):
-                    break
         right, lead, after = self.judge(c)
         seconds = time.perf_counter() - start
         generalization = self.accuracy(self.cache([Example(r, target) for r in rephrases])) if rephrases else None
         outcome = EditOutcome(error_id, input, "edited" if right else "failed", before, after, target, steps=step,
-                              seconds=seconds, lead=lead, generalization=generalization, losses={"loss": float(loss.detach())})
+                              seconds=seconds, lead=lead, generalization=generalization,
+                              losses={} if loss is None else {"loss": float(loss.detach())})
         self.outcomes.append(outcome)
         return outcome

@@ -36,6 +36,13 @@ def test_sequential_fine_tuning_fixes_edits(kl_weight, tokenizer, make_model):
     attempted = [o for o in outcomes if o.status != "skipped"]
     assert attempted and all(o.succeeded and o.steps >= 1 for o in attempted)
     assert len(editor.neurons) == 0 and editor.judge(editor.edited[attempted[-1].error_id])[0]   # the last holds
+    # it stops at the first step at which the edit is right: one step fewer leaves it wrong
+    first = attempted[0]
+    fact = next(f for f in FACTS if f.input == first.input)
+    shorter = FineTuneEditor(make_model("llama"), tokenizer, EditorConfig(max_steps=first.steps - 1), lr=1e-2,
+                             kl_weight=kl_weight, kl_examples=editor.kl_examples)
+    again = shorter.edit("again", fact.input, fact.target)
+    assert again.status == "failed" and again.steps == first.steps - 1
 
 
 def test_kl_term_keeps_locality_closer(tokenizer, make_model):
