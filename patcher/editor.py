@@ -249,6 +249,13 @@ class Editor:
                                                        subject_at=subject_at)
             steps += more
             trial, right, lead, after = self._kept(new, c)
+        if not right and self.cfg.retry_without_decay and self.cfg.weight_decay:
+            # weight decay holds a long answer's values back: its pull is per parameter, the edit loss's is a mean
+            # over every answer position of every wording
+            new, positions, more, losses = self._train(c, Example(input, target), path, extra, subject_at=subject_at,
+                                                       weight_decay=0.0)
+            steps += more
+            trial, right, lead, after = self._kept(new, c)
         status = "edited" if right else "failed"
         reason = None if right else f"not right within {self.cfg.max_steps} steps (smallest lead {lead:.3f})"
         keep = right or self.cfg.keep_failed
@@ -314,7 +321,7 @@ class Editor:
         return self.cfg.vocab_candidates if self.task.name == "generation" else 0
 
     def _train(self, c: Cached, example: Example, path: str, extra: list[Cached] = (),
-               candidates: int | None = None, subject_at: int | None = None):
+               candidates: int | None = None, subject_at: int | None = None, weight_decay: float | None = None):
         cfg = self.cfg
         positions = self.neuron_positions(c, extra)                            # (n,) judged-position indices
         generator = torch.Generator().manual_seed(cfg.seed + len(self.outcomes))
@@ -331,7 +338,8 @@ class Editor:
         else:
             raise ValueError(f"unknown path {path!r}: 'fast' or 'reference'")
 
-        opt = torch.optim.Adam(new.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        decay = cfg.weight_decay if weight_decay is None else weight_decay
+        opt = torch.optim.Adam(new.parameters(), lr=cfg.lr, weight_decay=decay, fused=True)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor,
                                                            patience=cfg.plateau_patience, min_lr=cfg.min_lr)
         previous_val, step, parts, right_checks = None, 0, {}, 0

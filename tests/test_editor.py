@@ -133,6 +133,15 @@ def test_max_checks_right_bounds_training_once_the_edit_is_right(tokenizer, make
     assert bounded.steps == quickest.steps and once.succeeded and once.steps == bounded.steps - 25
 
 
+def test_an_edit_that_weight_decay_holds_back_is_trained_again_without_it(tokenizer, make_model):
+    # a decay strong enough to pin the value scales near 0 (as 0.01 did for SmolLM2's 18-token answer)
+    cfg = dict(weight_decay=1e4, max_steps=500, vocab_candidates=0)
+    held = editor_for(make_model, tokenizer, "llama", retry_without_decay=False, **cfg).edit("e0", FACTS[0].input, "paris")
+    retried = editor_for(make_model, tokenizer, "llama", **cfg).edit("e0", FACTS[0].input, "paris")
+    assert held.status == "failed" and held.steps == 500
+    assert retried.succeeded and 500 < retried.steps < 1000 and retried.lead > 0
+
+
 def test_bias_shift_and_value_gain_apply_to_each_new_neuron_unless_the_edit_would_be_wrong(tokenizer, make_model):
     text, target = EDITS[0]
     plain = editor_for(make_model, tokenizer, "llama", vocab_candidates=0)      # one training each: alike
