@@ -244,16 +244,11 @@ class Editor:
             if self.cfg.subject_layer is not None else None
         new, positions, steps, losses = self._train(c, Example(input, target), path, extra, subject_at=subject_at)
         trial, right, lead, after = self._kept(new, c)
-        if not right and self._candidates():        # the shortcut failed: train again on the whole vocabulary
-            new, positions, more, losses = self._train(c, Example(input, target), path, extra, candidates=0,
-                                                       subject_at=subject_at)
-            steps += more
-            trial, right, lead, after = self._kept(new, c)
-        if not right and self.cfg.retry_without_decay and self.cfg.weight_decay:
-            # weight decay holds a long answer's values back: its pull is per parameter, the edit loss's is a mean
-            # over every answer position of every wording
+        for retry in self._retries():
+            if right:
+                break
             new, positions, more, losses = self._train(c, Example(input, target), path, extra, subject_at=subject_at,
-                                                       weight_decay=0.0)
+                                                       **retry)
             steps += more
             trial, right, lead, after = self._kept(new, c)
         status = "edited" if right else "failed"
@@ -274,6 +269,16 @@ class Editor:
                               lead=lead, generalization=generalization, losses=losses, reason=reason)
         self.outcomes.append(outcome)
         return outcome
+
+    def _retries(self) -> list[dict]:
+        """How an edit still wrong is trained again, in order: on the whole vocabulary (when training used
+        candidates), then without weight decay (retry_without_decay: decay pulls on every parameter alike, while
+        the edit loss is a mean over every answer position of every wording, and held a long answer's values
+        back)."""
+        retries = [{"candidates": 0}] if self._candidates() else []
+        if self.cfg.retry_without_decay and self.cfg.weight_decay:
+            retries.append({"weight_decay": 0.0})
+        return retries
 
     def _kept(self, new: NewNeurons, c: Cached) -> tuple[PatchNeurons, bool, float, str]:
         """The patch set with the new neurons, their biases raised by config.bias_shift and values scaled by
