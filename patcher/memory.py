@@ -83,10 +83,10 @@ class Memory:
     # --- pre-activations of (new) neurons over the memory ------------------------------------------------
     def preactivation(self, neurons) -> torch.Tensor:
         """(N, n): every memory position's pre-activation of `neurons` (keys, biases, subject_keys)."""
-        a = self.vectors @ neurons.keys.t() + neurons.biases
+        a = _times(self.vectors, neurons.keys) + neurons.biases
         if self.z is None:
             return a
-        return a + self._running_max_rows(self.z @ neurons.subject_keys.t())[0]
+        return a + self._running_max_rows(_times(self.z, neurons.subject_keys))[0]
 
     def top_preactivation(self, neurons, k: int) -> torch.Tensor:
         """(k, n): each neuron's k highest memory pre-activations. Only they carry a gradient, so they are found
@@ -95,9 +95,9 @@ class Memory:
         if len(self) <= k:
             return self.preactivation(neurons)
         with torch.no_grad():
-            a = self.vectors @ neurons.keys.t() + neurons.biases                    # (N, n)
+            a = _times(self.vectors, neurons.keys) + neurons.biases                  # (N, n)
             if self.z is not None:
-                best, where = self._running_max_rows(self.z @ neurons.subject_keys.t())
+                best, where = self._running_max_rows(_times(self.z, neurons.subject_keys))
                 a = a + best
             rows = a.topk(k, dim=0).indices                                         # (k, n)
         top = torch.einsum("knh,nh->kn", self.vectors[rows], neurons.keys) + neurons.biases
@@ -121,6 +121,14 @@ class Memory:
         padded = scores.new_full((s, t, scores.shape[1]), float("-inf")).index_put((rows, cols), scores)
         best, index = padded.cummax(1)                                              # (S, T, n)
         return best[rows, cols], index[rows, cols] + starts.unsqueeze(-1)
+
+
+def _times(rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(N, H), (n, H) -> rows @ keys.t() (N, n). One key is multiplied as two: on a CPU the BLAS's matrix-vector
+    path read a 98k x 576 memory in 14.5 ms, its matrix-matrix path in 6.7 ms (2 cores)."""
+    if len(keys) == 1 and rows.device.type == "cpu":
+        return (rows @ keys.repeat(2, 1).t())[:, :1]
+    return rows @ keys.t()
 
 
 def _room(buffer: torch.Tensor, used: int, needed: int) -> torch.Tensor:

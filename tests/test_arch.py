@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from patcher import Editor, EditorConfig, PatchBranch, PatchNeurons
+from patcher.arch import OutputLayer
 from patcher.models.tiny import ARCHS
 from patcher.tasks import Example
 
@@ -50,3 +51,18 @@ def test_patched_cache_equals_whole_model_with_branch(arch, tokenizer, make_mode
 def test_unsupported_architecture_is_named(tokenizer):
     with pytest.raises(ValueError, match="unsupported architecture Linear"):
         Editor(torch.nn.Linear(2, 2), tokenizer)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 12])
+def test_output_layer_is_the_plain_product_in_value_and_gradient_whatever_its_orientation(rows):
+    # 2-8 rows take the transposed product (patcher.arch.OutputLayer), the rest the plain one
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(300, 16, generator=g)
+    x = torch.randn(rows, 3, 16, generator=g)[:, 0].requires_grad_(True)      # a strided view, as cached rows are
+    out = OutputLayer(weight)(x)
+    out.pow(2).sum().backward()
+    expected = x.detach().clone().requires_grad_(True)
+    (expected @ weight.t()).pow(2).sum().backward()
+    assert out.shape == (rows, 300)
+    assert torch.allclose(out, expected @ weight.t(), atol=1e-5)
+    assert torch.allclose(x.grad, expected.grad, rtol=1e-5, atol=1e-4)

@@ -335,9 +335,10 @@ def test_an_answer_with_more_wrong_tokens_than_neurons_fails_at_once_with_the_re
     assert editor.accuracy([editor.edited["e0"]]) == 0.0                    # counted in ER as a wrong edit
 
 
-@pytest.mark.parametrize("subject_layer", [None, 0])
-def test_memory_losses_equal_the_dense_top_k_in_value_and_gradient(subject_layer, tokenizer, make_model):
-    # with a subject key (patcher/subject.py) the recomputed rows read z where each prompt's running max was
+@pytest.mark.parametrize("subject_layer,neurons", [(None, 2), (0, 2), (0, 1)])
+def test_memory_losses_equal_the_dense_top_k_in_value_and_gradient(subject_layer, neurons, tokenizer, make_model):
+    # with a subject key (patcher/subject.py) the recomputed rows read z where each prompt's running max was;
+    # one neuron's pass over the memory is a product with its key twice (patcher.memory._times)
     editor = editor_for(make_model, tokenizer, "gpt2", subject_layer=subject_layer)
     c = editor.cache([Example(FACTS[0].input, "paris")])[0]
     cfg = EditorConfig(mem_topk=5)
@@ -345,11 +346,11 @@ def test_memory_losses_equal_the_dense_top_k_in_value_and_gradient(subject_layer
     results = []
     for losses in (memory_losses, dense_memory_losses):
         g = torch.Generator().manual_seed(1)
-        new = NewNeurons(c.q[:2], "relu", 10.0, torch.Generator().manual_seed(0),          # one per answer token
+        new = NewNeurons(c.q[:neurons], "relu", 10.0, torch.Generator().manual_seed(0),    # one per answer token
                          z_subject=None if c.z is None else c.z[3])
         for key in [new.keys] + ([new.subject_keys] if c.z is not None else []):
             key.data += 0.05 * key.data.norm() / key.shape[1] ** 0.5 * torch.randn(key.shape, generator=g)
-        a_edit = new.preactivation(c.q[:2], c.z, None if c.at is None else c.at[:2]).diagonal().unsqueeze(0)  # (1, 2)
+        a_edit = new.preactivation(c.q[:neurons], c.z, None if c.at is None else c.at[:neurons]).diagonal().unsqueeze(0)
         l_m1, l_m2 = losses(cfg, a_edit, editor.memory, new)
         (l_m1 + l_m2).backward()
         results.append((l_m1.item(), l_m2.item(), [p.grad for p in new.parameters() if p.grad is not None]))
