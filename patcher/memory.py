@@ -86,7 +86,7 @@ class Memory:
         a = _times(self.vectors, neurons.keys) + neurons.biases
         if self.z is None:
             return a
-        return a + self._running_max_rows(_times(self.z, neurons.subject_keys))[0]
+        return a + self._running_max(_times(self.z, neurons.subject_keys))
 
     def top_preactivation(self, neurons, k: int) -> torch.Tensor:
         """(k, n): each neuron's k highest memory pre-activations. Only they carry a gradient, so they are found
@@ -97,30 +97,53 @@ class Memory:
         with torch.no_grad():
             a = _times(self.vectors, neurons.keys) + neurons.biases                  # (N, n)
             if self.z is not None:
-                best, where = self._running_max_rows(_times(self.z, neurons.subject_keys))
-                a = a + best
+                scores = _times(self.z, neurons.subject_keys)                        # (N, n)
+                a = a + self._running_max(scores)
             rows = a.topk(k, dim=0).indices                                         # (k, n)
-        top = torch.einsum("knh,nh->kn", self.vectors[rows], neurons.keys) + neurons.biases
+        top = _rows_times(self.vectors, rows, neurons.keys) + neurons.biases
         if self.z is not None:
-            top = top + torch.einsum("knh,nh->kn", self.z[where.gather(0, rows)], neurons.subject_keys)
+            top = top + _rows_times(self.z, self._argmax_before(scores, rows), neurons.subject_keys)
         return top
 
     def _layout(self):
-        """Each position's prompt, its index in it and its prompt's first row, for a (S, T, n) layout. -> (rows
-        (N,), cols (N,), starts (N,), S, T); kept until the memory grows."""
+        """Each position's index in its prompt (N,), its prompt's first row (N,) and the longest prompt; kept
+        until the memory grows."""
         if self._layout_cache is None or len(self._layout_cache[0]) != len(self):
             first = self.lengths.cumsum(0) - self.lengths                              # (S,)
-            rows = torch.repeat_interleave(torch.arange(len(self.lengths), device=self.vectors.device), self.lengths)
-            cols = torch.arange(len(self), device=self.vectors.device) - first[rows]
-            self._layout_cache = (rows, cols, first[rows], len(self.lengths), int(self.lengths.max()))
+            prompt = torch.repeat_interleave(torch.arange(len(self.lengths), device=self.vectors.device), self.lengths)
+            cols = torch.arange(len(self), device=self.vectors.device) - first[prompt]
+            self._layout_cache = (cols, first[prompt], int(self.lengths.max()))
         return self._layout_cache
 
-    def _running_max_rows(self, scores: torch.Tensor):
-        """scores (N, n) -> (running max within each prompt (N, n), the memory row where it is attained (N, n))."""
-        rows, cols, starts, s, t = self._layout()
-        padded = scores.new_full((s, t, scores.shape[1]), float("-inf")).index_put((rows, cols), scores)
-        best, index = padded.cummax(1)                                              # (S, T, n)
-        return best[rows, cols], index[rows, cols] + starts.unsqueeze(-1)
+    def _running_max(self, scores: torch.Tensor) -> torch.Tensor:
+        """scores (N, n) -> the max over each row's prompt up to it (N, n), by doubling: after the round with
+        step s, a row holds the max over its last 2s positions. The memory's rows are prompts one after the
+        other; log2(longest prompt) passes over (N, n) cost a third of a cummax over a padded (S, T, n) layout."""
+        cols, _, longest = self._layout()
+        best, step = scores, 1
+        while step < longest:
+            back = (cols[step:] >= step).unsqueeze(-1)                                 # the row `step` back is in the prompt
+            best = torch.cat([best[:step], torch.where(back, torch.maximum(best[step:], best[:-step]), best[step:])])
+            step *= 2
+        return best
+
+    def _argmax_before(self, scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """scores (N, n), rows (k, n) -> for each row and neuron, the row of its prompt up to it where scores
+        peak (k, n)."""
+        _, first, longest = self._layout()
+        start = first[rows]                                                          # (k, n)
+        back = torch.arange(longest, device=rows.device)                             # (T,)
+        at = (start.unsqueeze(-1) + back).clamp_max(len(scores) - 1)                 # (k, n, T)
+        column = torch.arange(scores.shape[1], device=rows.device).view(1, -1, 1)
+        seen = scores[at, column].masked_fill(at > rows.unsqueeze(-1), float("-inf"))
+        return start + seen.argmax(-1)
+
+
+def _rows_times(matrix: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(N, H), rows (k, n), keys (n, H) -> matrix[rows[i, j]] . keys[j] (k, n); as a product and a sum, 3x
+    faster than a batched matrix product for the few neurons of one edit."""
+    picked = matrix.index_select(0, rows.flatten()).view(*rows.shape, matrix.shape[-1])   # (k, n, H)
+    return (picked * keys).sum(-1)
 
 
 def _times(rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

@@ -93,6 +93,21 @@ def test_memory_appends_in_place_and_keeps_earlier_rows():
         memory.append(parts[0], parts[0])
 
 
+def test_memory_running_max_is_each_prompts_cummax_and_points_back_to_its_row():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 40, (60,), generator=g)
+    n = int(lengths.sum())
+    memory = Memory(torch.randn(n, 4, generator=g), torch.randn(n, 4, generator=g), lengths)
+    scores = torch.randn(n, 3, generator=g)
+    expected = torch.cat([s.cummax(0).values for s in scores.split(lengths.tolist())])        # (N, 3)
+    assert torch.equal(memory._running_max(scores), expected)
+    rows = torch.randint(0, n, (50, 3), generator=g)
+    where = memory._argmax_before(scores, rows)
+    prompt = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    assert bool((where <= rows).all()) and torch.equal(prompt[where], prompt[rows])
+    assert torch.equal(scores.gather(0, where), expected.gather(0, rows))
+
+
 def test_failed_edit_is_reported_and_not_kept(tokenizer, make_model):
     editor = editor_for(make_model, tokenizer, "gpt2", max_steps=2)
     outcome = editor.edit("e0", FACTS[0].input, "paris")
