@@ -83,7 +83,7 @@ def patch_loss(cfg: EditorConfig, edit_loss: torch.Tensor, a_edit: torch.Tensor,
     l_a = _topk_mean(torch.exp(cfg.act_margin - a_edit), cfg.act_topk)
     parts = {"l_e": edit_loss, "l_a": l_a}
     total = edit_loss + cfg.alpha * l_a
-    if memory is not None and len(memory):
+    if memory is not None and len(memory) and cfg.beta:       # beta 0 (the ablation): no pass over the memory
         parts["l_m1"], parts["l_m2"] = memory_losses(cfg, a_edit, memory, new)
         total = total + cfg.beta * (parts["l_m1"] + parts["l_m2"])
     return total, parts
@@ -97,7 +97,7 @@ def _topk_mean(x: torch.Tensor, k: int) -> torch.Tensor:
 def memory_losses(cfg: EditorConfig, a_edit: torch.Tensor, memory: Memory, new: "NewNeurons"):
     """a_edit (C, n) -> (l_m1, l_m2) over the top-k memory pre-activations of the new neurons
     (Memory.top_preactivation: one pass over the growing memory, the dense top-k's value and gradient)."""
-    top = memory.top_preactivation(new, cfg.mem_topk)                              # (k, n)
+    top = memory.top_preactivation(new, cfg.mem_topk, cfg.memory_search)           # (k, n)
     l_m1 = torch.exp(top.unsqueeze(0) - a_edit.unsqueeze(1) + cfg.m1).mean()         # (C, k, n)
     l_m2 = torch.exp(top - cfg.m2).mean()
     return l_m1, l_m2

@@ -21,6 +21,7 @@ class Memory:
         self._q, self._z, self._n = vectors, z, len(vectors)   # buffers (capacity, H): rows past _n are free
         self.lengths = lengths                       # (S,) or None
         self._layout_cache = None
+        self._int8: dict[str, Int8Rows] = {}         # int8 copies of vectors ("q") and z, for search="int8"
 
     @property
     def vectors(self) -> torch.Tensor:
@@ -88,22 +89,43 @@ class Memory:
             return a
         return a + self._running_max(_times(self.z, neurons.subject_keys))
 
-    def top_preactivation(self, neurons, k: int) -> torch.Tensor:
+    def top_preactivation(self, neurons, k: int, search: str = "exact") -> torch.Tensor:
         """(k, n): each neuron's k highest memory pre-activations. Only they carry a gradient, so they are found
         without autograd and only their rows are recomputed with it (for the subject part, the row where the
-        running max was attained): the dense top-k's value and gradient in one pass over the memory."""
+        running max was attained): the dense top-k's value and gradient in one pass over the memory.
+        search "int8" (on a CPU, over 8k rows; else exact): the pass reads an int8 copy of the memory, 4x fewer
+        bytes (it is bound by memory bandwidth), and the rows it ranks highest are scored exactly. It can swap
+        rows of nearly equal value at the k-th place, and read a prompt's running max at a position that nearly
+        ties with the max: on SmolLM2's memory after 236 edits (98k rows) the top 1000 of trained neurons were
+        off by at most 0.12 at the k-th place (a value of -7 to -9) and the memory loss by under 1e-6."""
         if len(self) <= k:
             return self.preactivation(neurons)
+        approximate = search == "int8" and self.vectors.device.type == "cpu" and len(self) > 8 * k
         with torch.no_grad():
-            a = _times(self.vectors, neurons.keys) + neurons.biases                  # (N, n)
+            times = self._int8_times if approximate else self._times
+            a = times("q", neurons.keys) + neurons.biases                                    # (N, n)
             if self.z is not None:
-                scores = _times(self.z, neurons.subject_keys)                        # (N, n)
+                scores = times("z", neurons.subject_keys)                                    # (N, n)
                 a = a + self._running_max(scores)
-            rows = a.topk(k, dim=0).indices                                         # (k, n)
+            rows = a.topk(k, dim=0).indices                                                 # (k, n)
         top = _rows_times(self.vectors, rows, neurons.keys) + neurons.biases
         if self.z is not None:
             top = top + _rows_times(self.z, self._argmax_before(scores, rows), neurons.subject_keys)
         return top
+
+    def _times(self, which: str, keys: torch.Tensor) -> torch.Tensor:
+        return _times(self.vectors if which == "q" else self.z, keys)
+
+    def _int8_times(self, which: str, keys: torch.Tensor) -> torch.Tensor:
+        """Approximately vectors @ keys.t() ("q") or z @ keys.t() ("z"), (N, n), from int8 copies kept up to
+        date with the memory."""
+        rows = self.vectors if which == "q" else self.z
+        copy = self._int8.get(which)
+        if copy is None:
+            copy = self._int8[which] = Int8Rows(rows)
+        elif len(copy) < len(rows):
+            copy.append(rows[len(copy):])
+        return copy.times(keys)
 
     def _layout(self):
         """Each position's index in its prompt (N,), its prompt's first row (N,) and the longest prompt; kept
@@ -137,6 +159,37 @@ class Memory:
         column = torch.arange(scores.shape[1], device=rows.device).view(1, -1, 1)
         seen = scores[at, column].masked_fill(at > rows.unsqueeze(-1), float("-inf"))
         return start + seen.argmax(-1)
+
+
+class Int8Rows:
+    """An int8 copy of a growing (N, H) matrix, for an approximate product with a few keys. Each column is first
+    divided by the square root of its largest magnitude (the last FFN input has outlier dimensions: SmolLM2's
+    largest is 32, the median 1; per-row scales alone were off by 0.2 on average, by 0.04 this way), each row
+    then scaled to +-127."""
+
+    def __init__(self, rows: torch.Tensor):
+        self.columns = rows.abs().amax(0).clamp_min(1e-6).sqrt()                    # (H,)
+        self._q = torch.empty(0, rows.shape[1], dtype=torch.int8, device=rows.device)
+        self._scale = torch.empty(0, dtype=torch.bfloat16, device=rows.device)
+        self._n = 0
+        self.append(rows)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, rows: torch.Tensor) -> None:
+        x = rows / self.columns
+        scale = x.abs().amax(1).clamp_min(1e-12) / 127                              # (m,)
+        end = self._n + len(rows)
+        self._q, self._scale = _room(self._q, self._n, end), _room(self._scale, self._n, end)
+        self._q[self._n:end] = (x / scale.unsqueeze(-1)).round().clamp(-127, 127).to(torch.int8)
+        self._scale[self._n:end] = scale.to(torch.bfloat16)
+        self._n = end
+
+    def times(self, keys: torch.Tensor) -> torch.Tensor:
+        """keys (n, H) -> approximately rows @ keys.t() (N, n)."""
+        scaled = (keys * self.columns).to(torch.bfloat16)
+        return torch._weight_int8pack_mm(scaled, self._q[: self._n], self._scale[: self._n]).float().t()
 
 
 def _rows_times(matrix: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

@@ -108,6 +108,37 @@ def test_memory_running_max_is_each_prompts_cummax_and_points_back_to_its_row():
     assert torch.equal(scores.gather(0, where), expected.gather(0, rows))
 
 
+def test_the_int8_memory_search_finds_the_top_rows_and_scores_them_exactly():
+    g = torch.Generator().manual_seed(0)
+
+    def prompts(count):
+        lengths = torch.randint(1, 30, (count,), generator=g)
+        rows = torch.randn(int(lengths.sum()), 64, generator=g)
+        rows[:, 0] *= 30                                     # an outlier dimension, as the last FFN input has
+        return rows, torch.randn(len(rows), 64, generator=g), lengths
+
+    memory = Memory(*prompts(700))
+    neurons = NewNeurons(torch.randn(2, 64, generator=g), "relu", 1.0, g, z_subject=torch.randn(64, generator=g))
+    for extra in range(2):              # the int8 copies are made at the first search, then follow the appends
+        assert len(memory) > 8 * 1000
+        tops = []
+        for search in ("exact", "int8"):
+            neurons.zero_grad()
+            top = memory.top_preactivation(neurons, 1000, search)                     # (k, n)
+            torch.exp(top + 3).mean().backward()
+            tops.append((top.detach().sort(0, descending=True).values, [p.grad.clone() for p in
+                                                                         (neurons.keys, neurons.subject_keys)]))
+        (exact, exact_grads), (found, found_grads) = tops
+        assert torch.allclose(found[:100], exact[:100], atol=1e-5)         # the top rows, scored exactly
+        assert float((found - exact).abs().max()) < 0.2                    # near the k-th: nearly equal rows swap
+        assert torch.exp(found + 3).sum() == pytest.approx(float(torch.exp(exact + 3).sum()), rel=1e-3)
+        for grad, expected in zip(found_grads, exact_grads):
+            assert float((grad - expected).norm() / expected.norm()) < 0.05     # measured 0.002-0.02
+        q, z, lengths = prompts(50)
+        for i, (rows_q, rows_z) in enumerate(zip(q.split(lengths.tolist()), z.split(lengths.tolist()))):
+            memory.append(rows_q, rows_z)
+
+
 def test_failed_edit_is_reported_and_not_kept(tokenizer, make_model):
     editor = editor_for(make_model, tokenizer, "gpt2", max_steps=2)
     outcome = editor.edit("e0", FACTS[0].input, "paris")
