@@ -90,6 +90,11 @@ class Arch:
         the rest of the output layer)."""
         return self.tail(h)[..., rows]
 
+    def backbone(self) -> nn.Module:
+        """The model without its LM head: what caching q and h runs (the head's product at every position of a
+        batch was a fifth of SmolLM2's forward pass, and the cache reads only h before it)."""
+        return self.model
+
     def ffn_in_at(self, layer: int) -> nn.Module:
         """The module whose first input is layer `layer`'s FFN input (the subject key, patcher/subject.py);
         decoder-only models only: position t of that input has seen positions p <= t alone."""
@@ -178,6 +183,9 @@ class LlamaArch(Arch):
     def tail_rows(self, h, rows):
         return self.norm_in(h) @ self.model.lm_head.weight[rows].t()              # (..., R)
 
+    def backbone(self):
+        return self.model.model
+
     def ffn_in_at(self, layer):
         return self.model.model.layers[layer].mlp
 
@@ -205,6 +213,9 @@ class GPT2Arch(Arch):
 
     def tail_rows(self, h, rows):
         return self.norm_in(h) @ self.model.lm_head.weight[rows].t()              # (..., R)
+
+    def backbone(self):
+        return self.model.transformer
 
     def ffn_in_at(self, layer):
         return self.model.transformer.h[layer].mlp
@@ -251,6 +262,9 @@ class BartArch(Arch):
 
     def tail_rows(self, h, rows):
         return self.norm_in(h) @ self.model.lm_head.weight[rows].t() + self.model.final_logits_bias[0, rows]
+
+    def backbone(self):
+        return self.model.model
 
     def ffn_module(self):
         return nn.Sequential(self.layer.fc1, self.ffn_act, self.layer.fc2)

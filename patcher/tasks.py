@@ -109,7 +109,7 @@ class Task:
             try:
                 was_training = model.training
                 model.eval()
-                model(**{k: v.to(device) for k, v in inputs.items()})
+                arch.backbone()(**{k: v.to(device) for k, v in inputs.items()})
                 model.train(was_training)
             finally:
                 for hook in hooks:
