@@ -67,3 +67,13 @@ def test_pipeline_run_overrides_parse_as_params_sections():
         {"gate": {"test_retain": 0.995}, "approve": {"policy": "auto"}, "register": {"repo": None}}
     with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
         _section_overrides(["test_retain=0.9"])
+
+
+@pytest.mark.parametrize("model", ["factcheck-minilm", "facts-smollm2"])
+def test_the_reference_settings_pin_every_setting_a_models_pipeline_changes(model):
+    # bench/sequential.py's `reference` editor applies them over the model's params.yaml settings
+    from patcher import EditorConfig
+    from patcher.config import REFERENCE_SETTINGS
+
+    pipeline = PipelineSettings.load().train.editor_overrides(model)
+    assert EditorConfig(**{**pipeline, **REFERENCE_SETTINGS}) == EditorConfig.reference()
