@@ -125,7 +125,7 @@ class EditorConfig:
     reference_dropout: bool = _f(True, "reference path: dropout on while training (as the reference)")
     memory_search: str = _f("int8", "how the memory loss finds each neuron's top mem_topk memory rows on a CPU: "
                                     "'exact' (a float32 pass over the memory every step) or 'int8' (a pass over an "
-                                    "int8 copy, 4x fewer bytes to read, then the 2 x mem_topk best rows scored "
+                                    "int8 copy, 4x fewer bytes to read, the rows it ranks highest then scored "
                                     "exactly; patcher/memory.py). The pass is bound by memory bandwidth and was most "
                                     "of a SmolLM2 step late in the stream (~100k rows)")
     memory_size: int = _f(40000, "most FFN-input vectors kept from the training split for the memory "

@@ -84,10 +84,10 @@ class Memory:
     # --- pre-activations of (new) neurons over the memory ------------------------------------------------
     def preactivation(self, neurons) -> torch.Tensor:
         """(N, n): every memory position's pre-activation of `neurons` (keys, biases, subject_keys)."""
-        a = _times(self.vectors, neurons.keys) + neurons.biases
+        a = self._times("q", neurons.keys) + neurons.biases
         if self.z is None:
             return a
-        return a + self._running_max(_times(self.z, neurons.subject_keys))
+        return a + self._running_max(self._times("z", neurons.subject_keys))
 
     def top_preactivation(self, neurons, k: int, search: str = "exact") -> torch.Tensor:
         """(k, n): each neuron's k highest memory pre-activations. Only they carry a gradient, so they are found
