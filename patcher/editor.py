@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -76,15 +77,16 @@ class NewNeurons(nn.Module):
 
 
 def patch_loss(cfg: EditorConfig, edit_loss: torch.Tensor, a_edit: torch.Tensor, memory: Memory | None,
-               new: "NewNeurons") -> tuple[torch.Tensor, dict]:
+               new: "NewNeurons", skip: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """L = l_e + alpha * l_a + beta * (l_m1 + l_m2), from the edit loss and the new neurons' pre-activations
     on the edit input, a_edit (C, n) for C copies of it. l_a pushes a_edit up; l_m1 pushes it above the
-    top-k memory pre-activations by m1; l_m2 pushes those below m2."""
+    top-k memory pre-activations by m1; l_m2 pushes those below m2. `skip`: memory rows left out (the edit's
+    own wordings, where an earlier edit remembered them)."""
     l_a = _topk_mean(torch.exp(cfg.act_margin - a_edit), cfg.act_topk)
     parts = {"l_e": edit_loss, "l_a": l_a}
     total = edit_loss + cfg.alpha * l_a
     if memory is not None and len(memory) and cfg.beta:       # beta 0 (the ablation): no pass over the memory
-        parts["l_m1"], parts["l_m2"] = memory_losses(cfg, a_edit, memory, new)
+        parts["l_m1"], parts["l_m2"] = memory_losses(cfg, a_edit, memory, new, skip)
         total = total + cfg.beta * (parts["l_m1"] + parts["l_m2"])
     return total, parts
 
@@ -94,10 +96,12 @@ def _topk_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.mean() if k >= x.shape[0] else x.topk(k, dim=0).values.mean()
 
 
-def memory_losses(cfg: EditorConfig, a_edit: torch.Tensor, memory: Memory, new: "NewNeurons"):
-    """a_edit (C, n) -> (l_m1, l_m2) over the top-k memory pre-activations of the new neurons
-    (Memory.top_preactivation: one pass over the growing memory, the dense top-k's value and gradient)."""
-    top = memory.top_preactivation(new, cfg.mem_topk, cfg.memory_search)           # (k, n)
+def memory_losses(cfg: EditorConfig, a_edit: torch.Tensor, memory: Memory, new: "NewNeurons",
+                  skip: torch.Tensor | None = None):
+    """a_edit (C, n) -> (l_m1, l_m2) over the top-k memory pre-activations of the new neurons, but the rows
+    `skip` marks (Memory.top_preactivation: one pass over the growing memory, the dense top-k's value and
+    gradient)."""
+    top = memory.top_preactivation(new, cfg.mem_topk, cfg.memory_search, skip)     # (k, n)
     l_m1 = torch.exp(top.unsqueeze(0) - a_edit.unsqueeze(1) + cfg.m1).mean()         # (C, k, n)
     l_m2 = torch.exp(top - cfg.m2).mean()
     return l_m1, l_m2
@@ -213,7 +217,7 @@ class Editor:
         c = self.cache([Example(input, target)])[0]
         right, lead, before = self.judge(c)
         if right:
-            self._remember(c)
+            self._remember(c, input)
             outcome = EditOutcome(error_id, input, "skipped", before, before, target, lead=lead,
                                   seconds=time.perf_counter() - start)
             self.outcomes.append(outcome)
@@ -222,7 +226,7 @@ class Editor:
         if wrong > self.cfg.max_neurons_per_edit:
             # each neuron fixes its own answer position: training could not make this edit right
             self.edited[error_id] = c
-            self._remember(c)
+            self._remember(c, input)
             outcome = EditOutcome(error_id, input, "failed", before, before, target, lead=lead,
                                   seconds=time.perf_counter() - start,
                                   reason=f"{wrong} answer tokens wrong, at most {self.cfg.max_neurons_per_edit} "
@@ -237,18 +241,20 @@ class Editor:
                              "input alone (set phrasings=0)")
         if self.cfg.subject_layer is not None and path != "fast":
             raise ValueError("the subject key (subject_layer) is a fast-path extension")
-        for negative in self.cache([Example(n, target) for n in negatives]):
-            self._remember(negative)
+        for text, negative in zip(negatives, self.cache([Example(n, target) for n in negatives])):
+            self._remember(negative, text)
         # the subject key starts at the subject: the text the input shares with its phrasings (else its last token)
         subject_at = subject_position(self.tokenizer, input, shared_text(input, wordings)) \
             if self.cfg.subject_layer is not None else None
-        new, positions, steps, losses = self._train(c, Example(input, target), path, extra, subject_at=subject_at)
+        # an earlier edit may have remembered this edit's own wordings (as its negatives): not rows to stay silent on
+        skip = self.memory.rows_of([input, *wordings]) if self.memory is not None else None
+        train = partial(self._train, c, Example(input, target), path, extra, subject_at=subject_at, skip=skip)
+        new, positions, steps, losses = train()
         trial, right, lead, after = self._kept(new, c)
         for retry in self._retries():
             if right:
                 break
-            new, positions, more, losses = self._train(c, Example(input, target), path, extra, subject_at=subject_at,
-                                                       **retry)
+            new, positions, more, losses = train(**retry)
             steps += more
             trial, right, lead, after = self._kept(new, c)
         status = "edited" if right else "failed"
@@ -258,8 +264,8 @@ class Editor:
             self.neurons = trial
             self.owners += [error_id] * len(positions)
         self.edited[error_id] = c
-        for seen in [c, *extra]:
-            self._remember(seen)
+        for text, seen in zip([input, *wordings], [c, *extra]):
+            self._remember(seen, text)
         seconds = time.perf_counter() - start              # the edit itself; measuring GR below is not part of it
         generalization = None
         if rephrases:
@@ -308,9 +314,9 @@ class Editor:
         self.neurons = self.neurons.with_shifts(kept)
         return int((kept < shifts).sum())
 
-    def _remember(self, c: Cached) -> None:
+    def _remember(self, c: Cached, text: str | None = None) -> None:
         if self.memory is not None:
-            self.memory.append(c.q_memory, c.z)
+            self.memory.append(c.q_memory, c.z, text)
 
     def neuron_positions(self, c: Cached, extra: list[Cached] = ()) -> torch.Tensor:
         """Judged positions that get a neuron: classification [CLS]; generation the answer tokens not yet
@@ -326,7 +332,8 @@ class Editor:
         return self.cfg.vocab_candidates if self.task.name == "generation" else 0
 
     def _train(self, c: Cached, example: Example, path: str, extra: list[Cached] = (),
-               candidates: int | None = None, subject_at: int | None = None, weight_decay: float | None = None):
+               candidates: int | None = None, subject_at: int | None = None, weight_decay: float | None = None,
+               skip: torch.Tensor | None = None):
         cfg = self.cfg
         positions = self.neuron_positions(c, extra)                            # (n,) judged-position indices
         generator = torch.Generator().manual_seed(cfg.seed + len(self.outcomes))
@@ -350,7 +357,7 @@ class Editor:
         previous_val, step, parts, right_checks = None, 0, {}, 0
         for step in range(1, cfg.max_steps + 1):
             logits, a_edit = forward(True)                                     # (C, P, V), (C, n)
-            loss, parts = patch_loss(cfg, self.task.edit_loss(logits, targets(), cfg), a_edit, self.memory, new)
+            loss, parts = patch_loss(cfg, self.task.edit_loss(logits, targets(), cfg), a_edit, self.memory, new, skip)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(new.parameters(), cfg.grad_clip)

@@ -22,6 +22,7 @@ class Memory:
         self.lengths = lengths                       # (S,) or None
         self._layout_cache = None
         self._int8: dict[str, Int8Rows] = {}         # int8 copies of vectors ("q") and z, for search="int8"
+        self.spans: dict[str, list[tuple[int, int]]] = {}   # text -> its rows [start, end), for appends that name it
 
     @property
     def vectors(self) -> torch.Tensor:
@@ -62,8 +63,9 @@ class Memory:
     def __len__(self) -> int:
         return self._n
 
-    def append(self, q: torch.Tensor, z: torch.Tensor | None = None) -> None:
-        """One more prompt's FFN inputs (and, with a subject key, its z at the same positions). The buffers
+    def append(self, q: torch.Tensor, z: torch.Tensor | None = None, text: str | None = None) -> None:
+        """One more prompt's FFN inputs (and, with a subject key, its z at the same positions); `text`, the
+        prompt, lets a later edit that trains on the same prompt leave its rows out (rows_of). The buffers
         grow by doubling: an edit appends ~20 prompts, and copying a 40k-row memory for each cost ~1 s an edit.
         Rows already there never change (a caller may keep `vectors` from before)."""
         if (z is None) != (self._z is None):
@@ -75,11 +77,25 @@ class Memory:
             self._z = _room(self._z, self._n, end)
             self._z[self._n:end] = z
             self.lengths = torch.cat([self.lengths, self.lengths.new_tensor([len(q)])])
+        if text is not None:
+            self.spans.setdefault(text, []).append((self._n, end))
         self._n = end
+
+    def rows_of(self, texts) -> torch.Tensor | None:
+        """(N,) bool: the rows appended under any of `texts`; None when there are none."""
+        spans = [span for t in texts for span in self.spans.get(t, [])]
+        if not spans:
+            return None
+        rows = torch.zeros(len(self), dtype=torch.bool, device=self.vectors.device)
+        for start, end in spans:
+            rows[start:end] = True
+        return rows
 
     def to(self, device) -> "Memory":
         move = lambda t: None if t is None else t.to(device)                       # noqa: E731
-        return Memory(self.vectors.to(device), move(self.z), move(self.lengths))
+        moved = Memory(self.vectors.to(device), move(self.z), move(self.lengths))
+        moved.spans = {t: list(s) for t, s in self.spans.items()}
+        return moved
 
     # --- pre-activations of (new) neurons over the memory ------------------------------------------------
     def preactivation(self, neurons) -> torch.Tensor:
@@ -89,8 +105,9 @@ class Memory:
             return a
         return a + self._running_max(self._times("z", neurons.subject_keys))
 
-    def top_preactivation(self, neurons, k: int, search: str = "exact") -> torch.Tensor:
-        """(k, n): each neuron's k highest memory pre-activations. Only they carry a gradient, so they are found
+    def top_preactivation(self, neurons, k: int, search: str = "exact", skip: torch.Tensor | None = None) -> torch.Tensor:
+        """(k, n): each neuron's k highest memory pre-activations, leaving out the rows `skip` (N,) bool marks
+        (all the others when they are no more than k). Only they carry a gradient, so they are found
         without autograd and only their rows are recomputed with it (for the subject part, the row where the
         running max was attained): the dense top-k's value and gradient in one pass over the memory.
         search "int8" (on a CPU, over 8k rows; else exact): the pass reads an int8 copy of the memory, 4x fewer
@@ -98,8 +115,9 @@ class Memory:
         rows of nearly equal value at the k-th place, and read a prompt's running max at a position that nearly
         ties with the max: on SmolLM2's memory after 236 edits (98k rows) the top 1000 of trained neurons were
         off by at most 0.12 at the k-th place (a value of -7 to -9) and the memory loss by under 1e-6."""
-        if len(self) <= k:
-            return self.preactivation(neurons)
+        if len(self) - (0 if skip is None else int(skip.sum())) <= k:             # the dense pass
+            a = self.preactivation(neurons)
+            return a if skip is None else a[~skip]
         approximate = search == "int8" and self.vectors.device.type == "cpu" and len(self) > 8 * k
         with torch.no_grad():
             times = self._int8_times if approximate else self._times
@@ -107,6 +125,8 @@ class Memory:
             if self.z is not None:
                 scores = times("z", neurons.subject_keys)                                    # (N, n)
                 a = a + self._running_max(scores)
+            if skip is not None:
+                a = a.masked_fill(skip.unsqueeze(-1), float("-inf"))
             rows = a.topk(k, dim=0).indices                                                 # (k, n)
         top = _rows_times(self.vectors, rows, neurons.keys) + neurons.biases
         if self.z is not None:

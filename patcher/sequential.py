@@ -46,7 +46,7 @@ def build_editor(model, tokenizer, config: EditorConfig, memory: list[Example] =
             if editor.memory is None:
                 editor.memory = Memory.from_cached([cached])
             else:
-                editor.memory.append(cached.q_memory, cached.z)
+                editor.memory.append(cached.q_memory, cached.z, entry["input"])
     return editor
 
 

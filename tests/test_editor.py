@@ -139,6 +139,32 @@ def test_the_int8_memory_search_finds_the_top_rows_and_scores_them_exactly():
             memory.append(rows_q, rows_z)
 
 
+@pytest.mark.parametrize("search, prompts", [("exact", 20), ("exact", 700), ("int8", 700)])
+def test_memory_rows_an_edit_trains_on_are_left_out_of_its_top_k(search, prompts):
+    # an earlier edit's negatives can be a later edit's own wordings: that edit must not be held silent on them
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 30, (prompts,), generator=g)
+    q, z = torch.randn(int(lengths.sum()), 64, generator=g), torch.randn(int(lengths.sum()), 64, generator=g)
+    neurons = NewNeurons(torch.randn(2, 64, generator=g), "relu", 1.0, g, z_subject=torch.randn(64, generator=g))
+    key = neurons.keys[0].detach()
+    own = [(key / key.norm() ** 2 * 50 + torch.randn(n, 64, generator=g) * 0.01, torch.randn(n, 64, generator=g))
+           for n in (5, 7)]                                      # rows the first neuron fires on hardest
+    without = Memory(q, z, lengths)
+    memory = Memory(q.clone(), z.clone(), lengths.clone())
+    for text, (rows_q, rows_z) in zip(["The state capital of X is", "X has its state capital in"], own):
+        memory.append(rows_q, rows_z, text)
+    memory.append(*own[0], "The state capital of X is")          # the same prompt remembered twice
+    skip = memory.rows_of(["The state capital of X is", "X has its state capital in", "never remembered"])
+    assert int(skip.sum()) == 5 + 7 + 5 and memory.rows_of(["never remembered"]) is None
+    kept = memory.top_preactivation(neurons, 1000, search, skip)
+    expected = without.top_preactivation(neurons, 1000, search)
+    assert kept.shape == expected.shape
+    kept, expected = kept.sort(0, descending=True).values, expected.sort(0, descending=True).values
+    assert torch.allclose(kept[:100], expected[:100], atol=1e-5)
+    assert float((kept - expected).abs().max()) < (1e-5 if search == "exact" else 0.2)   # int8: swaps at the k-th
+    assert memory.top_preactivation(neurons, 1000, search).max() > expected.max() + 10   # they would dominate
+
+
 def test_failed_edit_is_reported_and_not_kept(tokenizer, make_model):
     editor = editor_for(make_model, tokenizer, "gpt2", max_steps=2)
     outcome = editor.edit("e0", FACTS[0].input, "paris")

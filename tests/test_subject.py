@@ -109,6 +109,14 @@ def test_memory_samples_whole_prompts_and_negatives_join_it(tokenizer, make_mode
     editor.edit("e0", FACTS[0].input, FACTS[0].target, negatives=[negative])
     grown = len(editor.memory) - before
     assert grown == len(editor.cache([Example(negative, "x")])[0].q_memory) + len(editor.edited["e0"].q_memory)
+    # a later edit that trains on that prompt leaves its rows out of its memory loss (they are its own wording)
+    rows = len(editor.cache([Example(negative, "x")])[0].q_memory)
+    assert int(editor.memory.rows_of([negative]).sum()) == rows
+    skipped, top = [], editor.memory.top_preactivation
+    editor.memory.top_preactivation = lambda *args: skipped.append(args[3]) or top(*args)
+    outcome = editor.edit("e1", FACTS[1].input, FACTS[1].target, phrasings=[negative])
+    assert outcome.steps > 0 and len(skipped) >= outcome.steps
+    assert all(s is not None and int(s.sum()) == rows for s in skipped)
 
 
 def test_subject_patches_save_load_and_export(tmp_path, tokenizer, make_model):
