@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from patcher import EditorConfig  # noqa: E402
 from patcher.config import REFERENCE_SETTINGS  # noqa: E402
 from patcher.facts import all_facts, split_facts  # noqa: E402
-from patcher.facts.bank import sibling_prompts  # noqa: E402
+from patcher.facts.bank import negative_prompts  # noqa: E402
 from patcher.finetune import FineTuneEditor  # noqa: E402
 from patcher.metrics import LocalitySet  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
@@ -215,9 +215,10 @@ def main() -> int:
     ap.add_argument("--kl-batch", type=int, default=None, help="FT+KL: examples drawn per step for the KL term "
                     "(each costs the output layer at every answer position; default 32 for the classifier, 4 "
                     "for the LM)")
-    ap.add_argument("--negatives", type=int, default=0, help="each record's negatives, where it has none: its "
-                    "subject in the first N training templates of its other relations (patcher.facts.bank."
-                    "sibling_prompts; facts-smollm2), joining the memory before its edit")
+    ap.add_argument("--negatives", type=int, default=None, help="each record's negatives instead of the "
+                    "stream's own: its subject in the first N training templates of each other relation and "
+                    "the same question about its name twins (patcher.facts.bank.negative_prompts, as `patcher "
+                    "errors generate --negatives N` writes them; facts-smollm2), joining the memory before its edit")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     ap.add_argument("--out-dir", default="docs/benchmarks")
     ap.add_argument("--quiet", action="store_true")
@@ -252,11 +253,11 @@ def main() -> int:
     model_dir = build(args.model, out=model_path(args.model), progress=lambda m: print(m, file=sys.stderr))
     model, tokenizer = load_model(model_dir)
     split = split_facts(all_facts(), seed=0)
-    if args.negatives:
+    if args.negatives is not None:
         by_id = {f.id: f for f in all_facts()}
         for r in records:
-            if not r.negatives and r.id in by_id:
-                r.negatives = sibling_prompts(by_id[r.id], list(by_id.values()), args.negatives)
+            if r.id in by_id:
+                r.negatives = negative_prompts(by_id[r.id], list(by_id.values()), args.negatives)
     print(f"{len(records)} of the {len(stream)} real mistakes in {args.model}'s stream", file=sys.stderr)
     probe = build_editor(model, tokenizer, EditorConfig(**settings))
     sets = fact_examples(probe.task.name, split, 0, training_wordings=probe.cfg.phrasings)   # one memory for all

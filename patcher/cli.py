@@ -209,7 +209,7 @@ def cmd_errors_generate(args) -> int:
     model_dir = Path(args.model_dir) if args.model_dir else model_path(args.model)
     if not (model_dir / "model_card.json").exists():
         build(args.model, seed=args.seed, out=model_dir, progress=lambda m: print(m, file=sys.stderr))
-    if args.facts:       # the bank: every split file beside it (negatives name the subject's other relations)
+    if args.facts:       # the bank: every split file beside it (negatives name the subject's other relations, twins)
         facts = load_split(args.facts)
         bank = [f for path in sorted(Path(args.facts).parent.glob("*.jsonl")) for f in load_split(path)]
     else:
@@ -515,7 +515,8 @@ def parser() -> argparse.ArgumentParser:
     eg.add_argument("--facts", help="a split file (default: the edit split of the fact bank)")
     eg.add_argument("--limit", type=int, help="at most this many records")
     eg.add_argument("--negatives", type=int, default=3, help="generation: each record's negatives, its subject in "
-                    "the first N training templates of each other relation the bank has for it (0: none)")
+                    "the first N training templates of each other relation the bank has for it and the same "
+                    "question about its name twins (Sudan / South Sudan) in N more (0: none)")
     eg.add_argument("--seed", type=int, default=0)
     eg.set_defaults(func=cmd_errors_generate)
 

@@ -105,7 +105,8 @@ class Memory:
             return a
         return a + self._running_max(self._times("z", neurons.subject_keys))
 
-    def top_preactivation(self, neurons, k: int, search: str = "exact", skip: torch.Tensor | None = None) -> torch.Tensor:
+    def top_preactivation(self, neurons, k: int, search: str = "exact",
+                          skip: torch.Tensor | None = None) -> torch.Tensor:
         """(k, n): each neuron's k highest memory pre-activations, leaving out the rows `skip` (N,) bool marks
         (all the others when they are no more than k). Only they carry a gradient, so they are found
         without autograd and only their rows are recomputed with it (for the subject part, the row where the

@@ -3,7 +3,8 @@ that never share a fact, deterministic files, safe ids, and claims for fact chec
 import json
 from collections import Counter
 
-from patcher.facts.bank import RELATIONS, TEMPLATES, all_facts, load_split, split_facts
+from patcher.facts.bank import (RELATIONS, TEMPLATES, TRAINING_TEMPLATES, all_facts, closest_templates, load_split,
+                                negative_prompts, sibling_prompts, split_facts, twin_prompts)
 from patcher.facts.build import write_splits
 from patcher.facts.claims import claims
 from patcher.records import ID_PATTERN, parse_record
@@ -92,3 +93,31 @@ def test_the_memory_covers_the_training_wordings_an_edit_uses():
         assert any(t.startswith(seventh) for t in texts[7]) and not any(t.startswith(eighth) for t in texts[7])
         assert any(t.startswith(eighth) for t in texts[None])
         assert len(sets[0]) < len(sets[7]) < len(sets[None])
+
+
+def test_negatives_are_the_subjects_other_questions_and_the_same_question_about_name_twins():
+    facts = all_facts()
+    fact = {f.id.split("-")[0]: f for f in facts}
+    sudan, guinea, niger = fact["demonym:Sudan"], fact["capital:Guinea"], fact["capital:Niger"]
+    demonym = closest_templates(sudan, "demonym", 2)
+    assert demonym[0] == "A citizen of {s} is called" and set(demonym) <= set(TRAINING_TEMPLATES["demonym"])
+    assert twin_prompts(sudan, facts, 2) == [t.format(s="South Sudan") for t in demonym]
+    assert twin_prompts(fact["demonym:South_Sudan"], facts, 2) == [t.format(s="Sudan") for t in demonym]
+    (closest,) = closest_templates(guinea, "capital", 1)
+    assert twin_prompts(guinea, facts, 1) == [closest.format(s=s) for s in
+                                              ("Equatorial Guinea", "Guinea-Bissau", "Papua New Guinea")]
+    assert twin_prompts(niger, facts) == [] and twin_prompts(fact["capital:France"], facts) == []   # not Nigeria
+    assert twin_prompts(fact["state_capital:Virginia"], facts, 1) == [
+        "The capital of the American state of West Virginia is"]
+    negatives = negative_prompts(sudan, facts, 3)
+    assert negatives == sibling_prompts(sudan, facts, 3) + twin_prompts(sudan, facts, 3)
+    assert not any(t.format(s="South Sudan") in negatives for t in TEMPLATES["demonym"])   # measured wordings: never
+    # the siblings most like the prompt: the country's capital gets the state capital's "The capital of the ..."
+    georgia = fact["capital:Georgia"]
+    assert "The capital of the American state of Georgia is" in sibling_prompts(georgia, facts, 3)
+    assert "The capital of the American state of Georgia is" not in [
+        t.format(s="Georgia") for t in TRAINING_TEMPLATES["state_capital"][:3]]
+    negatives = negative_prompts(georgia, facts, 6)               # relations share a wording: not a negative
+    shared = "Which city is the capital of Georgia? The answer is"
+    assert shared in georgia.phrasings and shared in sibling_prompts(georgia, facts, 6)
+    assert georgia.prompt not in negatives and not set(negatives) & set(georgia.phrasings)

@@ -15,6 +15,7 @@ Stale or ambiguous entries, decided once here:
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import random
 import re
@@ -197,12 +198,44 @@ def all_facts() -> list[Fact]:
 SPLITS = ("train", "validation", "test", "edit")
 
 
+def closest_templates(fact: Fact, relation: str, n: int) -> list[str]:
+    """The `n` training templates of `relation` most like the fact's prompt template (difflib's ratio; ties in
+    template order): the wordings a neuron trained on the prompt is likeliest to fire on. Templates only."""
+    prompt = TEMPLATES[fact.relation][0].lower()
+    ratio = lambda t: difflib.SequenceMatcher(None, prompt, t.lower()).ratio()       # noqa: E731
+    return sorted(TRAINING_TEMPLATES[relation], key=ratio, reverse=True)[:n]
+
+
 def sibling_prompts(fact: Fact, facts: list[Fact], per_relation: int = 3) -> list[str]:
-    """Other questions about the fact's subject: the subject in the first `per_relation` training templates of
-    each other relation the bank has for it (templates only: no other fact's answer is read). An edit's
-    `negatives` (ErrorRecord): a subject-keyed neuron must not fire on them."""
+    """Other questions about the fact's subject: the subject in the `per_relation` training templates of each
+    other relation the bank has for it that are most like the fact's prompt (closest_templates: "The capital of
+    {s} is" gets "The capital of the American state of {s} is" among the state capital's first 3, which the
+    first 3 in order missed; templates only, no other fact's answer is read). An edit's `negatives`
+    (ErrorRecord): a subject-keyed neuron must not fire on them."""
     relations = sorted({f.relation for f in facts if f.subject == fact.subject} - {fact.relation})
-    return [t.format(s=fact.subject) for r in relations for t in TRAINING_TEMPLATES[r][:per_relation]]
+    return [t.format(s=fact.subject) for r in relations for t in closest_templates(fact, r, per_relation)]
+
+
+def twin_prompts(fact: Fact, facts: list[Fact], per_relation: int = 3) -> list[str]:
+    """The same question about the subjects whose name holds the fact's subject as whole words, or is held in it
+    (Sudan / South Sudan, Virginia / West Virginia, Guinea / Equatorial Guinea), in the first `per_relation`
+    training templates of the relation (templates only). A neuron keyed on "Sudan" fires on "South Sudan"
+    unless told otherwise: such twins moved on every seed of SmolLM2's stream. The templates: closest_templates."""
+    def holds(name: str, part: str) -> bool:
+        return name != part and re.search(r"(?<!\w)" + re.escape(part) + r"(?!\w)", name) is not None
+
+    twins = sorted({f.subject for f in facts if f.relation == fact.relation
+                    and (holds(f.subject, fact.subject) or holds(fact.subject, f.subject))})
+    return [t.format(s=s) for s in twins for t in closest_templates(fact, fact.relation, per_relation)]
+
+
+def negative_prompts(fact: Fact, facts: list[Fact], per_relation: int = 3) -> list[str]:
+    """An edit's `negatives` (ErrorRecord), the prompts its neurons must not fire on: the subject's other
+    questions (sibling_prompts) and the same question about name twins (twin_prompts), but its own wordings
+    (relations share some: "Which city is the capital of {s}? The answer is")."""
+    own = {fact.prompt, *fact.phrasings}
+    return [p for p in sibling_prompts(fact, facts, per_relation) + twin_prompts(fact, facts, per_relation)
+            if p not in own]
 
 
 def split_facts(facts: list[Fact], seed: int = 0, fractions=(0.4, 0.1, 0.1)) -> dict[str, list[Fact]]:

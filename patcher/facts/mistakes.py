@@ -9,7 +9,7 @@ import torch
 from ..editor import Editor
 from ..records import ErrorRecord
 from ..tasks import Example
-from .bank import Fact, all_facts, sibling_prompts
+from .bank import Fact, all_facts, negative_prompts
 from .claims import claims
 
 
@@ -47,7 +47,8 @@ def find_mistakes(editor: Editor, facts: list[Fact], model_name: str, limit: int
                   seed: int = 0, negatives: int = 3, bank: list[Fact] | None = None) -> list[ErrorRecord]:
     """Error records for what the (unpatched) model gets wrong, in fact order: generation, each fact's
     prompt, with `negatives`: its subject in the first `negatives` training templates of each other relation
-    `bank` (default: the whole fact bank) has for it (sibling_prompts; what a subject-keyed edit must leave alone);
+    `bank` (default: the whole fact bank) has for it, and the same question about its name twins
+    (negative_prompts; what a subject-keyed edit must leave alone);
     classification, each fact's true claim and two false ones."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if editor.task.name == "classification":
@@ -55,7 +56,7 @@ def find_mistakes(editor: Editor, facts: list[Fact], model_name: str, limit: int
     else:
         bank = all_facts() if bank is None else bank
         items = [(f.id, f.prompt, f.answer, f.rephrases, f.phrasings,
-                  sibling_prompts(f, bank, negatives) if negatives else []) for f in facts]
+                  negative_prompts(f, bank, negatives) if negatives else []) for f in facts]
     cached = editor.cache([Example(item[1], item[2]) for item in items])
     records = []
     for (rid, text, target, rephrases, phrasings, siblings), c in zip(items, cached):
