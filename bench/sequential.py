@@ -216,8 +216,8 @@ def main() -> int:
                     "(each costs the output layer at every answer position; default 32 for the classifier, 4 "
                     "for the LM)")
     ap.add_argument("--negatives", type=int, default=None, help="each record's negatives instead of the "
-                    "stream's own: its subject in the first N training templates of each other relation and "
-                    "the same question about its name twins (patcher.facts.bank.negative_prompts, as `patcher "
+                    "stream's own: its subject in the N training templates of each other relation most like its "
+                    "prompt and the same question about its name twins (patcher.facts.bank.negative_prompts, as `patcher "
                     "errors generate --negatives N` writes them; facts-smollm2), joining the memory before its edit")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     ap.add_argument("--out-dir", default="docs/benchmarks")

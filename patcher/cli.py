@@ -515,8 +515,8 @@ def parser() -> argparse.ArgumentParser:
     eg.add_argument("--facts", help="a split file (default: the edit split of the fact bank)")
     eg.add_argument("--limit", type=int, help="at most this many records")
     eg.add_argument("--negatives", type=int, default=3, help="generation: each record's negatives, its subject in "
-                    "the first N training templates of each other relation the bank has for it and the same "
-                    "question about its name twins (Sudan / South Sudan) in N more (0: none)")
+                    "the N training templates of each other relation the bank has for it most like its prompt "
+                    "and the same question about its name twins (Sudan / South Sudan) in N more (0: none)")
     eg.add_argument("--seed", type=int, default=0)
     eg.set_defaults(func=cmd_errors_generate)
 

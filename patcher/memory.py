@@ -82,14 +82,11 @@ class Memory:
         self._n = end
 
     def rows_of(self, texts) -> torch.Tensor | None:
-        """(N,) bool: the rows appended under any of `texts`; None when there are none."""
-        spans = [span for t in texts for span in self.spans.get(t, [])]
+        """(R,) the indices of the rows appended under any of `texts`; None when there are none."""
+        spans = {span for t in texts for span in self.spans.get(t, [])}
         if not spans:
             return None
-        rows = torch.zeros(len(self), dtype=torch.bool, device=self.vectors.device)
-        for start, end in spans:
-            rows[start:end] = True
-        return rows
+        return torch.cat([torch.arange(start, end, device=self.vectors.device) for start, end in sorted(spans)])
 
     def to(self, device) -> "Memory":
         move = lambda t: None if t is None else t.to(device)                       # noqa: E731
@@ -107,8 +104,8 @@ class Memory:
 
     def top_preactivation(self, neurons, k: int, search: str = "exact",
                           skip: torch.Tensor | None = None) -> torch.Tensor:
-        """(k, n): each neuron's k highest memory pre-activations, leaving out the rows `skip` (N,) bool marks
-        (all the others when they are no more than k). Only they carry a gradient, so they are found
+        """(k, n): each neuron's k highest memory pre-activations, leaving out the rows `skip` (R,) (all the
+        others when they are no more than k). Only they carry a gradient, so they are found
         without autograd and only their rows are recomputed with it (for the subject part, the row where the
         running max was attained): the dense top-k's value and gradient in one pass over the memory.
         search "int8" (on a CPU, over 8k rows; else exact): the pass reads an int8 copy of the memory, 4x fewer
@@ -116,9 +113,13 @@ class Memory:
         rows of nearly equal value at the k-th place, and read a prompt's running max at a position that nearly
         ties with the max: on SmolLM2's memory after 236 edits (98k rows) the top 1000 of trained neurons were
         off by at most 0.12 at the k-th place (a value of -7 to -9) and the memory loss by under 1e-6."""
-        if len(self) - (0 if skip is None else int(skip.sum())) <= k:             # the dense pass
+        if len(self) - (0 if skip is None else len(skip)) <= k:                  # the dense pass
             a = self.preactivation(neurons)
-            return a if skip is None else a[~skip]
+            if skip is None:
+                return a
+            kept = torch.ones(len(self), dtype=torch.bool, device=a.device)
+            kept[skip] = False
+            return a[kept]
         approximate = search == "int8" and self.vectors.device.type == "cpu" and len(self) > 8 * k
         with torch.no_grad():
             times = self._int8_times if approximate else self._times
@@ -127,7 +128,7 @@ class Memory:
                 scores = times("z", neurons.subject_keys)                                    # (N, n)
                 a = a + self._running_max(scores)
             if skip is not None:
-                a = a.masked_fill(skip.unsqueeze(-1), float("-inf"))
+                a.index_fill_(0, skip, float("-inf"))
             rows = a.topk(k, dim=0).indices                                                 # (k, n)
         top = _rows_times(self.vectors, rows, neurons.keys) + neurons.biases
         if self.z is not None:

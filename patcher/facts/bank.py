@@ -218,9 +218,9 @@ def sibling_prompts(fact: Fact, facts: list[Fact], per_relation: int = 3) -> lis
 
 def twin_prompts(fact: Fact, facts: list[Fact], per_relation: int = 3) -> list[str]:
     """The same question about the subjects whose name holds the fact's subject as whole words, or is held in it
-    (Sudan / South Sudan, Virginia / West Virginia, Guinea / Equatorial Guinea), in the first `per_relation`
-    training templates of the relation (templates only). A neuron keyed on "Sudan" fires on "South Sudan"
-    unless told otherwise: such twins moved on every seed of SmolLM2's stream. The templates: closest_templates."""
+    (Sudan / South Sudan, Virginia / West Virginia, Guinea / Equatorial Guinea), in the `per_relation` training
+    templates of the relation most like its prompt (closest_templates). A neuron keyed on "Sudan" fires on
+    "South Sudan" unless told otherwise: such twins moved on every seed of SmolLM2's stream."""
     def holds(name: str, part: str) -> bool:
         return name != part and re.search(r"(?<!\w)" + re.escape(part) + r"(?!\w)", name) is not None
 

@@ -46,8 +46,8 @@ def greedy_answer(editor: Editor, prompt: str, max_new_tokens: int) -> str:
 def find_mistakes(editor: Editor, facts: list[Fact], model_name: str, limit: int | None = None,
                   seed: int = 0, negatives: int = 3, bank: list[Fact] | None = None) -> list[ErrorRecord]:
     """Error records for what the (unpatched) model gets wrong, in fact order: generation, each fact's
-    prompt, with `negatives`: its subject in the first `negatives` training templates of each other relation
-    `bank` (default: the whole fact bank) has for it, and the same question about its name twins
+    prompt, with `negatives`: its subject in the `negatives` training templates most like its prompt of each
+    other relation `bank` (default: the whole fact bank) has for it, and the same question about its name twins
     (negative_prompts; what a subject-keyed edit must leave alone);
     classification, each fact's true claim and two false ones."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
