@@ -7,7 +7,9 @@ The stream is the model's real mistakes (data/errors/MODEL.jsonl, from the fact 
 --edits when the stream has fewer, and the output says so). Each editor starts from the unpatched model. At
 each checkpoint (10, 50, 100, then every 100, and the end) it records SR and GR so far, ER over every edit so
 far (judged on the current model), TrainR/TestR and the share of locality examples whose prediction is
-unchanged, failed edits, neurons, median seconds and steps per edit, and the process's peak RSS so far.
+unchanged, failed edits, neurons, median seconds and steps per edit, and the process's peak RSS so far. The
+unpatched model's forward passes over the stream's prompts (inputs, training wordings, negatives, rephrases)
+run once, before any editor, for all of them (the JSON's prompts_cached): the seconds per edit leave them out.
 Writes JSON, a Markdown table and one SVG plot per metric (every editor against the number of edits) to
 --out-dir (default docs/benchmarks/), at every checkpoint: a run cut off keeps what it measured.
 
@@ -52,6 +54,7 @@ from patcher.plot import metrics_svg  # noqa: E402
 from patcher.records import read_records  # noqa: E402
 from patcher.sequential import build_editor, fact_examples, set_threads  # noqa: E402
 from patcher.settings import PipelineSettings  # noqa: E402
+from patcher.tasks import Example, SharedCache  # noqa: E402
 
 EDITORS = {"patcher": {}, "reference": REFERENCE_SETTINGS,
            "no-memory": {"beta": 0.0, "max_checks_right": 4, "max_steps": 500},
@@ -69,8 +72,25 @@ def make_editor(name, config, model, tokenizer, sets, ft_lr, ft_steps, kl_exampl
         editor = FineTuneEditor(model, tokenizer, EditorConfig(**{**config.to_dict(), "max_steps": ft_steps}),
                                 lr=ft_lr, kl_examples=kl_examples, kl_batch=kl_batch, **FINE_TUNING[name])
         set_threads(config, editor.task.name)
-        return editor
-    return build_editor(model, tokenizer, config, sets["memory"], sets["validation"])
+    else:
+        editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"])
+    editor.task.shared = sets["shared"]           # every editor reads the same frozen model: each prompt runs once
+    return editor
+
+
+def warm_up(probe, shared: SharedCache, records, phrasings: int) -> dict:
+    """Caches every prompt an editor will run on the unpatched model (each record's input, training wordings,
+    negatives and rephrases) once, in batches, for every editor: their seconds per edit leave those forward
+    passes out alike. -> {"prompts", "seconds"}."""
+    prompts = list(dict.fromkeys((text, r.target) for r in records
+                                 for text in [r.input, *r.phrasings[:phrasings], *r.negatives, *r.rephrases]))
+    probe.task.shared = shared
+    start = time.perf_counter()
+    for i in range(0, len(prompts), 128):        # under the on-disk cache's threshold: kept in this process only
+        probe.cache([Example(text, target) for text, target in prompts[i:i + 128]])
+    seconds = round(time.perf_counter() - start, 1)
+    print(f"{len(prompts)} prompts cached in {seconds} s", file=sys.stderr)
+    return {"prompts": len(prompts), "seconds": seconds}
 
 
 def run_editor(name, settings, model, tokenizer, sets, train, test, records, ft, progress=True,
@@ -261,6 +281,9 @@ def main() -> int:
     print(f"{len(records)} of the {len(stream)} real mistakes in {args.model}'s stream", file=sys.stderr)
     probe = build_editor(model, tokenizer, EditorConfig(**settings))
     sets = fact_examples(probe.task.name, split, 0, training_wordings=probe.cfg.phrasings)   # one memory for all
+    sets["shared"] = SharedCache()
+    args.prompts = warm_up(probe, sets["shared"], records,
+                           max(EditorConfig(**{**settings, **EDITORS[name]}).phrasings for name in editors))
     train, test = LocalitySet.build(probe, "train", sets["train"]), LocalitySet.build(probe, "test", sets["test"])
     if probe.task.name == "generation":          # one test example per test fact, in order
         facts = {f.id: f for f in all_facts()}
@@ -292,7 +315,7 @@ def write(out: Path, stem: str, args, settings: dict, edits: int, stream: int, a
 
     all_rows = sorted(all_rows, key=lambda r: (r["seed"], list(EDITORS).index(r["editor"]), r["edits"]))
     meta = {"model": args.model, "edits": edits, "stream": stream, "seeds": args.seeds,
-            "settings": settings, "negatives": args.negatives, "ft": {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples,
+            "settings": settings, "negatives": args.negatives, "prompts_cached": getattr(args, "prompts", None), "ft": {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples,
                    "kl_batch": args.kl_batch},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                         "transformers": transformers.__version__},

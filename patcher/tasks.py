@@ -8,7 +8,7 @@ patch neurons N are tail(h_p + N(q_p)) exactly (see arch.py), so edits and check
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,34 @@ class Cached:
     at: torch.Tensor | None = None   # (P,)   the judged positions' indices into z
 
 
+class SharedCache:
+    """The unpatched model's cached examples by (input, target), for several editors of one model in one
+    process: each caches an edit's input, wordings, negatives and rephrases from the same frozen model, so the
+    benchmark's five editors (and seeds) on one stream would run each prompt five times (a third of a patcher
+    edit's time on SmolLM2). An entry keeps the subject layer's inputs (z) of the task that computed it; a task
+    without a subject key takes it without them, one with another subject layer computes its own (every time)."""
+
+    def __init__(self):
+        self._entries: dict[tuple[str, str], tuple[int | None, Cached]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, example: Example, subject_layer: int | None) -> Cached | None:
+        found = self._entries.get((example.input, example.target))
+        if found is None:
+            return None
+        layer, cached = found
+        if layer == subject_layer:
+            return cached
+        return replace(cached, z=None, at=None) if subject_layer is None else None
+
+    def put(self, example: Example, subject_layer: int | None, cached: Cached) -> None:
+        key = (example.input, example.target)
+        if key not in self._entries or self._entries[key][0] is None:   # an entry with z serves more tasks: kept
+            self._entries[key] = (subject_layer, cached)
+
+
 class Task:
     """Base class: tokenisation and capture are shared, subclasses say what is judged."""
 
@@ -47,6 +75,7 @@ class Task:
         self.max_length = max_length
         self.subject_layer = subject_layer     # also cache that layer's FFN input (Cached.z)
         self._fingerprint: str | None = None
+        self.shared: SharedCache | None = None    # small sets: shared with other editors of this model (SharedCache)
 
     # --- subclasses ---------------------------------------------------------------------------------
     def encode(self, examples: list[Example]) -> tuple[dict, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
@@ -70,12 +99,12 @@ class Task:
     def cache(self, examples: list[Example], batch_size: int = 32) -> list[Cached]:
         """Runs the model (eval mode, no patch attached) and caches q and h at the judged positions. Large
         sets (memory, locality) come from the on-disk activation cache when this model computed them before,
-        and are computed on every core otherwise."""
+        and are computed on every core otherwise; small ones from `shared` where another editor computed them."""
         from . import activations
 
         folder = activations.directory() if len(examples) >= activations.MIN_EXAMPLES else None
         if folder is None:
-            return self._compute(examples, batch_size)
+            return self._shared(examples, batch_size) if self.shared is not None else self._compute(examples, batch_size)
         if self._fingerprint is None:
             probe = self._compute([Example(activations.PROBE, self.probe_target())])[0]
             self._fingerprint = activations.fingerprint(self, probe)
@@ -90,6 +119,18 @@ class Task:
         finally:
             torch.set_num_threads(threads)
         activations.save(path, out)
+        return out
+
+    def _shared(self, examples: list[Example], batch_size: int) -> list[Cached]:
+        found = [self.shared.get(e, self.subject_layer) for e in examples]
+        missing = [e for e, c in zip(examples, found) if c is None]
+        computed = iter(self._compute(missing, batch_size) if missing else [])
+        out = []
+        for example, cached in zip(examples, found):
+            if cached is None:
+                cached = next(computed)
+                self.shared.put(example, self.subject_layer, cached)
+            out.append(cached)
         return out
 
     @torch.no_grad()

@@ -70,3 +70,29 @@ def test_a_budget_that_is_not_a_number_is_named(monkeypatch):
     monkeypatch.setenv("PATCHER_ACTIVATION_CACHE_MB", "lots")
     with pytest.raises(ValueError, match="PATCHER_ACTIVATION_CACHE_MB"):
         activations.budget_bytes()
+
+
+def test_a_shared_cache_runs_each_prompt_once_for_every_editor(tokenizer, make_model):
+    from patcher import EditorConfig
+    from patcher.tasks import SharedCache
+
+    model, shared = make_model("llama"), SharedCache()
+    subject, plain, other = (Editor(model, tokenizer, EditorConfig(subject_layer=layer)).task for layer in (0, None, 1))
+    for task in (subject, plain, other):
+        task.shared = shared
+    prompts = [Example("the capital of france is", "paris"), Example("the capital of peru is", "lima")]
+    first = subject.cache(prompts)
+    calls = []
+    for task in (plain, other):
+        compute = task._compute
+        task._compute = lambda examples, *a, compute=compute: calls.append(len(examples)) or compute(examples, *a)
+    again, stripped = subject.cache(prompts[::-1]), plain.cache(prompts + [Example("numbers go up", "yes")])
+    assert calls == [1]                                     # the plain task computed its one new prompt only
+    assert again[0] is first[1] and again[1] is first[0]
+    assert stripped[0].z is None and stripped[0].at is None and torch.equal(stripped[0].q, first[0].q)
+    alone = Editor(model, tokenizer).task.cache(prompts[:1])[0]          # what the plain task computes itself
+    assert torch.allclose(stripped[0].h, alone.h, atol=1e-6) and torch.allclose(stripped[0].q_memory, alone.q_memory, atol=1e-6)
+    own = other.cache(prompts)                              # another subject layer: its own z
+    assert calls == [1, 2] and not torch.allclose(own[0].z, first[0].z)
+    assert subject.cache(prompts)[0] is first[0]            # the entry with z was not replaced by one without
+    assert len(shared) == 3
