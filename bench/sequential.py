@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -76,6 +77,15 @@ def make_editor(name, config, model, tokenizer, sets, ft_lr, ft_steps, kl_exampl
         editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"])
     editor.task.shared = sets["shared"]           # every editor reads the same frozen model: each prompt runs once
     return editor
+
+
+COST = {"patcher": 5, "reference": 4, "ft-last-kl": 3, "no-memory": 2, "ft-last": 1}   # longest first (--jobs)
+_FORKED = None                    # --jobs: the run function the forked workers call
+
+
+def _forked(job):
+    seed, name = job
+    return (seed, *_FORKED(seed, name))
 
 
 def warm_up(probe, shared: SharedCache, records, phrasings: int) -> dict:
@@ -239,6 +249,10 @@ def main() -> int:
                     "stream's own: its subject in the N training templates of each other relation most like its "
                     "prompt and the same question about its name twins (patcher.facts.bank.negative_prompts, as `patcher "
                     "errors generate --negatives N` writes them; facts-smollm2), joining the memory before its edit")
+    ap.add_argument("--jobs", type=int, default=1, help="editors run side by side in N forked processes, each "
+                    "on cores / N threads (unless --set threads=...), longest first; results are written as each "
+                    "editor finishes (with 1, at every checkpoint). Seconds per edit are then measured beside another "
+                    "editor: compare them within one run")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     ap.add_argument("--out-dir", default="docs/benchmarks")
     ap.add_argument("--quiet", action="store_true")
@@ -248,6 +262,7 @@ def main() -> int:
                     "of this result file (same model and edits; e.g. editors run in separate processes); with "
                     "--editors '' the files are only combined")
     args = ap.parse_args()
+    args.started = time.perf_counter()
     # this project's settings for the model (params.yaml train.editor + train.models), then --set
     settings = {**PipelineSettings.load().train.editor_overrides(args.model), **EditorConfig.parse_overrides(args.set)}
     if args.kl_batch is None:
@@ -290,23 +305,37 @@ def main() -> int:
         sets["test_subjects"] = [f.subject for f in split["test"]]
         sets["record_subjects"] = {r.id: facts[r.id].subject for r in records if r.id in facts}
     kl_examples = probe.cache(random.Random(0).sample(sets["memory"], min(args.kl_examples, len(sets["memory"]))))
-    for seed in [int(x) for x in args.seeds.split(",")]:
-        for name in editors:
-            torch.manual_seed(seed)
-            ft = {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples,
-                  "kl_batch": args.kl_batch}
+    ft = {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples, "kl_batch": args.kl_batch}
+    jobs = [(seed, name) for seed in [int(x) for x in args.seeds.split(",")] for name in editors]
 
-            def save(rows, detail):             # after every checkpoint: a cut-off run keeps what it measured
+    def finished(seed, rows, detail):
+        all_rows.extend({**r, "seed": seed} for r in rows)
+        details.append({**detail, "seed": seed, "ft": ft})
+        write(out, stem, args, settings, len(records), len(stream), all_rows, details)
+
+    def run(seed, name, checkpoint=lambda rows, detail: None):
+        torch.manual_seed(seed)
+        # the editor's own settings win: `reference` stays the reference whatever --set says
+        return run_editor(name, {**settings, **EDITORS[name], "seed": seed}, model, tokenizer, sets, train, test,
+                          records, (args.ft_lr, args.ft_steps, kl_examples, args.kl_batch),
+                          progress=not args.quiet, checkpoint=checkpoint)
+
+    if args.jobs <= 1:
+        for seed, name in jobs:
+            def save(rows, detail, seed=seed):  # after every checkpoint: a cut-off run keeps what it measured
                 write(out, stem, args, settings, len(records), len(stream),
                       all_rows + [{**r, "seed": seed} for r in rows], details + [{**detail, "seed": seed, "ft": ft}])
-
-            # the editor's own settings win: `reference` stays the reference whatever --set says
-            rows, detail = run_editor(name, {**settings, **EDITORS[name], "seed": seed}, model, tokenizer, sets,
-                                      train, test, records, (args.ft_lr, args.ft_steps, kl_examples, args.kl_batch),
-                                      progress=not args.quiet, checkpoint=save)
-            all_rows += [{**r, "seed": seed} for r in rows]
-            details.append({**detail, "seed": seed, "ft": ft})
-            write(out, stem, args, settings, len(records), len(stream), all_rows, details)
+            finished(seed, *run(seed, name, save))
+        return 0
+    # --jobs N: forked workers inherit the model and the cached prompts; the longest editors start first, each
+    # worker on cores / N threads; results are written as each editor finishes
+    settings.setdefault("threads", max(1, (os.cpu_count() or 1) // args.jobs))
+    global _FORKED
+    _FORKED = run
+    jobs.sort(key=lambda job: -COST[job[1]])
+    with multiprocessing.get_context("fork").Pool(args.jobs, maxtasksperchild=1) as pool:
+        for seed, rows, detail in pool.imap_unordered(_forked, jobs):
+            finished(seed, rows, detail)
     return 0
 
 
@@ -315,7 +344,8 @@ def write(out: Path, stem: str, args, settings: dict, edits: int, stream: int, a
 
     all_rows = sorted(all_rows, key=lambda r: (r["seed"], list(EDITORS).index(r["editor"]), r["edits"]))
     meta = {"model": args.model, "edits": edits, "stream": stream, "seeds": args.seeds,
-            "settings": settings, "negatives": args.negatives, "prompts_cached": getattr(args, "prompts", None), "ft": {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples,
+            "settings": settings, "negatives": args.negatives, "prompts_cached": getattr(args, "prompts", None),
+            "jobs": args.jobs, "run_wall_s": round(time.perf_counter() - args.started, 1), "ft": {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples,
                    "kl_batch": args.kl_batch},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                         "transformers": transformers.__version__},
