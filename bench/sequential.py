@@ -282,7 +282,8 @@ def main() -> int:
                              f"{len(records)} edits")
         all_rows += [r for r in result["rows"] if r["editor"] not in editors]
         details += [d for d in result["runs"] if d["editor"] not in editors]
-    if not editors:                               # only combining result files: no model needed
+    if not editors:                               # only combining result files: no model needed, no run to time
+        args.started = None
         write(out, stem, args, settings, len(records), len(stream), all_rows, details)
         return 0
     model_dir = build(args.model, out=model_path(args.model), progress=lambda m: print(m, file=sys.stderr))
@@ -345,7 +346,7 @@ def write(out: Path, stem: str, args, settings: dict, edits: int, stream: int, a
     all_rows = sorted(all_rows, key=lambda r: (r["seed"], list(EDITORS).index(r["editor"]), r["edits"]))
     meta = {"model": args.model, "edits": edits, "stream": stream, "seeds": args.seeds,
             "settings": settings, "negatives": args.negatives, "prompts_cached": getattr(args, "prompts", None),
-            "jobs": args.jobs, "run_wall_s": round(time.perf_counter() - args.started, 1), "ft": {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples,
+            "jobs": args.jobs, "run_wall_s": None if args.started is None else round(time.perf_counter() - args.started, 1), "ft": {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples,
                    "kl_batch": args.kl_batch},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                         "transformers": transformers.__version__},
