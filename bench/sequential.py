@@ -346,7 +346,9 @@ def write(out: Path, stem: str, args, settings: dict, edits: int, stream: int, a
     all_rows = sorted(all_rows, key=lambda r: (r["seed"], list(EDITORS).index(r["editor"]), r["edits"]))
     meta = {"model": args.model, "edits": edits, "stream": stream, "seeds": args.seeds,
             "settings": settings, "negatives": args.negatives, "prompts_cached": getattr(args, "prompts", None),
-            "jobs": args.jobs, "run_wall_s": None if args.started is None else round(time.perf_counter() - args.started, 1), "ft": {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples,
+            "jobs": args.jobs,
+            "run_wall_s": None if args.started is None else round(time.perf_counter() - args.started, 1),
+            "ft": {"lr": args.ft_lr, "steps": args.ft_steps, "kl_examples": args.kl_examples,
                    "kl_batch": args.kl_batch},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                         "transformers": transformers.__version__},
