@@ -17,41 +17,66 @@ import torch
 import torch.nn as nn
 from transformers.activations import ACT2FN
 
+from .int8 import Int8Rows
 
-class _FewRowsProduct(torch.autograd.Function):
-    """x (m, H) @ W.t() (m, V) as (W @ x.t()).t(), its gradient as (W.t() @ g.t()).t() with W.t() contiguous."""
+
+class _OutputProduct(torch.autograd.Function):
+    """x (m, H) -> x @ W.t() (m, V) through an OutputLayer: its forward exact, its gradient as the layer says."""
 
     @staticmethod
-    def forward(ctx, x, weight, weight_t):
-        ctx.weight_t = weight_t
-        return (weight @ x.t()).t().contiguous()
+    def forward(ctx, x, layer):
+        ctx.layer = layer
+        return layer.product(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return (ctx.weight_t @ grad.t()).t(), None, None
+        return ctx.layer.grad_input(grad), None
 
 
 class OutputLayer:
-    """A frozen output layer W (V, H): x (..., H) -> x @ W.t() (..., V), the product oriented by how many rows x
-    has. On a CPU the product of a few rows with the large matrix is bound by reading it, and the BLAS reads it
-    several times slower in some orientations: SmolLM2's 49152 x 576 on 2 cores, 2-8 rows, 11-14 ms as x @ W.t()
-    with W.t() contiguous (1 row: 4 ms), 2.6-6 ms as (W @ x.t()).t(), forward and backward 15-25 ms against 7-18;
-    from 12 rows on, the first is as fast or faster. Every training step of the reference settings and the
-    fine-tuning baselines, and every judgement of one edit, multiplies a few positions by it."""
+    """A frozen output layer W (V, H): x (..., H) -> x @ W.t() (..., V). On a CPU the product of a few rows with
+    the large matrix is bound by reading it (SmolLM2's 49152 x 576: 113 MB), so it is oriented by how many rows
+    x has (the BLAS reads it several times slower in some orientations; 2 cores: 1 row 4.4 ms as x @ W.t(),
+    3.4 ms as W @ [x; x].t(); 2-8 rows 9-16 ms as x @ W.t(), 3.5-8 ms as (W @ x.t()).t(); from 12 rows on the
+    same). Every training step of the reference settings and the fine-tuning baselines, and every judgement
+    of one edit, multiplies a few positions by it.
+
+    `grad` "int8" (float32 on a CPU): the gradient g (m, V) -> g @ W goes through an int8 copy of W.t() (patcher/int8.py,
+    28 MB): 0.9-1.6 ms instead of 5-8.5 for 1-4 rows, within 1% of the exact gradient (SmolLM2, the gradient
+    of a cross-entropy); the forward, and so every loss, check and judgement, stays exact. "exact": float32."""
 
     FEW = range(2, 9)
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, grad: str = "exact"):
+        if grad not in ("exact", "int8"):
+            raise ValueError(f"unknown output_grad {grad!r}: 'exact' or 'int8'")
         self.weight = weight.detach()                                          # (V, H)
         self.weight_t = self.weight.t().contiguous()                           # (H, V)
+        self.grad = grad
+        self._int8_t: Int8Rows | None = None                                   # W.t() as int8, made at first use
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])                                      # (m, H)
-        if flat.device.type == "cpu" and len(flat) in self.FEW:
-            out = _FewRowsProduct.apply(flat, self.weight, self.weight_t)
-        else:
-            out = flat @ self.weight_t
+        out = _OutputProduct.apply(flat, self) if flat.requires_grad else self.product(flat)
         return out.reshape(*x.shape[:-1], out.shape[-1])                       # (..., V)
+
+    def product(self, flat: torch.Tensor) -> torch.Tensor:
+        """(m, H) -> (m, V), exact."""
+        if flat.device.type == "cpu" and len(flat) == 1:
+            return (self.weight @ flat.repeat(2, 1).t())[:, :1].t().contiguous()
+        if flat.device.type == "cpu" and len(flat) in self.FEW:
+            return (self.weight @ flat.t()).t().contiguous()
+        return flat @ self.weight_t
+
+    def grad_input(self, grad: torch.Tensor) -> torch.Tensor:
+        """(m, V) -> (m, H): grad @ W."""
+        if grad.device.type != "cpu":
+            return grad @ self.weight
+        if self.grad == "int8" and grad.dtype == torch.float32:      # float64 (exactness tests) stays exact
+            if self._int8_t is None:
+                self._int8_t = Int8Rows(self.weight_t)
+            return self._int8_t.times(grad).t()
+        return (self.weight_t @ grad.t()).t()
 
 
 class Arch:
@@ -70,6 +95,7 @@ class Arch:
         self.hidden_size: int
         self.ffn_act_name: str   # transformers activation name of the FFN, a key of ACT2FN
         self._output: OutputLayer | None = None      # made at the first call, on the model's device
+        self.output_grad = "exact"                   # OutputLayer's gradient: "exact" or "int8" (the editor's setting)
 
     @property
     def ffn_act(self):
@@ -82,7 +108,7 @@ class Arch:
     def output_layer(self, x: torch.Tensor) -> torch.Tensor:
         """(..., H) final-norm output -> (..., V): the LM head's product (no bias), made once per adapter."""
         if self._output is None:
-            self._output = OutputLayer(self.model.lm_head.weight)
+            self._output = OutputLayer(self.model.lm_head.weight, self.output_grad)
         return self._output(x)
 
     def tail_rows(self, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -128,6 +128,11 @@ class EditorConfig:
                                     "int8 copy, 4x fewer bytes to read, the rows it ranks highest then scored "
                                     "exactly; patcher/memory.py). The pass is bound by memory bandwidth and was most "
                                     "of a SmolLM2 step late in the stream (~100k rows)")
+    output_grad: str = _f("int8", "the gradient through a language model's output layer on a CPU: 'int8' (through "
+                                  "an int8 copy of it: 0.9-1.6 ms instead of 5-8.5 per step for SmolLM2's 49152 x "
+                                  "576, within 1% of the exact gradient; the forward, every loss, check and "
+                                  "judgement stay exact) or 'exact'. Every step of the reference settings and the "
+                                  "fine-tuning baselines goes through the whole layer (patcher/arch.py)")
     memory_size: int = _f(40000, "most FFN-input vectors kept from the training split for the memory "
                                  "(sampled with the seed); edit inputs are always added on top")
     threads: int = _f(0, "torch CPU threads; 0: 1 for classification (tiny ops), all cores for generation")

@@ -156,6 +156,7 @@ class Editor:
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.arch = adapter_for(model)
+        self.arch.output_grad = self.cfg.output_grad
         self.task = task_for(self.arch, tokenizer, self.cfg.subject_layer)
         activation = self.patch_activation(self.arch, self.cfg.activation, neurons)
         dtype = next(model.parameters()).dtype

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .int8 import Int8Rows, room
 from .tasks import Cached, Example, Task
 
 
@@ -71,10 +72,10 @@ class Memory:
         if (z is None) != (self._z is None):
             raise ValueError("this memory " + ("keeps" if self._z is not None else "has no") + " subject-layer inputs")
         end = self._n + len(q)
-        self._q = _room(self._q, self._n, end)
+        self._q = room(self._q, self._n, end)
         self._q[self._n:end] = q
         if z is not None:
-            self._z = _room(self._z, self._n, end)
+            self._z = room(self._z, self._n, end)
             self._z[self._n:end] = z
             self.lengths = torch.cat([self.lengths, self.lengths.new_tensor([len(q)])])
         if text is not None:
@@ -144,7 +145,7 @@ class Memory:
         rows = self.vectors if which == "q" else self.z
         copy = self._int8.get(which)
         if copy is None:
-            copy = self._int8[which] = Int8Rows(rows)
+            copy = self._int8[which] = Int8Rows(rows, unique=True)
         elif len(copy) < len(rows):
             copy.append(rows[len(copy):])
         return copy.times(keys)
@@ -183,37 +184,6 @@ class Memory:
         return start + seen.argmax(-1)
 
 
-class Int8Rows:
-    """An int8 copy of a growing (N, H) matrix, for an approximate product with a few keys. Each column is first
-    divided by the square root of its largest magnitude (the last FFN input has outlier dimensions: SmolLM2's
-    largest is 32, the median 1; per-row scales alone were off by 0.2 on average, by 0.04 this way), each row
-    then scaled to +-127."""
-
-    def __init__(self, rows: torch.Tensor):
-        self.columns = rows.abs().amax(0).clamp_min(1e-6).sqrt()                    # (H,)
-        self._q = torch.empty(0, rows.shape[1], dtype=torch.int8, device=rows.device)
-        self._scale = torch.empty(0, dtype=torch.bfloat16, device=rows.device)
-        self._n = 0
-        self.append(rows)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def append(self, rows: torch.Tensor) -> None:
-        x = rows / self.columns
-        scale = x.abs().amax(1).clamp_min(1e-12) / 127                              # (m,)
-        end = self._n + len(rows)
-        self._q, self._scale = _room(self._q, self._n, end), _room(self._scale, self._n, end)
-        self._q[self._n:end] = (x / scale.unsqueeze(-1)).round().clamp(-127, 127).to(torch.int8)
-        self._scale[self._n:end] = scale.to(torch.bfloat16)
-        self._n = end
-
-    def times(self, keys: torch.Tensor) -> torch.Tensor:
-        """keys (n, H) -> approximately rows @ keys.t() (N, n)."""
-        scaled = (keys * self.columns).to(torch.bfloat16)
-        return torch._weight_int8pack_mm(scaled, self._q[: self._n], self._scale[: self._n]).float().t()
-
-
 def _rows_times(matrix: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """(N, H), rows (k, n), keys (n, H) -> matrix[rows[i, j]] . keys[j] (k, n); as a product and a sum, 3x
     faster than a batched matrix product for the few neurons of one edit."""
@@ -227,12 +197,3 @@ def _times(rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     if len(keys) == 1 and rows.device.type == "cpu":
         return (rows @ keys.repeat(2, 1).t())[:, :1]
     return rows @ keys.t()
-
-
-def _room(buffer: torch.Tensor, used: int, needed: int) -> torch.Tensor:
-    """`buffer` if it has `needed` rows, else a buffer of twice that with its first `used` rows."""
-    if needed <= len(buffer):
-        return buffer
-    grown = buffer.new_empty((2 * needed, *buffer.shape[1:]))
-    grown[:used] = buffer[:used]
-    return grown

@@ -55,14 +55,37 @@ def test_unsupported_architecture_is_named(tokenizer):
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 8, 12])
 def test_output_layer_is_the_plain_product_in_value_and_gradient_whatever_its_orientation(rows):
-    # 2-8 rows take the transposed product (patcher.arch.OutputLayer), the rest the plain one
-    g = torch.Generator().manual_seed(0)
-    weight = torch.randn(300, 16, generator=g)
-    x = torch.randn(rows, 3, 16, generator=g)[:, 0].requires_grad_(True)      # a strided view, as cached rows are
+    # 1 row, 2-8 rows and the rest each take their own orientation (patcher.arch.OutputLayer)
+    x, weight, expected = _output_layer_case(rows)
     out = OutputLayer(weight)(x)
     out.pow(2).sum().backward()
-    expected = x.detach().clone().requires_grad_(True)
-    (expected @ weight.t()).pow(2).sum().backward()
     assert out.shape == (rows, 300)
     assert torch.allclose(out, expected @ weight.t(), atol=1e-5)
     assert torch.allclose(x.grad, expected.grad, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 12])
+def test_output_layer_int8_gradient_is_close_and_its_forward_exact(rows):
+    x, weight, expected = _output_layer_case(rows)
+    out = OutputLayer(weight, grad="int8")(x)
+    out.pow(2).sum().backward()
+    assert torch.allclose(out, expected @ weight.t(), atol=1e-5), "the forward stays exact"
+    error = (x.grad - expected.grad).norm(dim=-1) / expected.grad.norm(dim=-1)
+    assert error.max() < 0.02, error
+    assert not torch.equal(x.grad, expected.grad), "the int8 path was taken"
+
+
+def test_output_layer_refuses_an_unknown_gradient_mode():
+    with pytest.raises(ValueError, match="unknown output_grad 'fp8'"):
+        OutputLayer(torch.zeros(3, 2), grad="fp8")
+
+
+def _output_layer_case(rows: int):
+    """-> (x (rows, 16) requiring grad, W (300, 16), a copy of x whose .grad is the exact gradient of
+    sum((x @ W.t())^2))."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(300, 16, generator=g)
+    x = torch.randn(rows, 3, 16, generator=g)[:, 0].requires_grad_(True)      # a strided view, as cached rows are
+    expected = x.detach().clone().requires_grad_(True)
+    (expected @ weight.t()).pow(2).sum().backward()
+    return x, weight, expected

@@ -1,0 +1,27 @@
+import torch
+
+from patcher.int8 import Int8Rows
+
+
+def _rows(n: int, width: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, width, generator=torch.Generator().manual_seed(seed))
+
+
+def test_repeated_rows_are_stored_once_and_the_product_is_the_same_as_without():
+    distinct = _rows(40, 48)
+    rows = torch.cat([distinct, distinct[:10], distinct[5:25]])                   # 30 repeats
+    keys = _rows(3, 48, seed=1)
+    plain, unique = Int8Rows(rows[:50]), Int8Rows(rows[:50], unique=True)
+    plain.append(rows[50:]), unique.append(rows[50:])                             # repeats of rows stored earlier
+    assert len(unique) == len(plain) == 70
+    assert unique._stored == 40, "each distinct row stored once"
+    assert torch.equal(unique.times(keys), plain.times(keys))
+    assert torch.allclose(plain.times(keys), rows @ keys.t(), rtol=0.05, atol=0.15)
+
+
+def test_a_width_that_is_not_a_multiple_of_16_is_padded_not_misread():
+    # torch's int8 product gave wrong sums for widths 8, 24 and 40 and crashed for 300
+    for width in (8, 24, 300):
+        rows, keys = _rows(20, width), _rows(2, width, seed=1)
+        exact = rows @ keys.t()
+        assert torch.allclose(Int8Rows(rows).times(keys), exact, rtol=0.05, atol=0.05 * exact.abs().max())
