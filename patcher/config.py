@@ -111,8 +111,8 @@ class EditorConfig:
                                          "text the input shares with its phrasings). None: the last FFN's input "
                                          "alone (the reference). Not mergeable; fast path only. Pass `negatives` "
                                          "(other questions about the subject) to keep its other facts")
-    retry_without_decay: bool = _f(True, "an edit still wrong after training (and the whole-vocabulary retry) is "
-                                         "trained once more without weight decay (False: the reference, no retry). "
+    retry_without_decay: bool = _f(True, "an edit still wrong after training is trained once more without weight "
+                                         "decay, before the whole-vocabulary retry (False: the reference, no retry). "
                                          "Weight decay pulls on each parameter alike, the edit loss is a mean over "
                                          "every answer position of every wording, so a long answer's values stay "
                                          "small: SmolLM2's edit 237, an 18-token answer with 11 neurons and 16 "

@@ -396,7 +396,8 @@ def test_an_edit_the_candidate_outputs_cannot_fix_is_trained_again_on_the_whole_
     monkeypatch.setattr(Editor, "_train", candidates_fail)
     editor = editor_for(make_model, tokenizer, "llama", vocab_candidates=8)
     outcome = editor.edit("e0", text, target)
-    assert calls == [8, 0] and outcome.status == "edited" and outcome.steps > expected.steps
+    # candidates, then the decay-free retry (on candidates too), then the whole vocabulary
+    assert calls == [8, 8, 0] and outcome.status == "edited" and outcome.steps > expected.steps
     assert torch.allclose(editor.neurons.values, plain.neurons.values)       # the whole-vocabulary patch
 
 
