@@ -20,6 +20,15 @@ from transformers.activations import ACT2FN
 from .int8 import Int8Rows
 
 
+def matrix_times(rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(N, H), (n, H) -> rows @ keys.t() (N, n). One key is multiplied as two: on a CPU the BLAS's matrix-vector
+    path read a 98k x 576 memory in 14.5 ms, its matrix-matrix path in 6.7 ms (2 cores); SmolLM2's output layer
+    4.4 against 3.4 ms."""
+    if len(keys) == 1 and rows.device.type == "cpu":
+        return (rows @ keys.repeat(2, 1).t())[:, :1]
+    return rows @ keys.t()
+
+
 class _OutputProduct(torch.autograd.Function):
     """x (m, H) -> x @ W.t() (m, V) through an OutputLayer: its forward exact, its gradient as the layer says."""
 
@@ -62,10 +71,8 @@ class OutputLayer:
 
     def product(self, flat: torch.Tensor) -> torch.Tensor:
         """(m, H) -> (m, V), exact."""
-        if flat.device.type == "cpu" and len(flat) == 1:
-            return (self.weight @ flat.repeat(2, 1).t())[:, :1].t().contiguous()
-        if flat.device.type == "cpu" and len(flat) in self.FEW:
-            return (self.weight @ flat.t()).t().contiguous()
+        if flat.device.type == "cpu" and len(flat) < self.FEW.stop:
+            return matrix_times(self.weight, flat).t().contiguous()
         return flat @ self.weight_t
 
     def grad_input(self, grad: torch.Tensor) -> torch.Tensor:
