@@ -38,7 +38,7 @@ from patcher.arch import adapter_for  # noqa: E402
 from patcher.editor import NewNeurons, patch_loss, positions_to_patch  # noqa: E402
 from patcher.facts import all_facts, split_facts  # noqa: E402
 from patcher.facts.mistakes import examples  # noqa: E402
-from patcher.memory import Memory  # noqa: E402
+from patcher.memory import Memory, TopRows  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
 from patcher.patch import PatchBranch  # noqa: E402
@@ -147,7 +147,7 @@ def edit(task, cfg: EditorConfig, memory: Memory, record, seed: int, subject: st
         logits, _, targets = run(task, wordings)
         edit_loss = sum(task.edit_loss(x, t, cfg) for x, t in zip(logits, targets)) / len(wordings)
         a_edit = torch.stack([trainee.a[i, p[wrong], columns] for i, p in enumerate(positions)])   # (K, n)
-        loss, _ = patch_loss(cfg, edit_loss, a_edit, memory, new)
+        loss, _ = patch_loss(cfg, edit_loss, a_edit, TopRows(memory, cfg.mem_topk, cfg.memory_search), new)
         if kept:       # the subject's other knowledge must not move: KL(before || now) of the next token
             now = next_token_logprobs(task, kept)
             loss = loss + kl * (kept_before.exp() * (kept_before - now)).sum(-1).mean()

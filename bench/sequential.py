@@ -96,6 +96,8 @@ def warm_up(probe, shared: SharedCache, records, phrasings: int) -> dict:
                                  for text in [r.input, *r.phrasings[:phrasings], *r.negatives, *r.rephrases]))
     probe.task.shared = shared
     start = time.perf_counter()
+    lengths = probe.task.lengths([Example(text, target) for text, target in prompts])
+    prompts = [p for _, p in sorted(zip(lengths, prompts), key=lambda pair: pair[0])]   # batches of like lengths
     for i in range(0, len(prompts), 128):        # under the on-disk cache's threshold: kept in this process only
         probe.cache([Example(text, target) for text, target in prompts[i:i + 128]])
     seconds = round(time.perf_counter() - start, 1)

@@ -128,6 +128,12 @@ class EditorConfig:
                                     "int8 copy, 4x fewer bytes to read, the rows it ranks highest then scored "
                                     "exactly; patcher/memory.py). The pass is bound by memory bandwidth and was most "
                                     "of a SmolLM2 step late in the stream (~100k rows)")
+    memory_full_pass_every: int = _f(10, "on a memory over 16k rows, after an edit's first 25 steps, a pass over the "
+                                         "whole memory for the memory loss every N steps only; in between each new "
+                                         "neuron's top rows are found among the prompts of its top 2 x mem_topk rows "
+                                         "at the last pass (patcher.memory.TopRows). 1: every step (the reference). "
+                                         "10: SmolLM2 after 400 edits (160k rows) 24 -> 16 ms per step, the memory "
+                                         "loss within 0.5% of the whole pass's, the same steps and leads")
     output_grad: str = _f("int8", "the gradient through a language model's output layer on a CPU: 'int8' (through "
                                   "an int8 copy of it: 0.9-1.6 ms instead of 5-8.5 per step for SmolLM2's 49152 x "
                                   "576, within 1% of the exact gradient; the forward, every loss, check and "

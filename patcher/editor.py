@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from .arch import adapter_for
 from .config import EditorConfig
-from .memory import Memory
+from .memory import Memory, TopRows
 from .patch import PatchBranch, PatchNeurons, activation_fn
 from .subject import shared_text, subject_part, subject_position
 from .tasks import Cached, Example, task_for
@@ -76,17 +76,16 @@ class NewNeurons(nn.Module):
                     torch.full_like(self.biases, bias_shift))
 
 
-def patch_loss(cfg: EditorConfig, edit_loss: torch.Tensor, a_edit: torch.Tensor, memory: Memory | None,
-               new: "NewNeurons", skip: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+def patch_loss(cfg: EditorConfig, edit_loss: torch.Tensor, a_edit: torch.Tensor, memory_top: TopRows | None,
+               new: "NewNeurons") -> tuple[torch.Tensor, dict]:
     """L = l_e + alpha * l_a + beta * (l_m1 + l_m2), from the edit loss and the new neurons' pre-activations
     on the edit input, a_edit (C, n) for C copies of it. l_a pushes a_edit up; l_m1 pushes it above the
-    top-k memory pre-activations by m1; l_m2 pushes those below m2. `skip`: memory rows left out (the edit's
-    own wordings, where an earlier edit remembered them)."""
+    top-k memory pre-activations (memory_top(new), patcher.memory.TopRows) by m1; l_m2 pushes those below m2."""
     l_a = _topk_mean(torch.exp(cfg.act_margin - a_edit), cfg.act_topk)
     parts = {"l_e": edit_loss, "l_a": l_a}
     total = edit_loss + cfg.alpha * l_a
-    if memory is not None and len(memory) and cfg.beta:       # beta 0 (the ablation): no pass over the memory
-        parts["l_m1"], parts["l_m2"] = memory_losses(cfg, a_edit, memory, new, skip)
+    if memory_top is not None and len(memory_top.memory) and cfg.beta:   # beta 0 (the ablation): no memory pass
+        parts["l_m1"], parts["l_m2"] = memory_losses(cfg, a_edit, memory_top(new))
         total = total + cfg.beta * (parts["l_m1"] + parts["l_m2"])
     return total, parts
 
@@ -96,12 +95,8 @@ def _topk_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.mean() if k >= x.shape[0] else x.topk(k, dim=0).values.mean()
 
 
-def memory_losses(cfg: EditorConfig, a_edit: torch.Tensor, memory: Memory, new: "NewNeurons",
-                  skip: torch.Tensor | None = None):
-    """a_edit (C, n) -> (l_m1, l_m2) over the top-k memory pre-activations of the new neurons, but the rows
-    `skip` marks (Memory.top_preactivation: one pass over the growing memory, the dense top-k's value and
-    gradient)."""
-    top = memory.top_preactivation(new, cfg.mem_topk, cfg.memory_search, skip)     # (k, n)
+def memory_losses(cfg: EditorConfig, a_edit: torch.Tensor, top: torch.Tensor):
+    """a_edit (C, n), top (k, n): the new neurons' top-k memory pre-activations -> (l_m1, l_m2)."""
     l_m1 = torch.exp(top.unsqueeze(0) - a_edit.unsqueeze(1) + cfg.m1).mean()         # (C, k, n)
     l_m2 = torch.exp(top - cfg.m2).mean()
     return l_m1, l_m2
@@ -359,9 +354,11 @@ class Editor:
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor,
                                                            patience=cfg.plateau_patience, min_lr=cfg.min_lr)
         previous_val, step, parts, right_checks = None, 0, {}, 0
+        memory_top = None if self.memory is None else TopRows(self.memory, cfg.mem_topk, cfg.memory_search,
+                                                              cfg.memory_full_pass_every, skip)
         for step in range(1, cfg.max_steps + 1):
             logits, a_edit = forward(True)                                     # (C, P, V), (C, n)
-            loss, parts = patch_loss(cfg, self.task.edit_loss(logits, targets(), cfg), a_edit, self.memory, new, skip)
+            loss, parts = patch_loss(cfg, self.task.edit_loss(logits, targets(), cfg), a_edit, memory_top, new)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(new.parameters(), cfg.grad_clip)
@@ -375,7 +372,8 @@ class Editor:
                     right_checks += 1
                     if self.val_memory is None or not len(self.val_memory) or right_checks == cfg.max_checks_right:
                         break
-                    val = sum(memory_losses(cfg, a_edit, self.val_memory, new)).item()
+                    top = self.val_memory.top_preactivation(new, cfg.mem_topk, cfg.memory_search)
+                    val = sum(memory_losses(cfg, a_edit, top)).item()
                     if previous_val is not None and previous_val - val <= cfg.val_min_improvement:
                         break
                     previous_val = val

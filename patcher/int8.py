@@ -62,6 +62,17 @@ class Int8Rows:
         picked = torch.tensor(new, dtype=torch.long, device=q.device)
         return q[picked], scale[picked]
 
+    def select(self, rows: torch.Tensor) -> "Int8Rows":
+        """The copy of the given rows (R,) only, in that order (each distinct stored row still once), without
+        quantizing them again."""
+        stored = rows if self._index is None else self._index[rows]
+        kept, index = torch.unique(stored, return_inverse=True)
+        picked = Int8Rows.__new__(Int8Rows)
+        picked.columns, picked._pad, picked._ids = self.columns, self._pad, {}
+        picked._q, picked._scale, picked._index = self._q[kept], self._scale[kept], index
+        picked._stored, picked._n = len(kept), len(rows)
+        return picked
+
     def times(self, keys: torch.Tensor) -> torch.Tensor:
         """keys (n, H) -> approximately rows @ keys.t() (N, n)."""
         scaled = F.pad(keys * self.columns, (0, self._pad)).to(torch.bfloat16)                 # (n, H + pad)

@@ -422,7 +422,8 @@ def test_memory_losses_equal_the_dense_top_k_in_value_and_gradient(subject_layer
     cfg = EditorConfig(mem_topk=5)
     assert len(editor.memory) > 4 * cfg.mem_topk
     results = []
-    for losses in (memory_losses, dense_memory_losses):
+    fast = lambda cfg, a_edit, memory, new: memory_losses(cfg, a_edit, memory.top_preactivation(new, cfg.mem_topk))  # noqa: E731
+    for losses in (fast, dense_memory_losses):
         g = torch.Generator().manual_seed(1)
         new = NewNeurons(c.q[:neurons], "relu", 10.0, torch.Generator().manual_seed(0),    # one per answer token
                          z_subject=None if c.z is None else c.z[3])
@@ -438,3 +439,73 @@ def test_memory_losses_equal_the_dense_top_k_in_value_and_gradient(subject_layer
     for grad, expected in zip(grads, dense):
         assert torch.allclose(grad, expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
     assert all(grad.abs().sum() > 0 for grad in grads[:2])
+
+
+def _prompt_memory(count: int, seed: int = 0) -> Memory:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 30, (count,), generator=g)
+    rows = torch.randn(int(lengths.sum()), 64, generator=g)
+    rows[:, 0] *= 30
+    return Memory(rows, torch.randn(len(rows), 64, generator=g), lengths)
+
+
+@pytest.mark.parametrize("subject", [True, False])
+def test_a_view_of_the_prompts_holding_some_rows_scores_them_as_the_whole_memory(subject):
+    memory = _prompt_memory(1400)
+    if not subject:
+        memory = Memory(memory.vectors)
+    g = torch.Generator().manual_seed(1)
+    neurons = NewNeurons(torch.randn(2, 64, generator=g), "relu", 1.0, g,
+                         z_subject=torch.randn(64, generator=g) if subject else None)
+    memory.top_preactivation(neurons, 1000, "int8")                          # makes the int8 copies
+    rows = torch.tensor([5, 900, 901, 17000, 3])
+    view = memory.holding(rows)
+    assert view._places is not None and set(rows.tolist()) <= set(view._places.tolist())
+    if subject:         # whole prompts: a row's running max reads the positions before it
+        assert int(view.lengths.sum()) == len(view) > len(rows)
+    whole = memory.preactivation(neurons).detach()
+    assert torch.allclose(view.preactivation(neurons).detach(), whole[view._places], atol=1e-5)
+    with pytest.raises(ValueError, match="does not grow"):
+        view.append(torch.zeros(1, 64), torch.zeros(1, 64) if subject else None)
+
+
+def test_top_rows_between_whole_passes_come_from_the_prompts_of_the_last_pass():
+    from patcher.memory import TopRows
+
+    memory = _prompt_memory(1400)
+    assert len(memory) > 16 * 1000
+    g = torch.Generator().manual_seed(1)
+    neurons = NewNeurons(torch.randn(2, 64, generator=g), "relu", 1.0, g, z_subject=torch.randn(64, generator=g))
+    top = TopRows(memory, 1000, "int8", every=10)
+    passes = []
+    memory.holding = (lambda f: lambda *a: passes.append(top.calls) or f(*a))(memory.holding)
+    whole = lambda search: memory.top_preactivation(neurons, 1000, search).detach().sort(0).values   # noqa: E731
+    for call in range(1, 50):
+        found = top(neurons).detach().sort(0).values
+        # the keys barely move: the rows a pass over the whole memory would find are in the prompts of the last
+        # one, ranked on the same int8 rows and scored exactly
+        if call >= TopRows.FULL_CALLS and (call - TopRows.FULL_CALLS) % 10 == 0:    # a pass: 2k rows rescored
+            assert float((found[-100:] - whole("exact")[-100:]).abs().max()) < 1e-3, call
+        else:
+            assert float((found[-100:] - whole("int8")[-100:]).abs().max()) < 1e-5, call
+            assert float((found - whole("int8")).abs().max()) < 1e-2, call            # swaps at the k-th
+        assert float((found - whole("exact")).abs().max()) < 0.2          # near the k-th: nearly equal rows swap
+        with torch.no_grad():
+            neurons.keys += 1e-3 * torch.randn(neurons.keys.shape, generator=g)
+    assert passes == [25, 35, 45], "a pass at every call at first, then at every 10th, keeping its prompts"
+    assert TopRows(_prompt_memory(100), 1000, "int8", every=10).every == 1, "a small memory: a pass every call"
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+def test_examples_are_cached_in_batches_of_like_lengths_and_returned_in_order(arch, tokenizer, make_model):
+    editor = editor_for(make_model, tokenizer, arch)
+    words = " ".join(m.input for m in MEMORY).split()
+    examples = [Example(" ".join(words[i % 7: i % 7 + 1 + (i * 5) % 23]), "L0" if arch == "bert" else f"w{i}")
+                for i in range(70)]
+    lengths = editor.task.lengths(examples)
+    assert len(set(lengths)) > 10 and lengths != sorted(lengths)
+    batched = editor.task._compute(examples, batch_size=16)
+    for example, cached in zip(examples, batched):
+        alone = editor.task._compute([example])[0]
+        assert torch.equal(cached.targets, alone.targets) and cached.q_memory.shape == alone.q_memory.shape
+        assert torch.allclose(cached.q, alone.q, atol=1e-5) and torch.allclose(cached.h, alone.h, atol=1e-5)

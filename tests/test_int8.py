@@ -25,3 +25,16 @@ def test_a_width_that_is_not_a_multiple_of_16_is_padded_not_misread():
         rows, keys = _rows(20, width), _rows(2, width, seed=1)
         exact = rows @ keys.t()
         assert torch.allclose(Int8Rows(rows).times(keys), exact, rtol=0.05, atol=0.05 * exact.abs().max())
+
+
+def test_a_selection_of_rows_multiplies_as_those_rows_of_the_whole_copy():
+    distinct = _rows(40, 48)
+    rows = torch.cat([distinct, distinct[:10]])
+    keys = _rows(2, 48, seed=1)
+    picked = torch.tensor([45, 3, 3, 17, 49, 0])
+    for unique in (False, True):
+        whole = Int8Rows(rows, unique=unique)
+        part = whole.select(picked)
+        assert len(part) == len(picked)
+        assert torch.equal(part.times(keys), whole.times(keys)[picked]), "the same int8 rows, not quantized again"
+    assert Int8Rows(rows, unique=True).select(picked)._stored == 5, "rows 45 and 5, 49 and 9 are one; 3 twice"
