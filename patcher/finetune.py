@@ -46,7 +46,7 @@ class FineTuneEditor(Editor):
         super().__init__(*args, **kwargs)
         self.delta = FFNDelta(self.arch.ffn_module())
         self.kl_examples, self.kl_weight, self.kl_batch, self.ft_lr = list(kl_examples), kl_weight, kl_batch, lr
-        self.opt = torch.optim.Adam(self.delta.tuned.parameters(), lr=lr)
+        self.opt = torch.optim.Adam(self.delta.tuned.parameters(), lr=lr, fused=True)   # one kernel: 2.6M weights
         self._rng = torch.Generator().manual_seed(self.cfg.seed)
         self._references: dict[int, torch.Tensor] = {}
 

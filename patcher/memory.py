@@ -73,6 +73,14 @@ class Memory:
             vectors = vectors[torch.randperm(len(vectors), generator=g)[:max_vectors].to(vectors.device)]
         return cls(vectors)
 
+    @classmethod
+    def empty(cls, like: Cached) -> "Memory":
+        """A memory with no rows yet, for vectors like `like`'s (and its subject-layer inputs, if it has them)."""
+        rows = like.q_memory.new_empty((0, like.q_memory.shape[-1]))
+        if like.z is None:
+            return cls(rows)
+        return cls(rows, rows.clone(), torch.empty(0, dtype=torch.long, device=rows.device))
+
     def __len__(self) -> int:
         return self._n
 

@@ -44,9 +44,8 @@ def build_editor(model, tokenizer, config: EditorConfig, memory: list[Example] =
         for entry, cached in zip(patches.edits, earlier):
             editor.edited[entry["error_id"]] = cached
             if editor.memory is None:
-                editor.memory = Memory.from_cached([cached])
-            else:
-                editor.memory.append(cached.q_memory, cached.z, entry["input"])
+                editor.memory = Memory.empty(cached)
+            editor.memory.append(cached.q_memory, cached.z, entry["input"])   # named: rows_of finds it
     return editor
 
 

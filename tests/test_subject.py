@@ -158,6 +158,9 @@ def test_subject_patches_save_load_and_export(tmp_path, tokenizer, make_model):
         TrainSettings.from_dict({"models": {"tiny": {"subjet_layer": 1}}})
     on_top = build_editor(model, tok, EditorConfig(subject_layer=0), MEMORY, patches=loaded)
     assert len(on_top.memory.lengths) == len(MEMORY) + len(loaded.edits)        # earlier edits join the memory
+    alone = build_editor(model, tok, EditorConfig(subject_layer=0), patches=loaded)   # no memory examples
+    assert len(alone.memory.lengths) == len(loaded.edits) >= 2
+    assert all(alone.memory.rows_of([e["input"]]) is not None for e in loaded.edits)   # the first one named too
     assert on_top.edit("e9", FACTS[3].input, FACTS[3].target).status in ("edited", "skipped")
 
 
