@@ -76,7 +76,7 @@ def cmd_eval(args) -> int:
     model_dir = resolve_model_dir(args.model)
     model, tokenizer = load_model(model_dir)
     patches = PatchSet.load(args.patches)
-    editor = build_editor(model, tokenizer, _config(args), patches=patches)
+    editor = build_editor(model, tokenizer, _config(args), patches=patches, edits_in_memory=False)   # reads only
     patches.check_base(editor.arch, model_dir)
     records = read_records(args.errors)
     check_task(editor, records)

@@ -166,6 +166,7 @@ class Editor:
         self.memory = memory.to(self.device) if memory is not None else None
         self.val_memory = val_memory.to(self.device) if val_memory is not None else None
         self.edited: dict[str, Cached] = {}                   # error id -> cached edit input
+        self.remembered: dict[str, list[str]] = {}            # error id -> the prompts it added to the memory
         self.outcomes: list[EditOutcome] = []
 
     @staticmethod
@@ -213,7 +214,7 @@ class Editor:
         c = self.cache([Example(input, target)])[0]
         right, lead, before = self.judge(c)
         if right:
-            self._remember(c, input)
+            self.remember(c, input, error_id)
             outcome = EditOutcome(error_id, input, "skipped", before, before, target, lead=lead,
                                   seconds=time.perf_counter() - start)
             self.outcomes.append(outcome)
@@ -222,7 +223,7 @@ class Editor:
         if wrong > self.cfg.max_neurons_per_edit:
             # each neuron fixes its own answer position: training could not make this edit right
             self.edited[error_id] = c
-            self._remember(c, input)
+            self.remember(c, input, error_id)
             outcome = EditOutcome(error_id, input, "failed", before, before, target, lead=lead,
                                   seconds=time.perf_counter() - start,
                                   reason=f"{wrong} answer tokens wrong, at most {self.cfg.max_neurons_per_edit} "
@@ -238,7 +239,7 @@ class Editor:
         if self.cfg.subject_layer is not None and path != "fast":
             raise ValueError("the subject key (subject_layer) is a fast-path extension")
         for text, negative in zip(negatives, self.cache([Example(n, target) for n in negatives])):
-            self._remember(negative, text)
+            self.remember(negative, text, error_id)
         # the subject key starts at the subject: the text the input shares with its phrasings (else its last token)
         subject_at = subject_position(self.tokenizer, input, shared_text(input, wordings)) \
             if self.cfg.subject_layer is not None else None
@@ -261,7 +262,7 @@ class Editor:
             self.owners += [error_id] * len(positions)
         self.edited[error_id] = c
         for text, seen in zip([input, *wordings], [c, *extra]):
-            self._remember(seen, text)
+            self.remember(seen, text, error_id)
         seconds = time.perf_counter() - start              # the edit itself; measuring GR below is not part of it
         generalization = None
         if rephrases:
@@ -313,7 +314,10 @@ class Editor:
         self.neurons = self.neurons.with_shifts(kept)
         return int((kept < shifts).sum())
 
-    def _remember(self, c: Cached, text: str | None = None) -> None:
+    def remember(self, c: Cached, text: str, error_id: str) -> None:
+        """`text`'s FFN inputs (c) join the memory; the edit `error_id` is said to have added them (a patch set
+        keeps that list per edit, so an editor built on it later remembers them again)."""
+        self.remembered.setdefault(error_id, []).append(text)
         if self.memory is not None:
             self.memory.append(c.q_memory, c.z, text)
 

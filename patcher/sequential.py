@@ -28,8 +28,10 @@ def set_threads(config: EditorConfig, task: str) -> int:
 
 
 def build_editor(model, tokenizer, config: EditorConfig, memory: list[Example] = (),
-                 val_memory: list[Example] = (), patches: PatchSet | None = None) -> Editor:
-    """An editor whose memory holds the task's training examples plus every earlier edit input."""
+                 val_memory: list[Example] = (), patches: PatchSet | None = None,
+                 edits_in_memory: bool = True) -> Editor:
+    """An editor whose memory holds the task's training examples plus the prompts every earlier edit (of
+    `patches`) added to it (remember_edits; edits_in_memory False: the editor only reads the patched model)."""
     editor = Editor(model, tokenizer, config,
                     neurons=patches.neurons if patches is not None else None,
                     owners=patches.owners if patches is not None else None)
@@ -39,14 +41,27 @@ def build_editor(model, tokenizer, config: EditorConfig, memory: list[Example] =
         editor.memory = Memory.from_examples(editor.task, list(memory), cfg.memory_size, cfg.seed)
     if val_memory:
         editor.val_memory = Memory.from_examples(editor.task, list(val_memory), cfg.memory_size, cfg.seed)
-    if patches is not None and patches.edits:
-        earlier = editor.cache([Example(e["input"], e["target"]) for e in patches.edits])
-        for entry, cached in zip(patches.edits, earlier):
-            editor.edited[entry["error_id"]] = cached
-            if editor.memory is None:
-                editor.memory = Memory.empty(cached)
-            editor.memory.append(cached.q_memory, cached.z, entry["input"])   # named: rows_of finds it
+    if patches is not None and patches.edits and edits_in_memory:
+        remember_edits(editor, patches.edits)
     return editor
+
+
+def remember_edits(editor: Editor, edits: list[dict], group: int = 64) -> None:
+    """Earlier edits (a patch set's entries) re-enter an editor: each input as an edit to keep right (ER), and
+    every prompt the edit added to the memory (its `remembered`: the input, its training wordings and negatives;
+    the input alone for patch sets written before 2026-11-28) back into the memory, so new neurons stay silent
+    on them as they would have in one long run. Cached `group` edits at a time: a whole group's prompts are the
+    same set on every later run, so the on-disk activation cache serves them (SmolLM2: ~28 prompts per edit)."""
+    for start in range(0, len(edits), group):
+        prompts = [(entry, text) for entry in edits[start:start + group]
+                   for text in (entry.get("remembered") or [entry["input"]])]
+        cached = editor.cache([Example(text, entry["target"]) for entry, text in prompts])
+        for (entry, text), c in zip(prompts, cached):
+            if text == entry["input"]:
+                editor.edited.setdefault(entry["error_id"], c)
+            if editor.memory is None:
+                editor.memory = Memory.empty(c)
+            editor.remember(c, text, entry["error_id"])
 
 
 def memory_facts(split: dict, train_locality_share: float = 0.2) -> list:
@@ -120,7 +135,8 @@ def to_patchset(editor: Editor, outcomes: list[EditOutcome], base_name: str, mod
             edits.append({"error_id": o.error_id, "input": o.input, "target": o.target, "status": o.status,
                           "prediction_before": o.prediction_before, "prediction_after": o.prediction_after,
                           "neurons": o.neurons, "steps": o.steps, "seconds": round(o.seconds, 4),
-                          "lead": o.lead, "generalization": o.generalization, "created_at": created})
+                          "lead": o.lead, "generalization": o.generalization, "created_at": created,
+                          "remembered": editor.remembered.get(o.error_id, [o.input])})
     base = {"name": base_name, "sha256": weights_sha256(model_dir) if model_dir else None}
     if earlier is not None:
         base = earlier.base_model

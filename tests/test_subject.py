@@ -119,6 +119,32 @@ def test_memory_samples_whole_prompts_and_negatives_join_it(tokenizer, make_mode
     assert all(s is not None and len(s) == rows for s in skipped)
 
 
+def test_a_patch_set_keeps_the_prompts_each_edit_added_to_the_memory(tmp_path, tokenizer, make_model):
+    # a pipeline run on top of a registry version must keep new neurons silent on earlier edits' training
+    # wordings and negatives, as one long run would, not only on their inputs
+    editor = subject_editor(make_model, tokenizer)
+    negative = "the language of france is"
+    wording = PHRASING.format("france")
+    first = editor.edit("e0", FACTS[0].input, FACTS[0].target, phrasings=[wording], negatives=[negative])
+    outcomes = [first, editor.edit("e1", FACTS[1].input, FACTS[1].target)]
+    assert first.status == "edited" and editor.remembered["e0"] == [negative, FACTS[0].input, wording]
+    loaded = PatchSet.load(to_patchset(editor, outcomes, "tiny", None).save(tmp_path / "patches"))
+    entries = {e["error_id"]: e for e in loaded.edits}
+    assert entries["e0"]["remembered"] == [negative, FACTS[0].input, wording]
+    again = build_editor(editor.model, tokenizer, EditorConfig(subject_layer=0), MEMORY[:7], patches=loaded)
+    for entry in loaded.edits:
+        for text in entry["remembered"]:
+            assert len(again.memory.rows_of([text])) == len(editor.memory.rows_of([text])), text
+    assert set(again.edited) == set(entries) and again.remembered["e0"] == entries["e0"]["remembered"]
+    # patch sets written before the list: the inputs alone
+    for entry in loaded.edits:
+        del entry["remembered"]
+    older = build_editor(editor.model, tokenizer, EditorConfig(subject_layer=0), MEMORY[:7], patches=loaded)
+    assert older.memory.rows_of([negative]) is None and older.memory.rows_of([FACTS[0].input]) is not None
+    assert len(build_editor(editor.model, tokenizer, EditorConfig(subject_layer=0), patches=loaded,
+                            edits_in_memory=False).edited) == 0                     # a reader: nothing cached
+
+
 def test_subject_patches_save_load_and_export(tmp_path, tokenizer, make_model):
     model_dir = tmp_path / "model"
     make_model("llama").save_pretrained(model_dir)
@@ -157,9 +183,10 @@ def test_subject_patches_save_load_and_export(tmp_path, tokenizer, make_model):
     with pytest.raises(ValueError, match="train.models.tiny: unknown editor settings subjet_layer"):
         TrainSettings.from_dict({"models": {"tiny": {"subjet_layer": 1}}})
     on_top = build_editor(model, tok, EditorConfig(subject_layer=0), MEMORY, patches=loaded)
-    assert len(on_top.memory.lengths) == len(MEMORY) + len(loaded.edits)        # earlier edits join the memory
+    # earlier edits' prompts (input and training wording each) join the memory
+    assert len(on_top.memory.lengths) == len(MEMORY) + sum(len(e["remembered"]) for e in loaded.edits) == 16
     alone = build_editor(model, tok, EditorConfig(subject_layer=0), patches=loaded)   # no memory examples
-    assert len(alone.memory.lengths) == len(loaded.edits) >= 2
+    assert len(alone.memory.lengths) == 2 * len(loaded.edits) >= 4
     assert all(alone.memory.rows_of([e["input"]]) is not None for e in loaded.edits)   # the first one named too
     assert on_top.edit("e9", FACTS[3].input, FACTS[3].target).status in ("edited", "skipped")
 
