@@ -167,7 +167,8 @@ class Memory:
     def holding(self, rows: torch.Tensor) -> "Memory":
         """A memory of the given rows (R,), in order; with a subject key, of the whole prompts that hold them,
         since a row's pre-activation reads the prompt's positions before it. Where this memory has int8 copies
-        the result is a view: their rows, and its places in this memory's buffers (nothing else copied)."""
+        (up to date) the result is a view: their rows, and its places in this memory's buffers (nothing else
+        copied); otherwise a copy."""
         rows = torch.unique(rows)
         lengths = None
         if self._z is not None:
@@ -179,7 +180,7 @@ class Memory:
                 lengths.cumsum(0) - lengths, lengths)
             rows = torch.repeat_interleave(starts, lengths) + offsets                  # (R',)
         places = self._place(rows)
-        if not self._int8:
+        if not self._int8 or any(len(copy) != len(self) for copy in self._int8.values()):   # none, or behind
             return Memory(self._q[places], None if self._z is None else self._z[places], lengths)
         view = Memory(self._q, self._z, lengths, places)
         view._int8 = {which: copy.select(rows) for which, copy in self._int8.items()}

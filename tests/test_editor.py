@@ -467,6 +467,10 @@ def test_a_view_of_the_prompts_holding_some_rows_scores_them_as_the_whole_memory
     assert torch.allclose(view.preactivation(neurons).detach(), whole[view._places], atol=1e-5)
     with pytest.raises(ValueError, match="does not grow"):
         view.append(torch.zeros(1, 64), torch.zeros(1, 64) if subject else None)
+    memory.append(torch.randn(3, 64, generator=g), torch.randn(3, 64, generator=g) if subject else None)
+    copied = memory.holding(rows)                 # the int8 copies are behind the memory now: a copy, not a view
+    assert copied._places is None and torch.allclose(copied.preactivation(neurons).detach(), whole[view._places],
+                                                     atol=1e-5)
 
 
 def test_top_rows_between_whole_passes_come_from_the_prompts_of_the_last_pass():
