@@ -175,10 +175,8 @@ class Memory:
             ends = self.lengths.cumsum(0)                                              # (S,)
             prompts = torch.unique(torch.searchsorted(ends, rows, right=True))         # (S',)
             lengths = self.lengths[prompts]
-            starts = (ends - self.lengths)[prompts]
-            offsets = torch.arange(int(lengths.sum()), device=rows.device) - torch.repeat_interleave(
-                lengths.cumsum(0) - lengths, lengths)
-            rows = torch.repeat_interleave(starts, lengths) + offsets                  # (R',)
+            cols, _ = _prompt_layout(lengths)
+            rows = (ends - self.lengths)[prompts].repeat_interleave(lengths) + cols     # (R',)
         places = self._place(rows)
         if not self._int8 or any(len(copy) != len(self) for copy in self._int8.values()):   # none, or behind
             return Memory(self._q[places], None if self._z is None else self._z[places], lengths)
@@ -204,10 +202,7 @@ class Memory:
         """Each position's index in its prompt (N,), its prompt's first row (N,) and the longest prompt; kept
         until the memory grows."""
         if self._layout_cache is None or len(self._layout_cache[0]) != len(self):
-            first = self.lengths.cumsum(0) - self.lengths                              # (S,)
-            prompt = torch.repeat_interleave(torch.arange(len(self.lengths), device=self._q.device), self.lengths)
-            cols = torch.arange(len(self), device=self._q.device) - first[prompt]
-            self._layout_cache = (cols, first[prompt], int(self.lengths.max()))
+            self._layout_cache = (*_prompt_layout(self.lengths), int(self.lengths.max()))
         return self._layout_cache
 
     def _running_max(self, scores: torch.Tensor) -> torch.Tensor:
@@ -232,6 +227,13 @@ class Memory:
         column = torch.arange(scores.shape[1], device=rows.device).view(1, -1, 1)
         seen = scores[at, column].masked_fill(at > rows.unsqueeze(-1), float("-inf"))
         return start + seen.argmax(-1)
+
+
+def _prompt_layout(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S,) lengths of prompts one after the other -> each row's index in its prompt (N,) and its prompt's first
+    row (N,)."""
+    first = (lengths.cumsum(0) - lengths).repeat_interleave(lengths)                 # (N,)
+    return torch.arange(len(first), device=lengths.device) - first, first
 
 
 def _rows_times(matrix: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
