@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.utils.mkldnn
 from transformers.activations import ACT2FN
 
 from .int8 import Int8Rows
@@ -44,17 +45,21 @@ class _OutputProduct(torch.autograd.Function):
 
 class OutputLayer:
     """A frozen output layer W (V, H): x (..., H) -> x @ W.t() (..., V). On a CPU the product of a few rows with
-    the large matrix is bound by reading it (SmolLM2's 49152 x 576: 113 MB), so it is oriented by how many rows
-    x has (the BLAS reads it several times slower in some orientations; 2 cores: 1 row 4.4 ms as x @ W.t(),
-    3.4 ms as W @ [x; x].t(); 2-8 rows 9-16 ms as x @ W.t(), 3.5-8 ms as (W @ x.t()).t(); from 12 rows on the
-    same). Every training step of the reference settings and the fine-tuning baselines, and every judgement
-    of one edit, multiplies a few positions by it.
+    the large matrix is bound by reading it (SmolLM2's 49152 x 576: 113 MB), and the BLAS reads it several
+    times slower in some orientations than in others, so the product takes the one measured fastest for its
+    number of rows and threads (SmolLM2's head, this project's 2-core AMD EPYC, MKL; medians in ms):
+        rows               1     2-6      8     12     48
+        1 thread  x @ W.t() 5.1 | W @ x.t() 6.5-14 | oneDNN 14 / 16 / 35  (MKL's best: 16 / 27 / 50)
+        2 threads W @ x.t() 4.0 | W @ x.t() 4.5-7.4 | oneDNN 9.4 / 9.6 / 22 (MKL's best: 9.5 / 18 / 26)
+    (1 row as W @ [x; x].t(): the BLAS's matrix-vector path is slower.) oneDNN's product is float32 like the
+    BLAS's, in another summation order. Every training step of the reference settings and the fine-tuning
+    baselines, every full-vocabulary check of a patcher edit and every judgement multiplies rows by it.
 
     `grad` "int8" (float32 on a CPU): the gradient g (m, V) -> g @ W goes through an int8 copy of W.t() (patcher/int8.py,
     28 MB): 0.9-1.6 ms instead of 5-8.5 for 1-4 rows, within 1% of the exact gradient (SmolLM2, the gradient
     of a cross-entropy); the forward, and so every loss, check and judgement, stays exact. "exact": float32."""
 
-    FEW = range(2, 9)
+    ONEDNN_FROM = 8                # rows from which oneDNN's product is the fastest (table above)
 
     def __init__(self, weight: torch.Tensor, grad: str = "exact"):
         if grad not in ("exact", "int8"):
@@ -63,6 +68,7 @@ class OutputLayer:
         self.weight_t = self.weight.t().contiguous()                           # (H, V)
         self.grad = grad
         self._int8_t: Int8Rows | None = None                                   # W.t() as int8, made at first use
+        self._onednn: nn.Module | None = None                                  # W in oneDNN's layout, at first use
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])                                      # (m, H)
@@ -70,10 +76,16 @@ class OutputLayer:
         return out.reshape(*x.shape[:-1], out.shape[-1])                       # (..., V)
 
     def product(self, flat: torch.Tensor) -> torch.Tensor:
-        """(m, H) -> (m, V), exact."""
-        if flat.device.type == "cpu" and len(flat) < self.FEW.stop:
+        """(m, H) -> (m, V), float32 (the orientation as the class says)."""
+        if flat.device.type != "cpu" or flat.dtype != torch.float32:
+            return flat @ self.weight_t
+        if len(flat) == 1 and torch.get_num_threads() == 1:
+            return flat @ self.weight_t
+        if len(flat) < self.ONEDNN_FROM or not torch.backends.mkldnn.is_available():
             return matrix_times(self.weight, flat).t().contiguous()
-        return flat @ self.weight_t
+        if self._onednn is None:
+            self._onednn = torch.utils.mkldnn.to_mkldnn(_linear(self.weight, None))
+        return self._onednn(flat.detach())
 
     def grad_input(self, grad: torch.Tensor) -> torch.Tensor:
         """(m, V) -> (m, H): grad @ W."""

@@ -53,11 +53,17 @@ def test_unsupported_architecture_is_named(tokenizer):
         Editor(torch.nn.Linear(2, 2), tokenizer)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("rows", [1, 2, 5, 8, 12])
-def test_output_layer_is_the_plain_product_in_value_and_gradient_whatever_its_orientation(rows):
-    # 1 row, 2-8 rows and the rest each take their own orientation (patcher.arch.OutputLayer)
+def test_output_layer_is_the_plain_product_in_value_and_gradient_whatever_its_orientation(rows, threads):
+    # 1 row (by threads), 2-7 rows and from 8 rows on (oneDNN) each take their own orientation
     x, weight, expected = _output_layer_case(rows)
-    out = OutputLayer(weight)(x)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = OutputLayer(weight)(x)
+    finally:
+        torch.set_num_threads(before)
     out.pow(2).sum().backward()
     assert out.shape == (rows, 300)
     assert torch.allclose(out, expected @ weight.t(), atol=1e-5)
