@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.utils.mkldnn
 from transformers.activations import ACT2FN
 
 from .int8 import Int8Rows
@@ -28,6 +27,10 @@ def matrix_times(rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     if len(keys) == 1 and rows.device.type == "cpu":
         return (rows @ keys.repeat(2, 1).t())[:, :1]
     return rows @ keys.t()
+
+
+# oneDNN's linear (what torch.utils.mkldnn's deprecated MkldnnLinear calls), where this torch build has it
+_ONEDNN = getattr(torch._C._nn, "mkldnn_linear", None) if torch.backends.mkldnn.is_available() else None
 
 
 class _OutputProduct(torch.autograd.Function):
@@ -68,7 +71,7 @@ class OutputLayer:
         self.weight_t = self.weight.t().contiguous()                           # (H, V)
         self.grad = grad
         self._int8_t: Int8Rows | None = None                                   # W.t() as int8, made at first use
-        self._onednn: nn.Module | None = None                                  # W in oneDNN's layout, at first use
+        self._onednn: torch.Tensor | None = None                               # W in oneDNN's layout, at first use
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])                                      # (m, H)
@@ -81,11 +84,11 @@ class OutputLayer:
             return flat @ self.weight_t
         if len(flat) == 1 and torch.get_num_threads() == 1:
             return flat @ self.weight_t
-        if len(flat) < self.ONEDNN_FROM or not torch.backends.mkldnn.is_available():
+        if len(flat) < self.ONEDNN_FROM or not _ONEDNN:
             return matrix_times(self.weight, flat).t().contiguous()
         if self._onednn is None:
-            self._onednn = torch.utils.mkldnn.to_mkldnn(_linear(self.weight, None))
-        return self._onednn(flat.detach())
+            self._onednn = self.weight.to_mkldnn()
+        return _ONEDNN(flat.detach().to_mkldnn(), self._onednn, None).to_dense()
 
     def grad_input(self, grad: torch.Tensor) -> torch.Tensor:
         """(m, V) -> (m, H): grad @ W."""
