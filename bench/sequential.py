@@ -166,7 +166,8 @@ def locality_moved(editor, train, test) -> dict:
 def run_detail(name, config, editor, outcomes, moved: dict) -> dict:
     """The run so far: settings, edits lost, the locality facts moved (with the edits firing on them), every
     outcome."""
-    lost = [o.error_id for o in outcomes if o.error_id in editor.edited and not editor.judge(editor.edited[o.error_id])[0]]
+    edited = [o.error_id for o in outcomes if o.error_id in editor.edited]
+    lost = [e for e, (right, _, _) in zip(edited, editor.judge_all([editor.edited[e] for e in edited])) if not right]
     return {"editor": name, "settings": config.to_dict(), "lost_edits": lost, "changed": moved,
             "outcomes": [o.to_dict() for o in outcomes]}
 

@@ -90,7 +90,7 @@ def cmd_eval(args) -> int:
         "TestR": None,
         "n_errors": len(records),
         "n_neurons": len(editor.neurons),
-        "wrong_ids": [r.id for r, c in zip(records, cached) if not editor.judge(c)[0]],
+        "wrong_ids": [r.id for r, (right, _, _) in zip(records, editor.judge_all(cached)) if not right],
     }
     for key, path, name in (("TrainR", args.train_locality, "train"), ("TestR", args.locality, "test")):
         if path:

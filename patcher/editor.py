@@ -102,6 +102,19 @@ def memory_losses(cfg: EditorConfig, a_edit: torch.Tensor, top: torch.Tensor):
     return l_m1, l_m2
 
 
+def _batches(cached: list[Cached], rows: int):
+    """Consecutive runs of cached examples with at most `rows` judged positions together (one if it has more)."""
+    batch, size = [], 0
+    for c in cached:
+        if batch and size + len(c.targets) > rows:
+            yield batch
+            batch, size = [], 0
+        batch.append(c)
+        size += len(c.targets)
+    if batch:
+        yield batch
+
+
 def positions_to_patch(leads: torch.Tensor, cfg: EditorConfig) -> torch.Tensor:
     """(K, P) leads of the edit input (row 0) and its training phrasings at the answer positions -> the
     positions that get a neuron: those not right by the success margin in any row, at most
@@ -179,27 +192,42 @@ class Editor:
     def cache(self, examples: list[Example]) -> list[Cached]:
         return self.task.cache(examples)
 
+    def stream(self, c: Cached, neurons: PatchNeurons | None = None) -> torch.Tensor:
+        """(P, H) the residual stream after the last FFN at the judged positions, with the given neurons
+        (default: the current patch set)."""
+        neurons = self.neurons if neurons is None else neurons
+        return c.h + neurons(c.q, c.z, c.at)
+
     def logits(self, c: Cached, neurons: PatchNeurons | None = None) -> torch.Tensor:
         """(P, V) logits at the judged positions with the given neurons (default: the current patch set)."""
-        neurons = self.neurons if neurons is None else neurons
-        return self.arch.tail(c.h + neurons(c.q, c.z, c.at))
+        return self.arch.tail(self.stream(c, neurons))
 
-    @torch.no_grad()
     def judge(self, c: Cached, neurons: PatchNeurons | None = None) -> tuple[bool, float, str]:
         """-> (right, smallest lead, decoded prediction)."""
-        logits = self.logits(c, neurons)
-        leads = self.task.leads(logits, c.targets)
-        return bool((leads > 0).all()), float(leads.min()), self.task.decode(logits)
+        return self.judge_all([c], neurons)[0]
 
     @torch.no_grad()
+    def judge_all(self, cached: list[Cached], neurons: PatchNeurons | None = None,
+                  rows: int = 256) -> list[tuple[bool, float, str]]:
+        """judge() of each cached example, the output layer run once per `rows` judged positions: a language
+        model's output layer costs about as much for one row as for 8 on a CPU (patcher.arch.OutputLayer), and
+        a locality set, ER or GR judges hundreds of 1-3-position examples."""
+        out = []
+        for batch in _batches(cached, rows):
+            streams = [self.stream(c, neurons) for c in batch]                  # [(P_i, H)]
+            logits = self.arch.tail(torch.cat(streams)).split([len(s) for s in streams])   # [(P_i, V)]
+            for c, lg in zip(batch, logits):
+                leads = self.task.leads(lg, c.targets)
+                out.append((bool((leads > 0).all()), float(leads.min()), self.task.decode(lg)))
+        return out
+
     def accuracy(self, cached: list[Cached], neurons: PatchNeurons | None = None) -> float | None:
         if not cached:
             return None
-        return sum(self.judge(c, neurons)[0] for c in cached) / len(cached)
+        return sum(right for right, _, _ in self.judge_all(cached, neurons)) / len(cached)
 
-    @torch.no_grad()
     def predictions(self, cached: list[Cached], neurons: PatchNeurons | None = None) -> list[str]:
-        return [self.judge(c, neurons)[2] for c in cached]
+        return [prediction for _, _, prediction in self.judge_all(cached, neurons)]
 
     # --- editing ------------------------------------------------------------------------------------------
     def edit(self, error_id: str, input: str, target: str, rephrases: list[str] = (),

@@ -50,11 +50,11 @@ class FineTuneEditor(Editor):
         self._rng = torch.Generator().manual_seed(self.cfg.seed)
         self._references: dict[int, torch.Tensor] = {}
 
-    def logits(self, c: Cached, neurons=None) -> torch.Tensor:
-        """(P, V); `neurons` given (the empty set of a locality baseline): that patch on the original model."""
+    def stream(self, c: Cached, neurons=None) -> torch.Tensor:
+        """(P, H); `neurons` given (the empty set of a locality baseline): that patch on the original model."""
         if neurons is not None:
-            return super().logits(c, neurons)
-        return self.arch.tail(c.h + self.delta(c.q))
+            return super().stream(c, neurons)
+        return c.h + self.delta(c.q)
 
     def _forward(self, c: Cached) -> tuple[torch.Tensor, torch.Tensor | None]:
         """-> (the edit's logits (P, V), with FT+KL the KL term on `kl_batch` locality examples drawn now, else

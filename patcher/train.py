@@ -105,7 +105,7 @@ def train_patches(model_name: str, model_dir: str | Path, records: list[ErrorRec
     patches = to_patchset(editor, outcomes, model_name, model_dir, base)
     metrics = summarize(editor, outcomes, train, test)
     retention, wrong = _registry_retention(editor)
-    final = {error_id: editor.judge(c)[2] for error_id, c in editor.edited.items()}
+    final = dict(zip(editor.edited, editor.predictions(list(editor.edited.values()))))
     report = {
         "model": model_name,
         "base_edits": len(base.edits) if base is not None else 0,
@@ -132,7 +132,8 @@ def train_patches(model_name: str, model_dir: str | Path, records: list[ErrorRec
 def _registry_retention(editor) -> tuple[float | None, list[str]]:
     """ER over the edits that own neurons (what a registry version holds), and those now wrong."""
     kept = [error_id for error_id in dict.fromkeys(editor.owners) if error_id in editor.edited]
-    wrong = [error_id for error_id in kept if not editor.judge(editor.edited[error_id])[0]]
+    verdicts = editor.judge_all([editor.edited[error_id] for error_id in kept])
+    wrong = [error_id for error_id, (right, _, _) in zip(kept, verdicts) if not right]
     return (1 - len(wrong) / len(kept) if kept else None), wrong
 
 

@@ -513,3 +513,26 @@ def test_examples_are_cached_in_batches_of_like_lengths_and_returned_in_order(ar
         alone = editor.task._compute([example])[0]
         assert torch.equal(cached.targets, alone.targets) and cached.q_memory.shape == alone.q_memory.shape
         assert torch.allclose(cached.q, alone.q, atol=1e-5) and torch.allclose(cached.h, alone.h, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+def test_judging_many_examples_in_batches_of_rows_equals_judging_each_alone(arch, tokenizer, make_model):
+    # a tiny random BERT maps every input to nearly the same [CLS] vector: no memory (as the classification test)
+    editor = editor_for(make_model, tokenizer, arch) if arch == "gpt2" else Editor(make_model(arch), tokenizer)
+    text, target = EDITS[0]
+    editor.edit("e1", text, wrong_label(editor, text) if arch == "bert" else target)
+    assert len(editor.neurons)
+    targets = ["L0", "L1"] if arch == "bert" else ["paris", "the city of rome", "blue"]
+    cached = editor.cache([Example(m.input, targets[i % len(targets)]) for i, m in enumerate(MEMORY + FACTS)])
+    alone = []
+    for c in cached:                               # each example's own product with the output layer
+        with torch.no_grad():
+            logits = editor.arch.tail(c.h + editor.neurons(c.q, c.z, c.at))
+        leads = editor.task.leads(logits, c.targets)
+        alone.append((bool((leads > 0).all()), float(leads.min()), editor.task.decode(logits)))
+    for rows in (1, 4, 256):                       # one example per batch, a few, all at once
+        batched = editor.judge_all(cached, rows=rows)
+        assert [(r, p) for r, _, p in batched] == [(r, p) for r, _, p in alone]
+        assert [lead for _, lead, _ in batched] == pytest.approx([lead for _, lead, _ in alone], abs=1e-4)
+    assert editor.accuracy(cached) == sum(r for r, _, _ in alone) / len(alone)
+    assert editor.predictions(cached) == [p for _, _, p in alone]
