@@ -118,6 +118,7 @@ class Arch:
         self.ffn_act_name: str   # transformers activation name of the FFN, a key of ACT2FN
         self._output: OutputLayer | None = None      # made at the first call, on the model's device
         self.output_grad = "exact"                   # OutputLayer's gradient: "exact" or "int8" (the editor's setting)
+        self._head_rows: tuple[torch.Tensor, torch.Tensor] | None = None   # (rows, their weights): head_rows
 
     @property
     def ffn_act(self):
@@ -137,6 +138,14 @@ class Arch:
         """(..., H), (R,) output ids -> (..., R): the logits of those outputs only (LMs override this to skip
         the rest of the output layer)."""
         return self.tail(h)[..., rows]
+
+    def head_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """(R,) output ids -> the LM head's weights of those outputs, transposed (H, R). Kept for the last `rows`
+        tensor asked for: a patch trains on the same candidate outputs step after step (they change only at a
+        check), and gathering them each step was a copy of thousands of rows."""
+        if self._head_rows is None or self._head_rows[0] is not rows:
+            self._head_rows = (rows, self.model.lm_head.weight[rows].t().contiguous())
+        return self._head_rows[1]
 
     def backbone(self) -> nn.Module:
         """The model without its LM head: what caching q and h runs (the head's product at every position of a
@@ -229,7 +238,7 @@ class LlamaArch(Arch):
         return self.output_layer(self.norm_in(h))
 
     def tail_rows(self, h, rows):
-        return self.norm_in(h) @ self.model.lm_head.weight[rows].t()              # (..., R)
+        return self.norm_in(h) @ self.head_rows(rows)              # (..., R)
 
     def backbone(self):
         return self.model.model
@@ -260,7 +269,7 @@ class GPT2Arch(Arch):
         return self.output_layer(self.norm_in(h))
 
     def tail_rows(self, h, rows):
-        return self.norm_in(h) @ self.model.lm_head.weight[rows].t()              # (..., R)
+        return self.norm_in(h) @ self.head_rows(rows)              # (..., R)
 
     def backbone(self):
         return self.model.transformer
@@ -309,7 +318,7 @@ class BartArch(Arch):
         return self.output_layer(self.norm_in(h)) + self.model.final_logits_bias
 
     def tail_rows(self, h, rows):
-        return self.norm_in(h) @ self.model.lm_head.weight[rows].t() + self.model.final_logits_bias[0, rows]
+        return self.norm_in(h) @ self.head_rows(rows) + self.model.final_logits_bias[0, rows]
 
     def backbone(self):
         return self.model.model
