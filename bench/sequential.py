@@ -55,7 +55,7 @@ from patcher.plot import metrics_svg  # noqa: E402
 from patcher.records import read_records  # noqa: E402
 from patcher.sequential import build_editor, fact_examples, set_threads  # noqa: E402
 from patcher.settings import PipelineSettings  # noqa: E402
-from patcher.tasks import Example, SharedCache  # noqa: E402
+from patcher.tasks import Example, SharedCache, Task  # noqa: E402
 
 EDITORS = {"patcher": {}, "reference": REFERENCE_SETTINGS,
            "no-memory": {"beta": 0.0, "max_checks_right": 4, "max_steps": 500},
@@ -74,7 +74,7 @@ def make_editor(name, config, model, tokenizer, sets, ft_lr, ft_steps, kl_exampl
                                 lr=ft_lr, kl_examples=kl_examples, kl_batch=kl_batch, **FINE_TUNING[name])
         set_threads(config, editor.task.name)
     else:
-        editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"])
+        editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"], shared=sets["shared"])
     editor.task.shared = sets["shared"]           # every editor reads the same frozen model: each prompt runs once
     return editor
 
@@ -85,6 +85,7 @@ _FORKED = None                    # --jobs: the run function the forked workers 
 
 def _forked(job):
     seed, name = job
+    Task.batch_threads = 1            # forked after the parent's parallel regions: 1 thread (Task.batch_threads)
     return (seed, *_FORKED(seed, name))
 
 
@@ -253,7 +254,8 @@ def main() -> int:
                     "prompt and the same question about its name twins (patcher.facts.bank.negative_prompts, as `patcher "
                     "errors generate --negatives N` writes them; facts-smollm2), joining the memory before its edit")
     ap.add_argument("--jobs", type=int, default=1, help="editors run side by side in N forked processes, each "
-                    "on cores / N threads (unless --set threads=...), longest first; results are written as each "
+                    "on 1 thread (GNU OpenMP is not fork-safe: a worker on more waited forever), longest first (on a machine "
+                    "with more cores, more jobs); results are written as each "
                     "editor finishes (with 1, at every checkpoint). Seconds per edit are then measured beside another "
                     "editor: compare them within one run")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
@@ -303,6 +305,9 @@ def main() -> int:
     sets["shared"] = SharedCache()
     args.prompts = warm_up(probe, sets["shared"], records,
                            max(EditorConfig(**{**settings, **EDITORS[name]}).phrasings for name in editors))
+    for name in ("memory", "validation"):       # every editor's memories from one pass, here (--jobs: not in a worker)
+        for example, cached in zip(sets[name], probe.cache(sets[name])):
+            sets["shared"].put(example, probe.cfg.subject_layer, cached)
     train, test = LocalitySet.build(probe, "train", sets["train"]), LocalitySet.build(probe, "test", sets["test"])
     if probe.task.name == "generation":          # one test example per test fact, in order
         facts = {f.id: f for f in all_facts()}
@@ -332,8 +337,10 @@ def main() -> int:
             finished(seed, *run(seed, name, save))
         return 0
     # --jobs N: forked workers inherit the model and the cached prompts; the longest editors start first, each
-    # worker on cores / N threads; results are written as each editor finishes
-    settings.setdefault("threads", max(1, (os.cpu_count() or 1) // args.jobs))
+    # worker on 1 thread (Task.batch_threads: GNU OpenMP is not fork-safe); results are written as each finishes
+    if settings.setdefault("threads", 1) != 1:
+        raise SystemExit(f"--jobs: each forked editor runs on 1 thread (not threads={settings['threads']}): GNU "
+                         "OpenMP is not fork-safe, a worker on more threads than 1 can wait forever")
     global _FORKED
     _FORKED = run
     jobs.sort(key=lambda job: -COST[job[1]])

@@ -15,7 +15,7 @@ from .editor import Editor, EditOutcome
 from .memory import Memory
 from .patchset import PatchSet, module_name, now, weights_sha256
 from .records import ErrorRecord, RecordError
-from .tasks import Example
+from .tasks import Example, SharedCache
 
 
 def set_threads(config: EditorConfig, task: str) -> int:
@@ -29,12 +29,14 @@ def set_threads(config: EditorConfig, task: str) -> int:
 
 def build_editor(model, tokenizer, config: EditorConfig, memory: list[Example] = (),
                  val_memory: list[Example] = (), patches: PatchSet | None = None,
-                 edits_in_memory: bool = True) -> Editor:
+                 edits_in_memory: bool = True, shared: SharedCache | None = None) -> Editor:
     """An editor whose memory holds the task's training examples plus the prompts every earlier edit (of
-    `patches`) added to it (remember_edits; edits_in_memory False: the editor only reads the patched model)."""
+    `patches`) added to it (remember_edits; edits_in_memory False: the editor only reads the patched model).
+    `shared`: the unpatched model's examples other editors cached (Task.shared), its memories among them."""
     editor = Editor(model, tokenizer, config,
                     neurons=patches.neurons if patches is not None else None,
                     owners=patches.owners if patches is not None else None)
+    editor.task.shared = shared
     set_threads(config, editor.task.name)
     cfg = config
     if memory:

@@ -68,6 +68,10 @@ class Task:
     """Base class: tokenisation and capture are shared, subclasses say what is judged."""
 
     name = "base"
+    # threads for a large set's forward pass (0: every core). A process forked after its parent ran parallel
+    # regions (the benchmark's --jobs workers) must stay on 1: GNU OpenMP is not fork-safe, and the child's first
+    # parallel region on more threads waited forever on the parent's thread pool.
+    batch_threads = 0
 
     def __init__(self, arch: Arch, tokenizer, max_length: int = 128, subject_layer: int | None = None):
         self.arch = arch
@@ -75,7 +79,7 @@ class Task:
         self.max_length = max_length
         self.subject_layer = subject_layer     # also cache that layer's FFN input (Cached.z)
         self._fingerprint: str | None = None
-        self.shared: SharedCache | None = None    # small sets: shared with other editors of this model (SharedCache)
+        self.shared: SharedCache | None = None    # shared with other editors of this model (SharedCache)
 
     # --- subclasses ---------------------------------------------------------------------------------
     def encode(self, examples: list[Example]) -> tuple[dict, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
@@ -102,6 +106,10 @@ class Task:
         and are computed on every core otherwise; small ones from `shared` where another editor computed them."""
         from . import activations
 
+        if self.shared is not None and len(examples) >= activations.MIN_EXAMPLES:   # another editor's (a memory)
+            found = [self.shared.get(e, self.subject_layer) for e in examples]
+            if all(c is not None for c in found):
+                return found
         folder = activations.directory() if len(examples) >= activations.MIN_EXAMPLES else None
         if folder is None:
             return self._shared(examples, batch_size) if self.shared is not None else self._compute(examples, batch_size)
@@ -113,7 +121,7 @@ class Task:
         if found is not None:
             return found
         threads = torch.get_num_threads()
-        torch.set_num_threads(os.cpu_count() or 1)        # a batched forward pass: every core pays off
+        torch.set_num_threads(self.batch_threads or os.cpu_count() or 1)   # a batched forward pass: cores pay off
         try:
             out = self._compute(examples, batch_size)
         finally:

@@ -96,3 +96,25 @@ def test_a_shared_cache_runs_each_prompt_once_for_every_editor(tokenizer, make_m
     assert calls == [1, 2] and not torch.allclose(own[0].z, first[0].z)
     assert subject.cache(prompts)[0] is first[0]            # the entry with z was not replaced by one without
     assert len(shared) == 3
+
+
+def test_a_large_set_another_editor_shared_is_read_from_the_shared_cache_without_running_the_model(
+        tmp_path, monkeypatch, tokenizer, make_model):
+    # the benchmark's --jobs workers read the memories their parent computed (and so never raise their threads)
+    from patcher import EditorConfig
+    from patcher.tasks import SharedCache
+
+    monkeypatch.setenv("PATCHER_CACHE", str(tmp_path))
+    model, shared = make_model("llama"), SharedCache()
+    examples = [Example(f"the number {i} is", "paris") for i in range(MIN_EXAMPLES)]
+    parent = Editor(model, tokenizer, EditorConfig(subject_layer=0)).task
+    for example, cached in zip(examples, parent.cache(examples)):
+        shared.put(example, 0, cached)
+    worker = Editor(model, tokenizer).task                       # no subject key: the entries without z
+    worker.shared = shared
+    monkeypatch.setattr(worker, "_compute", lambda *a, **k: pytest.fail("the model ran"))
+    read = worker.cache(examples)
+    assert all(c.z is None for c in read)
+    assert all(torch.equal(a.q, b.q) for a, b in zip(read, parent.cache(examples)))
+    with pytest.raises(pytest.fail.Exception):               # a set not all shared is computed (or read from disk)
+        worker.cache(examples[:-1] + [Example("another one", "paris")])
