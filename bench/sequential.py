@@ -73,10 +73,9 @@ def make_editor(name, config, model, tokenizer, sets, ft_lr, ft_steps, kl_exampl
         editor = FineTuneEditor(model, tokenizer, EditorConfig(**{**config.to_dict(), "max_steps": ft_steps}),
                                 lr=ft_lr, kl_examples=kl_examples, kl_batch=kl_batch, **FINE_TUNING[name])
         set_threads(config, editor.task.name)
-    else:
-        editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"], shared=sets["shared"])
-    editor.task.shared = sets["shared"]           # every editor reads the same frozen model: each prompt runs once
-    return editor
+        editor.task.shared = sets["shared"]       # every editor reads the same frozen model: each prompt runs once
+        return editor
+    return build_editor(model, tokenizer, config, sets["memory"], sets["validation"], shared=sets["shared"])
 
 
 COST = {"patcher": 5, "reference": 4, "ft-last-kl": 3, "no-memory": 2, "ft-last": 1}   # longest first (--jobs)

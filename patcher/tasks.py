@@ -103,7 +103,8 @@ class Task:
     def cache(self, examples: list[Example], batch_size: int = 32) -> list[Cached]:
         """Runs the model (eval mode, no patch attached) and caches q and h at the judged positions. Large
         sets (memory, locality) come from the on-disk activation cache when this model computed them before,
-        and are computed on every core otherwise; small ones from `shared` where another editor computed them."""
+        and are computed on every core otherwise (unless `shared` holds all of them: another editor's memory);
+        small ones from `shared` where another editor computed them."""
         from . import activations
 
         if self.shared is not None and len(examples) >= activations.MIN_EXAMPLES:   # another editor's (a memory)
