@@ -97,7 +97,7 @@ class OutputLayer:
         if self.grad == "int8" and grad.dtype == torch.float32:      # float64 (exactness tests) stays exact
             if self._int8_t is None:
                 self._int8_t = Int8Rows(self.weight_t)
-            return self._int8_t.times(grad).t()
+            return self._int8_t.times(grad)
         return (self.weight_t @ grad.t()).t()
 
 

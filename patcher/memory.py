@@ -26,6 +26,7 @@ class Memory:
         self._n = len(vectors) if places is None else len(places)
         self.lengths = lengths                       # (S,) or None
         self._layout_cache = None
+        self._outside: list[tuple[int, torch.Tensor]] | None = None   # the running max's masks (_steps_back)
         self._int8: dict[str, Int8Rows] = {}         # int8 copies of vectors ("q") and z, for search="int8"
         self.spans: dict[str, list[tuple[int, int]]] = {}   # text -> its rows [start, end), for appends that name it
 
@@ -120,10 +121,10 @@ class Memory:
     # --- pre-activations of (new) neurons over the memory ------------------------------------------------
     def preactivation(self, neurons) -> torch.Tensor:
         """(N, n): every memory position's pre-activation of `neurons` (keys, biases, subject_keys)."""
-        a = self._times("q", neurons.keys) + neurons.biases
-        if self._z is None:
-            return a
-        return a + self._running_max(self._times("z", neurons.subject_keys))
+        a = self._times("q", neurons.keys) + neurons.biases.unsqueeze(1)                  # (n, N)
+        if self._z is not None:
+            a = a + self._running_max(self._times("z", neurons.subject_keys))
+        return a.t()
 
     def top_preactivation(self, neurons, k: int, search: str = "exact",
                           skip: torch.Tensor | None = None) -> torch.Tensor:
@@ -151,15 +152,15 @@ class Memory:
             return a[kept], None
         approximate = search == "int8" and self._q.device.type == "cpu" and (
             len(self) > 8 * k or "q" in self._int8 and self._places is not None)
-        with torch.no_grad():
+        with torch.no_grad():    # by neuron, (n, N): each neuron's scores contiguous for the running max and top-k
             times = self._int8_times if approximate else self._times
-            a = times("q", neurons.keys) + neurons.biases                                    # (N, n)
+            a = times("q", neurons.keys) + neurons.biases.unsqueeze(1)                     # (n, N)
             if self._z is not None:
-                scores = times("z", neurons.subject_keys)                                    # (N, n)
+                scores = times("z", neurons.subject_keys)                                    # (n, N)
                 a = a + self._running_max(scores)
             if skip is not None:
-                a.index_fill_(0, skip, float("-inf"))
-            found = a.topk(min(k + more, len(a)), dim=0).indices                            # (k + more, n)
+                a.index_fill_(1, skip, float("-inf"))
+            found = _highest(a, min(k + more, a.shape[1]))                                  # (k + more, n)
             rows = found[:k]                                                                # (k, n) the top k
         top = _rows_times(self._q, self._place(rows), neurons.keys) + neurons.biases
         if self._z is not None:
@@ -187,14 +188,14 @@ class Memory:
         return view
 
     def _times(self, which: str, keys: torch.Tensor) -> torch.Tensor:
-        return matrix_times(self._rows(which), keys)
+        """keys (n, H) -> keys @ vectors.t() ("q") or keys @ z.t() ("z"), (n, N)."""
+        return matrix_times(self._rows(which), keys).t()
 
     def _int8_times(self, which: str, keys: torch.Tensor) -> torch.Tensor:
-        """Approximately vectors @ keys.t() ("q") or z @ keys.t() ("z"), (N, n), from int8 copies kept up to
-        date with the memory."""
+        """Approximately _times, (n, N), from int8 copies kept up to date with the memory."""
         copy = self._int8.get(which)
         if copy is None:
-            copy = self._int8[which] = Int8Rows(self._rows(which), unique=True)
+            copy = self._int8[which] = Int8Rows(self._rows(which), unique=True, packed=True)
         elif len(copy) < len(self):
             buffer = self._q if which == "q" else self._z
             copy.append(buffer[len(copy): self._n])
@@ -205,29 +206,41 @@ class Memory:
         until the memory grows."""
         if self._layout_cache is None or len(self._layout_cache[0]) != len(self):
             self._layout_cache = (*_prompt_layout(self.lengths), int(self.lengths.max()))
+            self._outside = None
         return self._layout_cache
 
-    def _running_max(self, scores: torch.Tensor) -> torch.Tensor:
-        """scores (N, n) -> the max over each row's prompt up to it (N, n), by doubling: after the round with
-        step s, a row holds the max over its last 2s positions. The memory's rows are prompts one after the
-        other; log2(longest prompt) passes over (N, n) cost a third of a cummax over a padded (S, T, n) layout."""
+    def _steps_back(self) -> list[tuple[int, torch.Tensor]]:
+        """The running max's rounds: (step, (N - step,) 0 where the row `step` back is in the same prompt, -inf
+        where not), kept until the memory grows (adding the mask reads a tenth of the time of masking)."""
         cols, _, longest = self._layout()
-        best, step = scores, 1
-        while step < longest:
-            back = (cols[step:] >= step).unsqueeze(-1)                                 # the row `step` back is in the prompt
-            best = torch.cat([best[:step], torch.where(back, torch.maximum(best[step:], best[:-step]), best[step:])])
-            step *= 2
+        if self._outside is None:
+            steps = [2 ** i for i in range(max(longest - 1, 0).bit_length())]
+            self._outside = [(step, torch.zeros(len(cols) - step, device=cols.device).masked_fill_(
+                cols[step:] < step, float("-inf"))) for step in steps]
+        return self._outside
+
+    def _running_max(self, scores: torch.Tensor) -> torch.Tensor:
+        """scores (n, N) -> the max over each row's prompt up to it (n, N), by doubling: after the round with
+        step s, a row holds the max over its last 2s positions. The memory's rows are prompts one after the
+        other; log2(longest prompt) passes over (n, N) cost a third of a cummax over a padded (S, T, n) layout."""
+        best = scores.clone()
+        for step, outside in self._steps_back():
+            earlier = best[:, :-step] + outside                                      # the row `step` back, in the prompt
+            if best.requires_grad:                                                    # the dense pass's autograd
+                best = torch.cat([best[:, :step], torch.maximum(best[:, step:], earlier)], 1)
+            else:
+                torch.maximum(best[:, step:], earlier, out=best[:, step:])
         return best
 
     def _argmax_before(self, scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """scores (N, n), rows (k, n) -> for each row and neuron, the row of its prompt up to it where scores
+        """scores (n, N), rows (k, n) -> for each row and neuron, the row of its prompt up to it where scores
         peak (k, n)."""
         _, first, longest = self._layout()
         start = first[rows]                                                          # (k, n)
         back = torch.arange(longest, device=rows.device)                             # (T,)
-        at = (start.unsqueeze(-1) + back).clamp_max(len(scores) - 1)                 # (k, n, T)
-        column = torch.arange(scores.shape[1], device=rows.device).view(1, -1, 1)
-        seen = scores[at, column].masked_fill(at > rows.unsqueeze(-1), float("-inf"))
+        at = (start.unsqueeze(-1) + back).clamp_max(scores.shape[1] - 1)             # (k, n, T)
+        neuron = torch.arange(scores.shape[0], device=rows.device).view(1, -1, 1)
+        seen = scores[neuron, at].masked_fill(at > rows.unsqueeze(-1), float("-inf"))
         return start + seen.argmax(-1)
 
 
@@ -236,6 +249,21 @@ def _prompt_layout(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     row (N,)."""
     first = (lengths.cumsum(0) - lengths).repeat_interleave(lengths)                 # (N,)
     return torch.arange(len(first), device=lengths.device) - first, first
+
+
+def _highest(a: torch.Tensor, count: int, every: int = 32) -> torch.Tensor:
+    """a (n, N) -> the columns of each row's `count` highest values, highest first (count, n). A threshold from
+    every `every`-th value leaves ~2 x count candidates, and the top-k of those is the top-k of the row whenever
+    at least `count` pass (else the whole row's): 160k rows, count 2000, 3 neurons: 1.5 ms instead of 3.4."""
+    sample = a[:, ::every]
+    if sample.shape[1] <= 2 * count // every + 8:
+        return a.topk(count, dim=1).indices.t()
+    bars = sample.topk(2 * count // every + 8, dim=1).values[:, -1]                     # (n,)
+    found = []
+    for row, bar in zip(a, bars):
+        passed = (row >= bar).nonzero().squeeze(1)                                     # (C,)
+        found.append(passed[row[passed].topk(count).indices] if len(passed) >= count else row.topk(count).indices)
+    return torch.stack(found, 1)
 
 
 def _rows_times(matrix: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

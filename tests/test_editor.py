@@ -98,14 +98,14 @@ def test_memory_running_max_is_each_prompts_cummax_and_points_back_to_its_row():
     lengths = torch.randint(1, 40, (60,), generator=g)
     n = int(lengths.sum())
     memory = Memory(torch.randn(n, 4, generator=g), torch.randn(n, 4, generator=g), lengths)
-    scores = torch.randn(n, 3, generator=g)
-    expected = torch.cat([s.cummax(0).values for s in scores.split(lengths.tolist())])        # (N, 3)
+    scores = torch.randn(3, n, generator=g)                                                  # (n, N), by neuron
+    expected = torch.cat([s.cummax(1).values for s in scores.split(lengths.tolist(), 1)], 1)  # (3, N)
     assert torch.equal(memory._running_max(scores), expected)
     rows = torch.randint(0, n, (50, 3), generator=g)
     where = memory._argmax_before(scores, rows)
     prompt = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
     assert bool((where <= rows).all()) and torch.equal(prompt[where], prompt[rows])
-    assert torch.equal(scores.gather(0, where), expected.gather(0, rows))
+    assert torch.equal(scores.gather(1, where.t()), expected.gather(1, rows.t()))
 
 
 def test_the_int8_memory_search_finds_the_top_rows_and_scores_them_exactly():
@@ -536,3 +536,15 @@ def test_judging_many_examples_in_batches_of_rows_equals_judging_each_alone(arch
         assert [lead for _, lead, _ in batched] == pytest.approx([lead for _, lead, _ in alone], abs=1e-4)
     assert editor.accuracy(cached) == sum(r for r, _, _ in alone) / len(alone)
     assert editor.predictions(cached) == [p for _, _, p in alone]
+
+
+def test_the_highest_columns_found_through_a_sampled_threshold_are_the_top_k():
+    from patcher.memory import _highest
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 50_000, generator=g)
+    a[1, ::7] = float("-inf")                                 # rows left out of the search
+    a[2, ::32] = 100.0 + torch.arange(1563.0)                 # the sample's threshold passes too few: the whole row
+    for count in (1000, 2000):
+        found = _highest(a, count)                                                     # (count, n)
+        assert found.shape == (count, 3)
+        assert torch.equal(a.gather(1, found.t()), a.topk(count, dim=1).values), "the same values, highest first"
