@@ -67,6 +67,9 @@ class PatchSet:
     edits: list[dict] = field(default_factory=list)
     editor_config: dict = field(default_factory=dict)
     created_at: str = field(default_factory=now)
+    # records that own no neuron but whose prompts joined the memory (already right: "skipped"; failed and not
+    # kept), as edits' entries: error_id, input, target, status, remembered; a later run remembers them too
+    remembered: list[dict] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.neurons)
@@ -98,6 +101,7 @@ class PatchSet:
             "n_neurons": len(self),
             "neurons": [{"index": i, "error_id": o} for i, o in enumerate(self.owners)],
             "edits": self.edits,
+            "remembered": self.remembered,
             "editor_config": self.editor_config,
             "created_at": self.created_at,
         }
@@ -134,7 +138,8 @@ class PatchSet:
         neurons = PatchNeurons(t["keys"], t["biases"], t["values"], m["activation"], t.get("subject_keys"),
                                subject_layer, t.get("bias_shifts"))       # older patch sets: none
         return cls(neurons, owners, m["base_model"],
-                   m["architecture"], m["layer"], m["edits"], m.get("editor_config", {}), m["created_at"])
+                   m["architecture"], m["layer"], m["edits"], m.get("editor_config", {}), m["created_at"],
+                   m.get("remembered", []))                                 # older patch sets: none
 
     # --- edits ------------------------------------------------------------------------------------------------
     def without(self, error_id: str) -> "PatchSet":
@@ -144,7 +149,7 @@ class PatchSet:
         keep = torch.tensor([o != error_id for o in self.owners], dtype=torch.bool)
         return PatchSet(self.neurons.select(keep), [o for o in self.owners if o != error_id], self.base_model,
                         self.architecture, self.layer, [e for e in self.edits if e["error_id"] != error_id],
-                        self.editor_config, now())
+                        self.editor_config, now(), self.remembered)
 
     # --- onto a model ---------------------------------------------------------------------------------------
     def check_base(self, arch: Arch, model_dir: str | os.PathLike | None) -> None:

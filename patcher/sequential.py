@@ -43,23 +43,23 @@ def build_editor(model, tokenizer, config: EditorConfig, memory: list[Example] =
         editor.memory = Memory.from_examples(editor.task, list(memory), cfg.memory_size, cfg.seed)
     if val_memory:
         editor.val_memory = Memory.from_examples(editor.task, list(val_memory), cfg.memory_size, cfg.seed)
-    if patches is not None and patches.edits and edits_in_memory:
-        remember_edits(editor, patches.edits)
+    if patches is not None and edits_in_memory and (patches.edits or patches.remembered):
+        remember_edits(editor, patches.edits + patches.remembered)
     return editor
 
 
 def remember_edits(editor: Editor, edits: list[dict], group: int = 64) -> None:
-    """Earlier edits (a patch set's entries) re-enter an editor: each input as an edit to keep right (ER), and
-    every prompt the edit added to the memory (its `remembered`: the input, its training wordings and negatives;
-    the input alone for patch sets written before 2026-11-28) back into the memory, so new neurons stay silent
-    on them as they would have in one long run. Cached `group` edits at a time: a whole group's prompts are the
+    """Earlier edits (a patch set's entries, its edits and its `remembered` records) re-enter an editor: each
+    input but a skipped record's as an edit to keep right (ER), and every prompt the edit added to the memory (its
+    `remembered`: the input, its training wordings and negatives; the input alone for patch sets written before
+    2026-11-28) back into the memory, so new neurons stay silent on them as they would have in one long run. Cached `group` edits at a time: a whole group's prompts are the
     same set on every later run, so the on-disk activation cache serves them (SmolLM2: ~28 prompts per edit)."""
     for start in range(0, len(edits), group):
         prompts = [(entry, text) for entry in edits[start:start + group]
                    for text in (entry.get("remembered") or [entry["input"]])]
         cached = editor.cache([Example(text, entry["target"]) for entry, text in prompts])
         for (entry, text), c in zip(prompts, cached):
-            if text == entry["input"]:
+            if text == entry["input"] and entry.get("status") != "skipped":
                 editor.edited.setdefault(entry["error_id"], c)
             if editor.memory is None:
                 editor.memory = Memory.empty(c)
@@ -131,16 +131,22 @@ def to_patchset(editor: Editor, outcomes: list[EditOutcome], base_name: str, mod
     """The editor's neurons as a patch set, with an entry for each kept edit (earlier ones first)."""
     owners = set(editor.owners)
     edits = [e for e in (earlier.edits if earlier else []) if e["error_id"] in owners]
+    remembered = list(earlier.remembered) if earlier else []
     created = now()
     for o in outcomes:
+        texts = editor.remembered.get(o.error_id, [o.input])
         if o.error_id in owners:
             edits.append({"error_id": o.error_id, "input": o.input, "target": o.target, "status": o.status,
                           "prediction_before": o.prediction_before, "prediction_after": o.prediction_after,
                           "neurons": o.neurons, "steps": o.steps, "seconds": round(o.seconds, 4),
                           "lead": o.lead, "generalization": o.generalization, "created_at": created,
-                          "remembered": editor.remembered.get(o.error_id, [o.input])})
+                          "remembered": texts})
+        elif o.error_id in editor.remembered:           # skipped, or failed and not kept: its prompts stay remembered
+            remembered.append({"error_id": o.error_id, "input": o.input, "target": o.target, "status": o.status,
+                               "created_at": created, "remembered": texts})
     base = {"name": base_name, "sha256": weights_sha256(model_dir) if model_dir else None}
     if earlier is not None:
         base = earlier.base_model
     return PatchSet(editor.neurons, list(editor.owners), base, editor.arch.name,
-                    module_name(editor.model, editor.arch.ffn_out), edits, editor.cfg.to_dict())
+                    module_name(editor.model, editor.arch.ffn_out), edits, editor.cfg.to_dict(),
+                    remembered=remembered)

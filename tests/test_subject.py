@@ -136,6 +136,18 @@ def test_a_patch_set_keeps_the_prompts_each_edit_added_to_the_memory(tmp_path, t
         for text in entry["remembered"]:
             assert len(again.memory.rows_of([text])) == len(editor.memory.rows_of([text])), text
     assert set(again.edited) == set(entries) and again.remembered["e0"] == entries["e0"]["remembered"]
+    # a record the model already got right owns no neuron, but its prompt joined the memory: so it does on resume
+    right = editor.predictions(editor.cache([Example(FACTS[2].input, "x")]))[0]
+    skipped = editor.edit("s0", FACTS[2].input, right)
+    assert skipped.status == "skipped"
+    kept = PatchSet.load(to_patchset(editor, [*outcomes, skipped], "tiny", None).save(tmp_path / "kept"))
+    assert [e["error_id"] for e in kept.remembered] == ["s0"] and kept.remembered[0]["status"] == "skipped"
+    assert "s0" not in {e["error_id"] for e in kept.edits}
+    resumed = build_editor(editor.model, tokenizer, EditorConfig(subject_layer=0), MEMORY[:7], patches=kept)
+    assert len(resumed.memory.rows_of([FACTS[2].input])) == len(editor.memory.rows_of([FACTS[2].input]))
+    assert "s0" not in resumed.edited, "a skipped record is no edit to keep right"
+    later = to_patchset(resumed, [], "tiny", None, earlier=kept)
+    assert later.remembered == kept.remembered and later.without("e1").remembered == kept.remembered
     # patch sets written before the list: the inputs alone
     for entry in loaded.edits:
         del entry["remembered"]
