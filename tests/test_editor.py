@@ -183,11 +183,13 @@ def test_failed_edit_kept_only_when_asked(tokenizer, make_model):
 def test_the_lr_floor_keeps_a_collapsing_schedule_training(tokenizer, make_model):
     # a schedule that cuts the LR a hundredfold at the first step without improvement: this ReLU edit stalls
     # unless min_lr holds the LR up (knee neurons make this tiny edit before the loss first stops falling)
-    schedule = dict(max_steps=300, plateau_patience=0, plateau_factor=0.01, activation="relu")
+    schedule = dict(max_steps=300, plateau_patience=0, plateau_factor=0.01, activation="relu", memory_search="exact")
     stalled = editor_for(make_model, tokenizer, "gpt2", min_lr=0.0, **schedule).edit("e0", FACTS[0].input, "paris")
     held = editor_for(make_model, tokenizer, "gpt2", min_lr=1e-2, **schedule).edit("e0", FACTS[0].input, "paris")
-    assert stalled.status == "failed" and stalled.steps == 3 * 300     # the two retries (no decay, whole vocabulary) too
-    assert held.status == "edited"
+    # stalled: not right within 300 steps, nor in the first retry (no decay); the last (whole vocabulary) may get
+    # there at its very end, as float rounding has it
+    assert stalled.steps == 3 * 300
+    assert held.status == "edited" and held.steps <= 300
 
 
 def test_max_checks_right_bounds_training_once_the_edit_is_right(tokenizer, make_model):
