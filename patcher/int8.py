@@ -26,7 +26,7 @@ class Int8Rows:
     every prompt that starts so): a third of SmolLM2's 40k memory rows.
 
     `packed` (x86 CPUs): the stored rows in whole blocks of BLOCK go through FBGEMM, whose int8 x int8 product
-    (the keys quantized to 8 bits on the fly, one scale for all) reads the rows at memory speed: 160k SmolLM2
+    (the keys quantized to 7 bits on the fly, one scale for all) reads the rows at memory speed: 160k SmolLM2
     memory rows, 3 keys, 1 thread: 4.8 ms against 18 for torch's int8-weight product, which converts every
     weight to bfloat16 first; off by a mean 0.0022 against 0.0016 (keys quantized more coarsely), the same top
     1000 rows but for 2-3%. The rows past the last whole block (and `select`'s copies) use torch's product.
