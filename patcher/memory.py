@@ -121,10 +121,16 @@ class Memory:
     # --- pre-activations of (new) neurons over the memory ------------------------------------------------
     def preactivation(self, neurons) -> torch.Tensor:
         """(N, n): every memory position's pre-activation of `neurons` (keys, biases, subject_keys)."""
-        a = self._times("q", neurons.keys) + neurons.biases.unsqueeze(1)                  # (n, N)
-        if self._z is not None:
-            a = a + self._running_max(self._times("z", neurons.subject_keys))
-        return a.t()
+        return self._scores(neurons, self._times)[0].t()
+
+    def _scores(self, neurons, times) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every row's pre-activation (n, N) through `times` (_times or _int8_times), and with a subject key the
+        z scores before their running max (n, N), else None."""
+        a = times("q", neurons.keys) + neurons.biases.unsqueeze(1)                        # (n, N)
+        if self._z is None:
+            return a, None
+        scores = times("z", neurons.subject_keys)                                        # (n, N)
+        return a + self._running_max(scores), scores
 
     def top_preactivation(self, neurons, k: int, search: str = "exact",
                           skip: torch.Tensor | None = None) -> torch.Tensor:
@@ -153,11 +159,7 @@ class Memory:
         approximate = search == "int8" and self._q.device.type == "cpu" and (
             len(self) > 8 * k or "q" in self._int8 and self._places is not None)
         with torch.no_grad():    # by neuron, (n, N): each neuron's scores contiguous for the running max and top-k
-            times = self._int8_times if approximate else self._times
-            a = times("q", neurons.keys) + neurons.biases.unsqueeze(1)                     # (n, N)
-            if self._z is not None:
-                scores = times("z", neurons.subject_keys)                                    # (n, N)
-                a = a + self._running_max(scores)
+            a, scores = self._scores(neurons, self._int8_times if approximate else self._times)   # (n, N)
             if skip is not None:
                 a.index_fill_(1, skip, float("-inf"))
             found = _highest(a, min(k + more, a.shape[1]))                                  # (k + more, n)
