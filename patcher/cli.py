@@ -217,7 +217,7 @@ def cmd_errors_generate(args) -> int:
         facts = split_facts(bank, seed=args.seed)["edit"]
     model, tokenizer = load_model(model_dir)
     records = find_mistakes(Editor(model, tokenizer), facts, args.model, limit=args.limit, seed=args.seed,
-                            negatives=args.negatives, bank=bank)
+                            negatives=args.negatives, bank=bank, logged_at=args.logged_at)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as fh:
@@ -518,6 +518,9 @@ def parser() -> argparse.ArgumentParser:
                     "the N training templates of each other relation the bank has for it most like its prompt "
                     "and the same question about its name twins (Sudan / South Sudan) in N more (0: none)")
     eg.add_argument("--seed", type=int, default=0)
+    eg.add_argument("--logged-at", help="RFC 3339 timestamp every record is stamped with (default: now; dvc.yaml "
+                                        "passes params.yaml's errors.logged_at, so `dvc repro` rebuilds the same "
+                                        "streams)")
     eg.set_defaults(func=cmd_errors_generate)
 
     va = sub.add_parser("validate", help="validate error records (great-expectations); quarantine with reasons")

@@ -82,8 +82,10 @@ def test_smollm2_build_and_errors(models_dir, tmp_path):
     from patcher.facts.mistakes import find_mistakes, greedy_answer
 
     edit = split_facts(all_facts(), seed=0)["edit"]
-    records = find_mistakes(editor, edit[:60], "facts-smollm2")
-    assert len(records) >= 20
+    records = find_mistakes(editor, edit[:60], "facts-smollm2", logged_at="2026-11-27T19:20:02+00:00")
+    assert len(records) >= 20 and {r.logged_at for r in records} == {"2026-11-27T19:20:02+00:00"}
+    with pytest.raises(ValueError, match="logged_at is not an RFC 3339 timestamp: 'yesterday'"):
+        find_mistakes(editor, edit[:2], "facts-smollm2", logged_at="yesterday")
     # negatives: the subject in the first 3 training templates of each other relation the bank has for it, then
     # the same question about its name twins (tests/test_facts.py)
     facts = {f.id: f for f in edit}

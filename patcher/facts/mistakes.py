@@ -44,13 +44,20 @@ def greedy_answer(editor: Editor, prompt: str, max_new_tokens: int) -> str:
 
 
 def find_mistakes(editor: Editor, facts: list[Fact], model_name: str, limit: int | None = None,
-                  seed: int = 0, negatives: int = 3, bank: list[Fact] | None = None) -> list[ErrorRecord]:
+                  seed: int = 0, negatives: int = 3, bank: list[Fact] | None = None,
+                  logged_at: str | None = None) -> list[ErrorRecord]:
     """Error records for what the (unpatched) model gets wrong, in fact order: generation, each fact's
     prompt, with `negatives`: its subject in the `negatives` training templates most like its prompt of each
     other relation `bank` (default: the whole fact bank) has for it, and the same question about its name twins
     (negative_prompts; what a subject-keyed edit must leave alone);
-    classification, each fact's true claim and two false ones."""
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    classification, each fact's true claim and two false ones. Every record is stamped `logged_at` (RFC 3339;
+    default: now), so that a pipeline that passes one rebuilds the same stream byte for byte."""
+    if logged_at is not None:
+        try:
+            datetime.fromisoformat(logged_at.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"logged_at is not an RFC 3339 timestamp: {logged_at!r}") from None
+    stamp = logged_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
     if editor.task.name == "classification":
         items = [(c.id, c.text, c.label, c.rephrases, c.phrasings, []) for c in claims(facts, seed, false_per_fact=2)]
     else:
