@@ -79,6 +79,14 @@ class EditorConfig:
                                 "both, test predictions unchanged 0.987 -> 0.967; on MiniLM (460) GR 0.981 -> "
                                 "0.992, TestR 0.996 -> 0.991, test unchanged 0.984 -> 0.967: set per model "
                                 "(params.yaml)")
+    shift_guard: float | None = _f(1.0, "the bias shift stops where the neuron's highest memory pre-activation "
+                                        "(its edit's negatives included) would come within this of the "
+                                        "threshold (None: the full shift always). The shift moves the threshold "
+                                        "into the gap the memory loss opened (every memory row below m2 = -3); "
+                                        "training does not always open it: on SmolLM2's seed 2 the country "
+                                        "Georgia's neuron left the negative 'The state capital of Georgia is' at "
+                                        "-1.07, the full shift put the unseen 'The capital of the state of "
+                                        "Georgia is' at +0.60 and broke it (TrainR 0.941)")
     value_gain: float = _f(1.0, "multiply each new neuron's value by this once it is trained, with the bias "
                                 "shift and the same fallback (1: the reference). An unseen wording that fires "
                                 "the neuron fully can still be wrong: 30 of 152 of SmolLM2's wrong held-out "

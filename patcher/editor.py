@@ -67,13 +67,13 @@ class NewNeurons(nn.Module):
     def forward(self, q: torch.Tensor, z: torch.Tensor | None = None, at: torch.Tensor | None = None):
         return self.act(self.preactivation(q, z, at)) @ self.values()                # (..., H)
 
-    def frozen(self, bias_shift: float = 0.0, value_gain: float = 1.0) -> tuple:
+    def frozen(self, bias_shift: float | torch.Tensor = 0.0, value_gain: float = 1.0) -> tuple:
         """(keys, biases + bias_shift, values x value_gain, subject keys or None, shifts), for
-        PatchNeurons.extend."""
+        PatchNeurons.extend; bias_shift a number or one per neuron (n,)."""
         with torch.no_grad():
             subject = None if self.subject_keys is None else self.subject_keys.clone()
-            return (self.keys.clone(), self.biases + bias_shift, self.values() * value_gain, subject,
-                    torch.full_like(self.biases, bias_shift))
+            shifts = torch.zeros_like(self.biases) + bias_shift                          # (n,)
+            return (self.keys.clone(), self.biases + shifts, self.values() * value_gain, subject, shifts)
 
 
 def patch_loss(cfg: EditorConfig, edit_loss: torch.Tensor, a_edit: torch.Tensor, memory_top: TopRows | None,
@@ -275,13 +275,13 @@ class Editor:
         skip = self.memory.rows_of([input, *wordings]) if self.memory is not None else None
         train = partial(self._train, c, Example(input, target), path, extra, subject_at=subject_at, skip=skip)
         new, positions, steps, losses = train()
-        trial, right, lead, after = self._kept(new, c)
+        trial, right, lead, after = self._kept(new, c, skip)
         for retry in self._retries():
             if right:
                 break
             new, positions, more, losses = train(**retry)
             steps += more
-            trial, right, lead, after = self._kept(new, c)
+            trial, right, lead, after = self._kept(new, c, skip)
         status = "edited" if right else "failed"
         reason = None if right else f"not right within {self.cfg.max_steps} steps (smallest lead {lead:.3f})"
         keep = right or self.cfg.keep_failed
@@ -301,6 +301,18 @@ class Editor:
         self.outcomes.append(outcome)
         return outcome
 
+    def _guarded_shifts(self, new: NewNeurons, skip: torch.Tensor | None) -> torch.Tensor | float:
+        """Each new neuron's bias shift, (n,): config.bias_shift, but at most as far as leaves its highest memory
+        pre-activation (the edit's negatives included, its own wordings `skip` not) config.shift_guard below
+        the threshold. The shift moves the threshold into the gap the memory loss opened; where training
+        left a memory row near the threshold there is no gap to move into."""
+        cfg = self.cfg
+        if not cfg.bias_shift or cfg.shift_guard is None or self.memory is None or not len(self.memory):
+            return cfg.bias_shift
+        with torch.no_grad():
+            top = self.memory.top_preactivation(new, 1, cfg.memory_search, skip)[0]             # (n,)
+        return (-top - cfg.shift_guard).clamp(0.0, cfg.bias_shift)
+
     def _retries(self) -> list[dict]:
         """How an edit still wrong is trained again, in order: without weight decay (retry_without_decay: decay
         pulls on every parameter alike, while the edit loss is a mean over every answer position of every wording,
@@ -314,11 +326,12 @@ class Editor:
             retries.append({"candidates": 0})
         return retries
 
-    def _kept(self, new: NewNeurons, c: Cached) -> tuple[PatchNeurons, bool, float, str]:
-        """The patch set with the new neurons, their biases raised by config.bias_shift and values scaled by
-        config.value_gain, unless that leaves the edit wrong (2 of SmolLM2's first 232 edits were right without
-        the shift, wrong with it), then as trained. -> (patch set, right, smallest lead, prediction)."""
-        shifted = self.neurons.extend(*new.frozen(self.cfg.bias_shift, self.cfg.value_gain))
+    def _kept(self, new: NewNeurons, c: Cached, skip: torch.Tensor | None = None) -> tuple[PatchNeurons, bool, float, str]:
+        """The patch set with the new neurons, their biases raised by config.bias_shift (at most as far as
+        _guarded_shifts allows) and values scaled by config.value_gain, unless that leaves the edit wrong (2 of
+        SmolLM2's first 232 edits were right without the shift, wrong with it), then as trained.
+        -> (patch set, right, smallest lead, prediction)."""
+        shifted = self.neurons.extend(*new.frozen(self._guarded_shifts(new, skip), self.cfg.value_gain))
         judged = self.judge(c, shifted)
         if not judged[0] and (self.cfg.bias_shift or self.cfg.value_gain != 1):
             plain = self.neurons.extend(*new.frozen())

@@ -227,7 +227,8 @@ def test_bias_shift_and_value_gain_apply_to_each_new_neuron_unless_the_edit_woul
     assert plain.edit("e0", text, target).succeeded
     # a shift that silences the neuron is not kept, nor a gain that flips the answer away
     for shift, gain, kept in ((0.5, 1.0, True), (0.5, 1.25, True), (-1000.0, 1.25, False), (0.0, -1.0, False)):
-        shifted = editor_for(make_model, tokenizer, "llama", vocab_candidates=0, bias_shift=shift, value_gain=gain)
+        shifted = editor_for(make_model, tokenizer, "llama", vocab_candidates=0, bias_shift=shift, value_gain=gain,
+                             shift_guard=None)
         assert shifted.edit("e0", text, target).succeeded
         assert torch.equal(shifted.neurons.keys, plain.neurons.keys)
         assert torch.allclose(shifted.neurons.values, plain.neurons.values * (gain if kept else 1.0))
@@ -235,8 +236,30 @@ def test_bias_shift_and_value_gain_apply_to_each_new_neuron_unless_the_edit_woul
     assert EditorConfig.reference().bias_shift == 0.0 and EditorConfig.reference().value_gain == 1.0
 
 
+def test_the_bias_shift_stops_the_guard_short_of_the_highest_memory_row(tokenizer, make_model):
+    text, target = EDITS[0]
+    negative = "the capital of italy is"                       # a question the new neurons must stay silent on
+    full = editor_for(make_model, tokenizer, "llama", vocab_candidates=0, bias_shift=3.0, shift_guard=None)
+    assert full.edit("e0", text, target, negatives=[negative]).succeeded
+    assert torch.allclose(full.neurons.shifts, torch.full((len(full.neurons),), 3.0))
+    for guard in (0.5, 2.0):
+        editor = editor_for(make_model, tokenizer, "llama", vocab_candidates=0, bias_shift=3.0, shift_guard=guard)
+        assert editor.edit("e0", text, target, negatives=[negative]).succeeded
+        neurons = editor.neurons
+        assert torch.equal(neurons.keys, full.neurons.keys)             # the same training; only the shift differs
+        # every memory row but the edit's own input (remembered after the shift), the negative included
+        own = editor.memory.rows_of([text])
+        kept = torch.ones(len(editor.memory), dtype=torch.bool)
+        kept[own] = False
+        unshifted = editor.memory.preactivation(neurons.with_shifts(torch.zeros(len(neurons))))[kept].amax(0)  # (n,)
+        assert bool((neurons.shifts < 3.0).all()) and bool((neurons.shifts > 0).all())   # the guard binds, short of 0
+        assert torch.allclose(neurons.shifts, (-unshifted - guard).clamp(0.0, 3.0), atol=1e-4)
+        assert bool((editor.memory.preactivation(neurons)[kept] <= -guard + 1e-4).all() | (neurons.shifts == 0).all())
+        assert editor.memory.rows_of([negative]) is not None
+
+
 def test_a_later_wrong_edit_takes_back_the_shift_of_the_neurons_firing_on_it_only_because_of_it(tokenizer, make_model):
-    editor = editor_for(make_model, tokenizer, "llama", vocab_candidates=0, bias_shift=0.5)
+    editor = editor_for(make_model, tokenizer, "llama", vocab_candidates=0, bias_shift=0.5, shift_guard=None)
     text, target = EDITS[0]
     assert editor.edit("e0", text, target).succeeded
     n = len(editor.neurons)
