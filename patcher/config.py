@@ -11,11 +11,11 @@ def _f(default, help: str):
 
 # Where the defaults deviate from the reference implementation, the reference's values (each deviation is
 # measured in docs/benchmarks/).
-# Those the library keeps at the reference's (bias_shift, value_gain) are pinned too: the benchmark applies them
-# over a model's pipeline settings (params.yaml), which change those.
+# Those the library keeps at the reference's (bias_shift, value_gain; shift_guard, inert without a shift) are pinned
+# too: the benchmark applies them over a model's pipeline settings (params.yaml), which change those.
 REFERENCE_SETTINGS = {"activation": "ffn", "check_after": 100, "min_lr": 0.0, "max_neurons_per_edit": 5,
                       "phrasings": 0, "vocab_candidates": 0, "subject_layer": None,
-                      "retry_without_decay": False, "bias_shift": 0.0, "value_gain": 1.0}
+                      "retry_without_decay": False, "bias_shift": 0.0, "shift_guard": None, "value_gain": 1.0}
 
 
 @dataclass
