@@ -24,11 +24,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from patcher import Editor, EditorConfig  # noqa: E402
+from patcher.engine.examples import Example  # noqa: E402
 from patcher.facts import all_facts  # noqa: E402
 from patcher.facts.claims import claims  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
-from patcher.tasks import Example  # noqa: E402
 
 
 def items(model_name: str) -> list[tuple[str, Example, list[Example], list[Example]]]:

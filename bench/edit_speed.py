@@ -26,11 +26,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from patcher import Editor, EditorConfig  # noqa: E402
+from patcher.engine.examples import Example  # noqa: E402
+from patcher.engine.sequential import build_editor, set_threads  # noqa: E402
 from patcher.facts import all_facts, split_facts  # noqa: E402
 from patcher.facts.mistakes import examples, find_mistakes  # noqa: E402
 from patcher.models.base import load_model, minilm_dir  # noqa: E402
-from patcher.sequential import build_editor, set_threads  # noqa: E402
-from patcher.tasks import Example  # noqa: E402
 
 
 def minilm_setup(config: EditorConfig, n_edits: int):

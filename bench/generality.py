@@ -22,14 +22,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from patcher import EditorConfig  # noqa: E402
+from patcher.engine.examples import Example  # noqa: E402
+from patcher.engine.memory import Memory  # noqa: E402
+from patcher.engine.records import read_records  # noqa: E402
+from patcher.engine.sequential import build_editor  # noqa: E402
 from patcher.facts import all_facts, split_facts  # noqa: E402
-from patcher.memory import Memory  # noqa: E402
+from patcher.facts.sets import fact_examples  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
-from patcher.records import read_records  # noqa: E402
-from patcher.sequential import build_editor, fact_examples  # noqa: E402
-from patcher.settings import PipelineSettings  # noqa: E402
-from patcher.tasks import Example  # noqa: E402
+from patcher.pipeline.settings import PipelineSettings  # noqa: E402
 
 
 def firing(editor, positions: torch.Tensor, neurons, texts: list[str], target: str, subject: str | None) -> list[dict]:

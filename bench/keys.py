@@ -46,17 +46,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from patcher import EditorConfig  # noqa: E402
-from patcher.arch import adapter_for  # noqa: E402
-from patcher.editor import positions_to_patch  # noqa: E402
+from patcher.engine.arch import adapter_for  # noqa: E402
+from patcher.engine.editor import positions_to_patch  # noqa: E402
+from patcher.engine.examples import Example  # noqa: E402
+from patcher.engine.records import read_records  # noqa: E402
+from patcher.engine.subject import shared_text, subject_position  # noqa: E402
+from patcher.engine.tasks import task_for  # noqa: E402
 from patcher.facts import all_facts, split_facts  # noqa: E402
 from patcher.facts.bank import sibling_prompts  # noqa: E402
 from patcher.facts.mistakes import examples  # noqa: E402
+from patcher.facts.sets import memory_facts  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
-from patcher.records import read_records  # noqa: E402
-from patcher.sequential import memory_facts  # noqa: E402
-from patcher.subject import shared_text, subject_position  # noqa: E402
-from patcher.tasks import Example, task_for  # noqa: E402
 
 LAST = 29
 

@@ -6,7 +6,7 @@ L of facts-smollm2 (the editor only patches the last), each edit alone on the un
     .venv/bin/python bench/layers.py --layers 12 --key-at subject --kl 1 --kl-on siblings --sequential 50
 
 The editor's fast path needs the patch in the last FFN (everything after it is per position); here the
-neurons sit in layer L as a branch (patcher.patch.PatchBranch) and every training step runs the whole model,
+neurons sit in layer L as a branch (patcher.engine.patch.PatchBranch) and every training step runs the whole model,
 so this is a measurement, not an editing mode. Same losses, margins, memory (the train split's wordings, at
 layer L) and training phrasings as the editor's defaults, at most --max-steps steps; the edit stops once the
 input and its training phrasings are right. `--key-at subject` keys one neuron at the subject's last token of
@@ -34,18 +34,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from patcher import EditorConfig  # noqa: E402
-from patcher.arch import adapter_for  # noqa: E402
-from patcher.editor import NewNeurons, patch_loss, positions_to_patch  # noqa: E402
+from patcher.engine.arch import adapter_for  # noqa: E402
+from patcher.engine.editor import NewNeurons, patch_loss, positions_to_patch  # noqa: E402
+from patcher.engine.examples import Example  # noqa: E402
+from patcher.engine.memory import Memory, TopRows  # noqa: E402
+from patcher.engine.patch import PatchBranch  # noqa: E402
+from patcher.engine.records import read_records  # noqa: E402
+from patcher.engine.subject import subject_position  # noqa: E402
+from patcher.engine.tasks import task_for  # noqa: E402
 from patcher.facts import all_facts, split_facts  # noqa: E402
 from patcher.facts.mistakes import examples  # noqa: E402
-from patcher.memory import Memory, TopRows  # noqa: E402
+from patcher.facts.sets import memory_facts  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
-from patcher.patch import PatchBranch  # noqa: E402
-from patcher.records import read_records  # noqa: E402
-from patcher.sequential import memory_facts  # noqa: E402
-from patcher.subject import subject_position  # noqa: E402
-from patcher.tasks import Example, task_for  # noqa: E402
 
 
 def layer_adapter(model, layer: int):

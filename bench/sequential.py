@@ -17,7 +17,7 @@ Editors (their own settings win over --set, which applies to the rest; the rest 
 settings in params.yaml, train.editor and train.models, as the pipeline runs them):
   patcher     the editor's defaults with the model's settings (facts-smollm2: subject_layer 9, phrasings 15,
               bias_shift 1, value_gain 1.25)
-  reference   the reference implementation's settings (patcher.config.REFERENCE_SETTINGS)
+  reference   the reference implementation's settings (patcher.engine.config.REFERENCE_SETTINGS)
   no-memory   ablation: no memory loss (beta = 0); stops at the 4th right check at the latest
               (max_checks_right: without the memory loss the validation rule never stops a right edit) and
               after 500 steps (max_steps; twice with the whole-vocabulary retry): without the memory loss
@@ -44,18 +44,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from patcher import EditorConfig  # noqa: E402
-from patcher.config import REFERENCE_SETTINGS  # noqa: E402
+from patcher.engine.config import REFERENCE_SETTINGS  # noqa: E402
+from patcher.engine.examples import Example, SharedCache  # noqa: E402
+from patcher.engine.finetune import FineTuneEditor  # noqa: E402
+from patcher.engine.metrics import LocalitySet  # noqa: E402
+from patcher.engine.records import read_records  # noqa: E402
+from patcher.engine.sequential import build_editor, set_threads  # noqa: E402
+from patcher.engine.tasks import Task  # noqa: E402
 from patcher.facts import all_facts, split_facts  # noqa: E402
 from patcher.facts.bank import negative_prompts  # noqa: E402
-from patcher.finetune import FineTuneEditor  # noqa: E402
-from patcher.metrics import LocalitySet  # noqa: E402
+from patcher.facts.sets import fact_examples  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
-from patcher.plot import metrics_svg  # noqa: E402
-from patcher.records import read_records  # noqa: E402
-from patcher.sequential import build_editor, fact_examples, set_threads  # noqa: E402
-from patcher.settings import PipelineSettings  # noqa: E402
-from patcher.tasks import Example, SharedCache, Task  # noqa: E402
+from patcher.pipeline.plot import metrics_svg  # noqa: E402
+from patcher.pipeline.settings import PipelineSettings  # noqa: E402
 
 EDITORS = {"patcher": {}, "reference": REFERENCE_SETTINGS,
            "no-memory": {"beta": 0.0, "max_checks_right": 4, "max_steps": 500},

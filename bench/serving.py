@@ -34,11 +34,11 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
 from patcher import Editor, EditorConfig  # noqa: E402
-from patcher.export import LogitsOnly, _inputs, export, locality_sample  # noqa: E402
+from patcher.engine.sequential import to_patchset  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
-from patcher.onnx_model import ONNX, onnx_logits  # noqa: E402
-from patcher.sequential import to_patchset  # noqa: E402
+from patcher.serving.export import LogitsOnly, _inputs, export, locality_sample  # noqa: E402
+from patcher.serving.onnx_model import ONNX, onnx_logits  # noqa: E402
 
 
 def ort_session(path: Path, threads: int):
@@ -118,9 +118,9 @@ def patched_vs_unpatched(model_dir: Path, work: Path, texts: list[str], reps: in
 def serve_load(model: str, onnx_dir: Path, work: Path, texts: list[str], clients: int, seconds: float) -> dict:
     import httpx
 
-    from patcher.publish import publish
-    from patcher.s3 import EmbeddedS3
-    from patcher.serve import ServeSettings, Service, in_thread
+    from patcher.pipeline.s3 import EmbeddedS3
+    from patcher.serving.publish import publish
+    from patcher.serving.serve import ServeSettings, Service, in_thread
 
     with EmbeddedS3(work / "s3", "bench-key", "bench-secret-0123456789") as s3:
         os.environ.update(AWS_ENDPOINT_URL=s3.endpoint_url, AWS_ACCESS_KEY_ID=s3.access_key,

@@ -7,8 +7,8 @@ from prefect import flow, get_run_logger
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
-from patcher.approval import ApprovalRecord
-from patcher.store import stamp
+from patcher.engine.records import stamp
+from patcher.pipeline.approval import ApprovalRecord
 
 
 class Approval(RunInput):

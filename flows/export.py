@@ -9,16 +9,16 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows import s3_tasks
-from patcher.publish import publish
+from patcher.serving.publish import publish
 
 
 @flow(name="export")
 def export_version(root: str, model: str, version: str, patches_uri: str, settings: dict | None = None,
                    seed: int = 0) -> dict:
     """-> {"pointer": serving/MODEL/latest's new content, "parity", "how"}."""
-    from patcher.export import export, locality_sample
     from patcher.models.production import build, model_path
-    from patcher.settings import ExportSettings
+    from patcher.pipeline.settings import ExportSettings
+    from patcher.serving.export import export, locality_sample
 
     s = ExportSettings.from_dict(settings)
     log = get_run_logger()

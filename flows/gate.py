@@ -7,7 +7,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows import s3_tasks
-from patcher.gate import GateThresholds, gate
+from patcher.pipeline.gate import GateThresholds, gate
 
 
 @flow(name="gate")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows import s3_tasks
-from patcher.store import Layout, State
+from patcher.pipeline.store import Layout, State
 
 
 @flow(name="ingest")

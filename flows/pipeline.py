@@ -26,9 +26,10 @@ from flows.register import register
 from flows.report import publish
 from flows.train import train
 from flows.validate import validate
-from patcher.approval import ApprovalRecord
-from patcher.settings import PipelineSettings
-from patcher.store import Layout, Lock, LockHeld, stamp, utc_now
+from patcher.engine.records import stamp, utc_now
+from patcher.pipeline.approval import ApprovalRecord
+from patcher.pipeline.settings import PipelineSettings
+from patcher.pipeline.store import Layout, Lock, LockHeld
 
 
 def new_run_id() -> str:
@@ -76,8 +77,8 @@ def live_version(layout: Layout, run: str, state, settings: PipelineSettings) ->
             return None, {}
         manifest = json.loads(s3_tasks.read_text(f"{state.patches}/manifest.json"))
         return state.patches, {e["error_id"]: f"v{state.version:04d}" for e in manifest["edits"]}
-    from patcher.patchset import PatchSet
-    from patcher.registry import Registry
+    from patcher.engine.patchset import PatchSet
+    from patcher.pipeline.registry import Registry
 
     registry = Registry(settings.register.repo)
     if not registry.versions(layout.model):

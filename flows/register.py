@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows import s3_tasks
-from patcher.store import Layout
+from patcher.pipeline.store import Layout
 
 
 @flow(name="register")
@@ -22,7 +22,7 @@ def register(root: str, model: str, run_id: str, number: int, approval: dict, re
     run = layout.run(run_id)
     tag = None
     if registry_repo:
-        from patcher.registry import Registry
+        from patcher.pipeline.registry import Registry
 
         with tempfile.TemporaryDirectory() as tmp:
             patches = s3_tasks.download_dir(f"{run}/patches", Path(tmp) / "patches")

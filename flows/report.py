@@ -7,9 +7,9 @@ import json
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
 from flows import s3_tasks
-from patcher import store
-from patcher.gate import fmt
-from patcher.plot import metrics_svg
+from patcher.pipeline import store
+from patcher.pipeline.gate import fmt
+from patcher.pipeline.plot import metrics_svg
 
 
 def summary_markdown(summary: dict) -> str:

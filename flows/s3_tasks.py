@@ -6,7 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from patcher import store
+from patcher.pipeline import store
 
 
 def transient(task, task_run, state) -> bool:

@@ -10,9 +10,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows import s3_tasks
-from patcher.patchset import PatchSet
-from patcher.records import parse_record
-from patcher.train import TrainSettings, train_patches
+from patcher.engine.patchset import PatchSet
+from patcher.engine.records import parse_record
+from patcher.pipeline.train import TrainSettings, train_patches
 
 
 @flow(name="train")

@@ -9,9 +9,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact
 
 from flows import s3_tasks
-from patcher import store
-from patcher.store import Layout
-from patcher.validation import validate_batches
+from patcher.pipeline import store
+from patcher.pipeline.store import Layout
+from patcher.pipeline.validation import validate_batches
 
 
 @flow(name="validate")

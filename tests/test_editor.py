@@ -2,12 +2,11 @@
 failure is explicit, already-right inputs are not patched again, and rollback removes exactly one edit."""
 import pytest
 import torch
+from conftest import FACTS, MEMORY, dense_memory_losses
 
 from patcher import Editor, EditorConfig, Memory, PatchBranch
-from patcher.editor import NewNeurons, memory_losses
-from patcher.tasks import Example
-
-from conftest import FACTS, MEMORY, dense_memory_losses
+from patcher.engine.editor import NewNeurons, memory_losses
+from patcher.engine.examples import Example
 
 # distinct last tokens: a tiny random model tells inputs apart mostly by their last token
 EDITS = [("the capital of france is", "paris"), ("spain has its capital in", "madrid"),
@@ -441,7 +440,7 @@ def test_an_answer_with_more_wrong_tokens_than_neurons_fails_at_once_with_the_re
 @pytest.mark.parametrize("subject_layer,neurons", [(None, 2), (0, 2), (0, 1)])
 def test_memory_losses_equal_the_dense_top_k_in_value_and_gradient(subject_layer, neurons, tokenizer, make_model):
     # with a subject key (patcher/subject.py) the recomputed rows read z where each prompt's running max was;
-    # one neuron's pass over the memory is a product with its key twice (patcher.memory._times)
+    # one neuron's pass over the memory is a product with its key twice (patcher.engine.memory._times)
     editor = editor_for(make_model, tokenizer, "gpt2", subject_layer=subject_layer)
     c = editor.cache([Example(FACTS[0].input, "paris")])[0]
     cfg = EditorConfig(mem_topk=5)
@@ -499,7 +498,7 @@ def test_a_view_of_the_prompts_holding_some_rows_scores_them_as_the_whole_memory
 
 
 def test_top_rows_between_whole_passes_come_from_the_prompts_of_the_last_pass():
-    from patcher.memory import TopRows
+    from patcher.engine.memory import TopRows
 
     memory = _prompt_memory(1400)
     assert len(memory) > 16 * 1000
@@ -564,7 +563,7 @@ def test_judging_many_examples_in_batches_of_rows_equals_judging_each_alone(arch
 
 
 def test_the_highest_columns_found_through_a_sampled_threshold_are_the_top_k():
-    from patcher.memory import _highest
+    from patcher.engine.memory import _highest
     g = torch.Generator().manual_seed(0)
     a = torch.randn(3, 50_000, generator=g)
     a[1, ::7] = float("-inf")                                 # rows left out of the search

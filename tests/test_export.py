@@ -8,14 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import FACTS, MEMORY
 
 from patcher import Editor, EditorConfig, Memory
-from patcher.export import ExportParityError, _inputs, check_parity, export
-from patcher.onnx_model import onnx_logits, session
+from patcher.engine.sequential import to_patchset
 from patcher.models.base import load_model
-from patcher.sequential import to_patchset
-
-from conftest import FACTS, MEMORY
+from patcher.serving.export import ExportParityError, _inputs, check_parity, export
+from patcher.serving.onnx_model import onnx_logits, session
 
 
 def edited_tiny(tmp_path, make_model, tokenizer, kind, config=EditorConfig()):
@@ -49,11 +48,12 @@ def test_knee_patches_load_and_export_with_their_activation(tmp_path, make_model
 
 
 def test_real_factcheck_export_in_a_fresh_session(tmp_path, factcheck_model):
+    from patcher.engine.patchset import load_patched
+    from patcher.engine.records import read_records
+    from patcher.engine.sequential import run_stream
     from patcher.facts.bank import all_facts, split_facts
     from patcher.facts.mistakes import task_examples
-    from patcher.patchset import load_patched
-    from patcher.records import read_records
-    from patcher.sequential import editor_on_facts, run_stream
+    from patcher.facts.sets import editor_on_facts
 
     model, tok = load_model(factcheck_model)
     split = split_facts(all_facts(), seed=0)
@@ -86,11 +86,12 @@ def test_real_factcheck_export_in_a_fresh_session(tmp_path, factcheck_model):
 
 
 def test_real_smollm2_export_with_patches_as_a_branch(tmp_path, smollm2_model):
-    from patcher.export import locality_sample
+    from patcher.engine.records import read_records
+    from patcher.engine.sequential import run_stream
     from patcher.facts.bank import all_facts, split_facts
-    from patcher.onnx_model import OnnxModel
-    from patcher.records import read_records
-    from patcher.sequential import editor_on_facts, run_stream
+    from patcher.facts.sets import editor_on_facts
+    from patcher.serving.export import locality_sample
+    from patcher.serving.onnx_model import OnnxModel
 
     torch.set_num_threads(2)
     model, tok = load_model(smollm2_model)

@@ -3,11 +3,21 @@ that never share a fact, deterministic files, safe ids, and claims for fact chec
 import json
 from collections import Counter
 
-from patcher.facts.bank import (RELATIONS, TEMPLATES, TRAINING_TEMPLATES, all_facts, closest_templates, load_split,
-                                negative_prompts, sibling_prompts, split_facts, twin_prompts)
+from patcher.engine.records import ID_PATTERN, parse_record
+from patcher.facts.bank import (
+    RELATIONS,
+    TEMPLATES,
+    TRAINING_TEMPLATES,
+    all_facts,
+    closest_templates,
+    load_split,
+    negative_prompts,
+    sibling_prompts,
+    split_facts,
+    twin_prompts,
+)
 from patcher.facts.build import write_splits
 from patcher.facts.claims import claims
-from patcher.records import ID_PATTERN, parse_record
 
 
 def test_counts_relations_and_phrasings():
@@ -81,7 +91,7 @@ def test_claims_true_and_false_of_the_same_relation():
 
 
 def test_the_memory_covers_the_training_wordings_an_edit_uses():
-    from patcher.sequential import fact_examples
+    from patcher.facts.sets import fact_examples
 
     split = split_facts(all_facts(), seed=0)
     for task in ("generation", "classification"):

@@ -2,14 +2,12 @@
 tuned FFN weights loaded, for every architecture; FT-last fixes edits; its KL term keeps locality closer."""
 import pytest
 import torch
-
-from patcher import EditorConfig, Memory
-from patcher.finetune import FineTuneEditor
-from patcher.metrics import LocalitySet
-from patcher.models.tiny import ARCHS
-
 from conftest import FACTS, MEMORY
 from test_arch import example_for, whole_model_logits
+
+from patcher import EditorConfig
+from patcher.engine.finetune import FineTuneEditor
+from patcher.models.tiny import ARCHS
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -1,9 +1,9 @@
 """The gate's decisions on train reports, its Markdown for the reviewer, the settings it reads, the plot."""
 import pytest
 
-from patcher.gate import GateThresholds, gate
-from patcher.plot import metrics_svg
-from patcher.settings import PipelineSettings
+from patcher.pipeline.gate import GateThresholds, gate
+from patcher.pipeline.plot import metrics_svg
+from patcher.pipeline.settings import PipelineSettings
 
 
 def report(**metrics):
@@ -73,7 +73,7 @@ def test_pipeline_run_overrides_parse_as_params_sections():
 def test_the_reference_settings_pin_every_setting_a_models_pipeline_changes(model):
     # bench/sequential.py's `reference` editor applies them over the model's params.yaml settings
     from patcher import EditorConfig
-    from patcher.config import REFERENCE_SETTINGS
+    from patcher.engine.config import REFERENCE_SETTINGS
 
     pipeline = PipelineSettings.load().train.editor_overrides(model)
     assert EditorConfig(**{**pipeline, **REFERENCE_SETTINGS}) == EditorConfig.reference()

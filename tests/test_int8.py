@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from patcher.int8 import _FBGEMM, Int8Rows
+from patcher.engine.cpu.int8 import _FBGEMM, Int8Rows
 
 
 def _rows(n: int, width: int, seed: int = 0) -> torch.Tensor:

@@ -2,11 +2,10 @@
 edits count against SR, GR averages per edit over edits that have rephrases."""
 import pytest
 import torch
-
-from patcher import Editor, EditOutcome, EditorConfig
-from patcher.metrics import LocalitySet, summarize
-
 from conftest import FACTS
+
+from patcher import Editor, EditorConfig, EditOutcome
+from patcher.engine.metrics import LocalitySet, summarize
 
 
 class FakeEditor:

@@ -2,13 +2,12 @@
 refused (the branch remains) where it is not: SwiGLU, or a different activation."""
 import pytest
 import torch
+from conftest import FACTS
 
 from patcher import Editor, PatchBranch, PatchNeurons, merge_into
-from patcher.arch import adapter_for
-from patcher.patch import activation_fn
-from patcher.tasks import Example
-
-from conftest import FACTS
+from patcher.engine.arch import adapter_for
+from patcher.engine.examples import Example
+from patcher.engine.patch import activation_fn
 
 
 def random_neurons(arch, n=4, activation=None, seed=0):

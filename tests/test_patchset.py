@@ -4,15 +4,14 @@ import json
 
 import pytest
 import torch
+from conftest import MEMORY
 from safetensors.torch import load_file, save_file
 
 from patcher import Editor, EditorConfig, Memory
+from patcher.engine.examples import Example
+from patcher.engine.patchset import PatchSet, load_patched
+from patcher.engine.sequential import to_patchset
 from patcher.models.base import load_model
-from patcher.patchset import PatchSet, load_patched
-from patcher.sequential import to_patchset
-from patcher.tasks import Example
-
-from conftest import MEMORY
 
 EDITS = [("the capital of france is", "paris"), ("spain has its capital in", "madrid")]
 
@@ -38,7 +37,7 @@ def test_round_trip_and_manifest(tmp_path, saved_model):
     out = to_patchset(editor, outcomes, "tiny-gpt2", model_dir).save(tmp_path / "patches")
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "patches.safetensors"]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["format"] == "patcher.patchset/1"
+    assert manifest["format"] == "patcher.engine.patchset/1"
     assert manifest["base_model"]["name"] == "tiny-gpt2" and len(manifest["base_model"]["sha256"]) == 64
     assert manifest["architecture"] == "gpt2" and manifest["layer"] == "transformer.h.1.mlp.c_proj"
     assert manifest["activation"] == ("gelu_new" if editor.cfg.activation == "ffn" else "relu")

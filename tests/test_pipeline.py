@@ -14,12 +14,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from patcher import store
+from patcher.engine.patchset import PatchSet
+from patcher.engine.records import read_records
 from patcher.facts.stream import batches
-from patcher.patchset import PatchSet
-from patcher.records import read_records
-from patcher.s3 import put_files
-from patcher.store import Layout, Lock
+from patcher.pipeline import store
+from patcher.pipeline.store import Layout, Lock, put_files
 
 pytestmark = pytest.mark.real
 MODEL = "factcheck-minilm"
@@ -67,7 +66,7 @@ def jsonl(uri):
 def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck, mistakes, tmp_path):
     from prefect import get_client
 
-    from patcher.registry import Registry
+    from patcher.pipeline.registry import Registry
 
     root, layout = s3_env, Layout(s3_env, MODEL)
     registry = Registry.init(tmp_path / "registry", f"{root}/dvc")
@@ -295,9 +294,9 @@ def test_serving_closes_the_loop(s3_env, prefect_api, factcheck, mistakes, tmp_p
     load of requests, none failing, and now answers those inputs right."""
     import httpx
 
-    from patcher.export import export
-    from patcher.publish import latest, publish
-    from patcher.serve import ServeSettings, Service, in_thread
+    from patcher.serving.export import export
+    from patcher.serving.publish import latest, publish
+    from patcher.serving.serve import ServeSettings, Service, in_thread
 
     root = s3_env
     export(factcheck, None, tmp_path / "v0000")

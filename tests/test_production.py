@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from patcher import Editor
+from patcher.engine.examples import Example
+from patcher.engine.patchset import weights_sha256
+from patcher.engine.records import read_records
 from patcher.models.base import load_model
 from patcher.models.production import FinetuneSettings, build
-from patcher.patchset import weights_sha256
-from patcher.records import read_records
-from patcher.tasks import Example
 
 pytestmark = pytest.mark.real
 
@@ -103,8 +103,8 @@ def test_smollm2_build_and_errors(models_dir, tmp_path):
 
 
 def test_errors_land_in_s3_as_hourly_batches(factcheck, tmp_path):
-    from patcher.records import RecordError, parse_record
-    from patcher.s3 import EmbeddedS3
+    from patcher.engine.records import RecordError, parse_record
+    from patcher.pipeline.s3 import EmbeddedS3
 
     with EmbeddedS3(tmp_path / "s3", "test-key", "test-secret") as server:
         env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "AWS_ENDPOINT_URL": server.endpoint_url,

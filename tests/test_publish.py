@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from patcher import publish as publishing, store
-from patcher.checksum import sha256
-from patcher.publish import PublishedVersionError, fetch, latest, publish
+from patcher.engine.files import sha256
+from patcher.pipeline import store
+from patcher.serving import publish as publishing
+from patcher.serving.publish import PublishedVersionError, fetch, latest, publish
 
 
 def export_dir(path, weights: bytes):

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from patcher import Editor, EditorConfig, Memory, PatchBranch
+from patcher.engine.examples import Example
+from patcher.engine.metrics import LocalitySet
+from patcher.engine.sequential import build_editor, run_stream
 from patcher.facts import all_facts, split_facts
 from patcher.facts.mistakes import examples, find_mistakes, greedy_answer
-from patcher.metrics import LocalitySet
 from patcher.models.base import load_model, minilm_dir
-from patcher.sequential import build_editor, run_stream
-from patcher.tasks import Example
 
 pytestmark = pytest.mark.real
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from patcher.records import RecordError, parse_record, read_records
+from patcher.engine.records import RecordError, parse_record, read_records
 
 GOOD = {"id": "err-1", "model": "facts-smollm2", "task": "generation", "input": "The capital of Peru is",
         "prediction": "Cusco", "target": "Lima", "rephrases": ["Peru's capital city is"],
@@ -55,8 +55,8 @@ def test_truncated_line_and_duplicate_ids(tmp_path):
 def test_damaged_batches_are_caught_and_clean_lines_parse():
     from datetime import datetime, timezone
 
+    from patcher.engine.records import ErrorRecord
     from patcher.facts.stream import DAMAGES, batches
-    from patcher.records import ErrorRecord
 
     records = [ErrorRecord(f"g-{i}", "facts-smollm2", "generation", f"The capital of country {i} is", "x",
                            f"City{i}", "2026-11-24T10:00:00Z", [f"Country {i}'s capital is"]) for i in range(400)]

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from patcher.config import EditorConfig
+from patcher.engine.config import EditorConfig
+from patcher.engine.patchset import MANIFEST, WEIGHTS, PatchSet
+from patcher.engine.records import read_records
+from patcher.engine.sequential import build_editor, run_stream, to_patchset
 from patcher.facts.bank import all_facts, split_facts
 from patcher.facts.mistakes import task_examples
+from patcher.facts.sets import editor_on_facts
 from patcher.models.base import load_model
-from patcher.patchset import MANIFEST, WEIGHTS, PatchSet
-from patcher.records import read_records
-from patcher.registry import Registry, RegistryError
-from patcher.sequential import build_editor, editor_on_facts, run_stream, to_patchset
+from patcher.pipeline.registry import Registry, RegistryError
 
 pytestmark = pytest.mark.real
 MODEL = "factcheck-minilm"
@@ -94,7 +95,7 @@ def test_versions_stages_clean_clone_and_rollbacks(s3_env, tmp_path, patch_sets,
     v4 = PatchSet.load(v4_dir)
     assert [e["error_id"] for e in v4.edits] == [e["error_id"] for e in v3.edits if e["error_id"] != removed]
     assert removed not in v4.owners and len(v4) == len(v3) - v3.owners.count(removed)
-    from patcher.tasks import Example
+    from patcher.engine.examples import Example
 
     others = [Example(e["input"], e["target"]) for e in v4.edits]
     locality = task_examples("classification", split_facts(all_facts(), seed=0)["test"][:80], "prompt", 0)
@@ -110,7 +111,7 @@ def test_versions_stages_clean_clone_and_rollbacks(s3_env, tmp_path, patch_sets,
 
 REGISTER = """
 import sys
-from patcher.registry import Registry
+from patcher.pipeline.registry import Registry
 Registry(sys.argv[1]).register("{model}", sys.argv[2], {{"metrics": {{}}}}, {{"reviewer": sys.argv[3]}})
 """
 

@@ -19,7 +19,7 @@ def env(tmp_path):
 
 
 def test_up_status_traffic_down(env, tmp_path, monkeypatch):
-    port = __import__("patcher.s3", fromlist=["_free_port"])._free_port()
+    port = __import__("patcher.pipeline.s3", fromlist=["_free_port"])._free_port()
     up = patcher("s3", "up", "--port", str(port), env=env)
     try:
         assert up.returncode == 0, up.stderr
@@ -32,7 +32,8 @@ def test_up_status_traffic_down(env, tmp_path, monkeypatch):
         assert patcher("s3", "up", "--port", str(port), env=env).returncode == 0        # idempotent
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        from patcher.s3 import client, put_files
+        from patcher.pipeline.s3 import client
+        from patcher.pipeline.store import put_files
 
         keys = put_files("s3://demo/errors", {"2026/11/24/10/batch-0000.jsonl": '{"a": 1}\n'})
         body = client().get_object(Bucket="demo", Key=keys[0])["Body"].read()
@@ -46,7 +47,7 @@ def test_up_status_traffic_down(env, tmp_path, monkeypatch):
 def test_a_taken_internal_port_is_retried_with_new_ones(tmp_path, monkeypatch):
     import socket
 
-    from patcher import s3
+    from patcher.pipeline import s3
 
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))

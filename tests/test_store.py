@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from patcher import store
-from patcher.store import Layout, Lock, LockHeld, State, StateConflict
+from patcher.pipeline import store
+from patcher.pipeline.store import Layout, Lock, LockHeld, State, StateConflict
 
 
 def test_ledger_commit_is_conditional(s3_env):

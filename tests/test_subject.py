@@ -3,17 +3,16 @@ exact against the whole model with the branch, the running max carries over a KV
 the memory samples whole prompts, and subject patches save, load and export to ONNX."""
 import pytest
 import torch
+from conftest import FACTS, MEMORY
 
 from patcher import Editor, EditorConfig, Memory, PatchBranch, PatchNeurons
-from patcher.export import export
+from patcher.engine.examples import Example
+from patcher.engine.patchset import PatchSet, load_patched
+from patcher.engine.sequential import build_editor, to_patchset
+from patcher.engine.subject import running_max, shared_text, subject_position
 from patcher.models.base import load_model
-from patcher.patchset import PatchSet, load_patched
-from patcher.sequential import build_editor, to_patchset
-from patcher.subject import running_max, shared_text, subject_position
-from patcher.tasks import Example
-from patcher.train import TrainSettings
-
-from conftest import FACTS, MEMORY
+from patcher.pipeline.train import TrainSettings
+from patcher.serving.export import export
 
 PHRASING = "the capital city of {} is"
 

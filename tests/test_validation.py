@@ -5,9 +5,9 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
+from patcher.engine.records import ErrorRecord, parse_record
 from patcher.facts.stream import batches
-from patcher.records import ErrorRecord, parse_record
-from patcher.validation import validate_lines
+from patcher.pipeline.validation import validate_lines
 
 
 def stream(task="classification", n=240, share=0.3, seed=2):
@@ -65,7 +65,7 @@ def test_cli(tmp_path):
 
 
 def test_batches_of_one_stream_with_data_docs(tmp_path):
-    from patcher.validation import validate_batches
+    from patcher.pipeline.validation import validate_batches
 
     ok = {"id": "b-1", "model": "factcheck-minilm", "task": "classification", "input": "The sky is green.",
           "prediction": "SUPPORTED", "target": "REFUTED", "logged_at": "2026-11-24T10:00:00Z"}

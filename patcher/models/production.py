@@ -18,7 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..facts.claims import LABELS, claims
+from patcher.facts.claims import LABELS, claims
+
 from .base import cache_dir, load_model, minilm_dir, smollm2_dir
 
 CARD = "model_card.json"
@@ -84,8 +85,8 @@ def _train_factcheck(out: Path, settings: FinetuneSettings, splits) -> dict:
 
 
 def _accuracy(model_dir: Path, splits, task: str, seed: int) -> dict:
-    from ..editor import Editor
-    from ..facts.mistakes import task_examples
+    from patcher.engine.editor import Editor
+    from patcher.facts.mistakes import task_examples
 
     model, tokenizer = load_model(model_dir)
     editor = Editor(model, tokenizer)
@@ -98,7 +99,7 @@ def build(name: str, seed: int = 0, out: str | Path | None = None, force: bool =
     """Builds a production model into `out` (default: model_path(name)); reuses a finished build with the
     same settings. Written to a temporary directory and renamed, so a crash leaves no half model. The splits
     come from `facts_dir` (written by `patcher facts build`) or are made in memory with the seed."""
-    from ..facts.bank import SPLITS, all_facts, load_split, split_facts
+    from patcher.facts.bank import SPLITS, all_facts, load_split, split_facts
 
     out = Path(out) if out else model_path(name)
     settings = settings or FinetuneSettings(seed=seed)

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import EditorConfig, from_section
-from .editor import EditOutcome
-from .patchset import PatchSet
-from .records import ErrorRecord
+from patcher.engine.config import EditorConfig, from_section
+from patcher.engine.editor import EditOutcome
+from patcher.engine.patchset import PatchSet
+from patcher.engine.records import ErrorRecord
 
 
 @dataclass
@@ -73,10 +73,11 @@ def train_patches(model_name: str, model_dir: str | Path, records: list[ErrorRec
     """-> (the patch set: base's edits plus the new ones that succeeded, the train report)."""
     import torch
 
-    from .facts.bank import all_facts, split_facts
-    from .metrics import summarize
-    from .models.base import load_model
-    from .sequential import editor_on_facts, run_stream, to_patchset
+    from patcher.engine.metrics import summarize
+    from patcher.engine.sequential import run_stream, to_patchset
+    from patcher.facts.bank import all_facts, split_facts
+    from patcher.facts.sets import editor_on_facts
+    from patcher.models.base import load_model
 
     settings = settings or TrainSettings()
     start = time.perf_counter()

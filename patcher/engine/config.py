@@ -59,7 +59,7 @@ class EditorConfig:
     value_scale_init: float = _f(10.0, "initial trainable scale of the value vector")
     value_init: str = _f("random", "value direction at the start: 'random' (reference) or 'lead': the "
                                    "direction that most increases the target's lead at the neuron's position")
-    activation: str = _f("auto", "patch neuron activation: 'knee' (ReLU up to 1, slope 0.1 beyond; patcher.patch.Knee),"
+    activation: str = _f("auto", "patch neuron activation: 'knee' (ReLU up to 1, slope 0.1 beyond; patcher.engine.patch.Knee),"
                                  " 'relu', 'ffn' (the FFN's own, which merges exactly into GELU FFNs with biases: BERT,"
                                  " GPT-2, BART; the reference), any transformers activation name, or 'auto': an "
                                  "existing patch set's own, else 'knee'. ReLU has no negative tail: with the FFN's own "
@@ -139,7 +139,7 @@ class EditorConfig:
     memory_full_pass_every: int = _f(10, "on a memory over 16k rows, after an edit's first 25 steps, a pass over the "
                                          "whole memory for the memory loss every N steps only; in between each new "
                                          "neuron's top rows are found among the prompts of its top 2 x mem_topk rows "
-                                         "at the last pass (patcher.memory.TopRows). 1: every step (the reference). "
+                                         "at the last pass (patcher.engine.memory.TopRows). 1: every step (the reference). "
                                          "10: SmolLM2 after 400 edits (160k rows) 24 -> 16 ms per step, the memory "
                                          "loss within 0.5% of the whole pass's; its whole stream (523 edits) 35.5 "
                                          "-> 26.4 min, the same metrics (GR 0.869 -> 0.872)")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 
 from .arch import matrix_times
-from .int8 import Int8Rows, room
-from .tasks import Cached, Example, Task
+from .cpu.int8 import Int8Rows, room
+from .examples import Cached, Example
+from .tasks import Task
 
 
 class Memory:

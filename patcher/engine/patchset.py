@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .arch import Arch, adapter_for
-from .checksum import sha256
+from .files import cache_dir, load_pretrained, sha256
 from .patch import PatchBranch, PatchNeurons, can_merge, merge_into
 
-FORMAT = "patcher.patchset/1"
+FORMAT = "patcher.engine.patchset/1"
 WEIGHTS, MANIFEST = "patches.safetensors", "manifest.json"
 
 
@@ -37,8 +37,6 @@ def weights_sha256(model_dir: str | os.PathLike) -> str:
     if not files:
         raise FileNotFoundError(f"{model_dir} holds no *.safetensors weights")
     stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    from .models.base import cache_dir
-
     cache_file = cache_dir() / "weights_sha256.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     key = str(model_dir.resolve())
@@ -175,9 +173,7 @@ class PatchSet:
 
 def load_patched(model_dir, patch_dir=None, merge: bool = True):
     """-> (model, tokenizer, patch set or None) with the patches applied (see PatchSet.apply)."""
-    from .models.base import load_model
-
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_pretrained(model_dir)
     patches = None
     if patch_dir is not None:
         patches = PatchSet.load(patch_dir)

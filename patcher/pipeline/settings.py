@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from patcher.engine.config import from_section
+
 from .approval import POLICIES
-from .config import from_section
 from .gate import GateThresholds
 from .train import TrainSettings
 

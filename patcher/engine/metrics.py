@@ -14,8 +14,8 @@ import statistics
 from dataclasses import dataclass
 
 from .editor import Editor, EditOutcome
+from .examples import Cached, Example
 from .patch import PatchNeurons
-from .tasks import Cached, Example
 
 
 @dataclass

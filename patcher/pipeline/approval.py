@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .store import stamp
+from patcher.engine.records import stamp
 
 POLICIES = ("manual", "auto")   # auto: approve every patch set that passed the gate (demo and tests only)
 

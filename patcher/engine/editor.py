@@ -23,10 +23,11 @@ import torch.nn as nn
 
 from .arch import adapter_for
 from .config import EditorConfig
+from .examples import Cached, Example
 from .memory import Memory, TopRows
 from .patch import PatchBranch, PatchNeurons, activation_fn
 from .subject import shared_text, subject_part, subject_position
-from .tasks import Cached, Example, task_for
+from .tasks import task_for
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,7 +81,7 @@ def patch_loss(cfg: EditorConfig, edit_loss: torch.Tensor, a_edit: torch.Tensor,
                new: "NewNeurons") -> tuple[torch.Tensor, dict]:
     """L = l_e + alpha * l_a + beta * (l_m1 + l_m2), from the edit loss and the new neurons' pre-activations
     on the edit input, a_edit (C, n) for C copies of it. l_a pushes a_edit up; l_m1 pushes it above the
-    top-k memory pre-activations (memory_top(new), patcher.memory.TopRows) by m1; l_m2 pushes those below m2."""
+    top-k memory pre-activations (memory_top(new), patcher.engine.memory.TopRows) by m1; l_m2 pushes those below m2."""
     l_a = _topk_mean(torch.exp(cfg.act_margin - a_edit), cfg.act_topk)
     parts = {"l_e": edit_loss, "l_a": l_a}
     total = edit_loss + cfg.alpha * l_a
@@ -210,7 +211,7 @@ class Editor:
     def judge_all(self, cached: list[Cached], neurons: PatchNeurons | None = None,
                   rows: int = 256) -> list[tuple[bool, float, str]]:
         """judge() of each cached example, the output layer run once per `rows` judged positions: a language
-        model's output layer costs about as much for one row as for 8 on a CPU (patcher.arch.OutputLayer), and
+        model's output layer costs about as much for one row as for 8 on a CPU (patcher.engine.arch.OutputLayer), and
         a locality set, ER or GR judges hundreds of 1-3-position examples."""
         out = []
         for batch in _batches(cached, rows):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 TASKS = ("classification", "generation")
@@ -57,6 +57,15 @@ class ErrorRecord:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def stamp(at: datetime | None = None) -> str:
+    """The RFC 3339 time (UTC, 'Z') the pipeline writes in ledgers, approvals and records."""
+    return (at or utc_now()).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _text_problem(name: str, value) -> str | None:

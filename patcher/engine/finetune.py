@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .editor import Editor, EditOutcome
-from .tasks import Cached, Example
+from .examples import Cached, Example
 
 
 class FFNDelta(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .config import from_section
+from patcher.engine.config import from_section
 
 
 @dataclass
@@ -78,7 +78,7 @@ def _cell(text) -> str:
 
 
 def gate(report: dict, thresholds: GateThresholds) -> GateReport:
-    """Checks a train report (patcher.train.train_patches) against the thresholds."""
+    """Checks a train report (patcher.pipeline.train.train_patches) against the thresholds."""
     m = report["metrics"]
     attempted = m.get("n_edits") or 0
     failed_share = (m.get("n_failed") or 0) / attempted if attempted else 0.0

@@ -9,13 +9,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .arch import adapter_for
 from .config import EditorConfig
 from .editor import Editor, EditOutcome
+from .examples import Example, SharedCache
 from .memory import Memory
 from .patchset import PatchSet, module_name, now, weights_sha256
 from .records import ErrorRecord, RecordError
-from .tasks import Example, SharedCache
 
 
 def set_threads(config: EditorConfig, task: str) -> int:
@@ -64,40 +63,6 @@ def remember_edits(editor: Editor, edits: list[dict], group: int = 64) -> None:
             if editor.memory is None:
                 editor.memory = Memory.empty(c)
             editor.remember(c, text, entry["error_id"])
-
-
-def memory_facts(split: dict, train_locality_share: float = 0.2) -> list:
-    """The train-split facts the memory is built from: all but the first `train_locality_share` (the TrainR
-    facts, kept apart from the memory)."""
-    return split["train"][int(len(split["train"]) * train_locality_share):]
-
-
-def fact_examples(task: str, split: dict, seed: int = 0, train_locality_share: float = 0.2,
-                  training_wordings: int | None = None) -> dict[str, list[Example]]:
-    """A fact-bank split as the editor's example sets: `memory` (the train split in the edit prompt's wording,
-    the held-out ones and the first `training_wordings` training phrasings (all when None: give the editor's
-    `phrasings`), except its first `train_locality_share`), `validation` (validation memory, the same
-    wordings), `train` (those first facts: the TrainR set, kept apart from the memory) and `test` (TestR)."""
-    from .facts.mistakes import task_examples
-
-    n = int(len(split["train"]) * train_locality_share)
-    memory = memory_facts(split, train_locality_share)
-    return {"memory": task_examples(task, memory, "all", seed, training_wordings),
-            "validation": task_examples(task, split["validation"], "all", seed, training_wordings),
-            "train": task_examples(task, split["train"][:n], "prompt", seed),
-            "test": task_examples(task, split["test"], "prompt", seed)}
-
-
-def editor_on_facts(model, tokenizer, config: EditorConfig, split: dict, train_locality_share: float = 0.2,
-                    patches: PatchSet | None = None):
-    """An editor for a fact-bank split (fact_examples), on top of an existing patch set if given. Locality
-    sets remember the UNPATCHED model's predictions. -> (editor, train LocalitySet, test LocalitySet)."""
-    from .metrics import LocalitySet
-
-    task = "classification" if adapter_for(model).task == "classification" else "generation"
-    sets = fact_examples(task, split, config.seed, train_locality_share, config.phrasings)
-    editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"], patches)
-    return editor, LocalitySet.build(editor, "train", sets["train"]), LocalitySet.build(editor, "test", sets["test"])
 
 
 def check_task(editor: Editor, records: list[ErrorRecord]) -> None:

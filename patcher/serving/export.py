@@ -23,10 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checksum import sha256
+from patcher.engine.examples import Example
+from patcher.engine.files import sha256
+from patcher.engine.patchset import load_patched, weights_sha256
+
 from .onnx_model import ONNX, greedy, onnx_logits, session
-from .patchset import load_patched, weights_sha256
-from .tasks import Example
+
 
 class ExportParityError(RuntimeError):
     """onnxruntime and PyTorch disagree beyond the tolerance on some input."""
@@ -57,8 +59,8 @@ class Parity:
 def locality_sample(model_dir: str | Path, n: int, seed: int = 0) -> list[Example]:
     """The first `n` facts of the fact bank's test split, phrased as the model's task: inputs no edit is
     about, where the exported graph must agree with PyTorch too."""
-    from .facts.bank import all_facts, split_facts
-    from .facts.mistakes import task_examples
+    from patcher.facts.bank import all_facts, split_facts
+    from patcher.facts.mistakes import task_examples
 
     config = json.loads((Path(model_dir) / "config.json").read_text())
     task = "classification" if config["architectures"][0].endswith("Classification") else "generation"

@@ -71,18 +71,6 @@ def ensure_bucket(s3, bucket: str) -> None:
         s3.create_bucket(Bucket=bucket)
 
 
-def put_files(uri: str, files: dict[str, str], s3=None) -> list[str]:
-    """Uploads {relative key: text} under an s3:// prefix. -> the object keys written."""
-    from .store import write_text
-
-    s3 = s3 or client()
-    bucket, prefix = parse_uri(uri)
-    for key in files:
-        write_text(f"s3://{bucket}/{prefix}/{key}" if prefix else f"s3://{bucket}/{key}", files[key], s3,
-                   "application/x-ndjson")
-    return [f"{prefix}/{key}" if prefix else key for key in files]
-
-
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -187,7 +175,7 @@ class EmbeddedS3:
 # --- the embedded server as a background service: `patcher s3 up | down | status` ------------------------
 
 def STATE_DIR() -> Path:   # noqa: N802 (a path that follows $PATCHER_CACHE at call time)
-    from .models.base import cache_dir
+    from patcher.engine.files import cache_dir
 
     return cache_dir() / "s3"
 

@@ -13,8 +13,9 @@ import json
 import shutil
 from pathlib import Path
 
-from .checksum import sha256
-from .store import Layout, _is, download_dir, read_bytes, stamp, upload_dir, write_json
+from patcher.engine.files import sha256
+from patcher.engine.records import stamp
+from patcher.pipeline.store import Layout, _is, download_dir, read_bytes, upload_dir, write_json
 
 EXPORT_MANIFEST = "export.json"
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from transformers.activations import ACT2FN
 
-from .int8 import Int8Rows
+from .cpu.int8 import Int8Rows
 
 
 def matrix_times(rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

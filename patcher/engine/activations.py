@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .models.base import cache_dir
+from .examples import Cached
+from .files import cache_dir
 
 MIN_EXAMPLES = 256           # smaller sets are cheaper to compute than to look up
 DEFAULT_BUDGET_MB = 2048     # SmolLM2's memory, validation and locality sets take ~1 GB together
@@ -59,8 +60,6 @@ def fingerprint(task, probe_cached) -> str:
 
 
 def load(path: Path, device) -> list | None:
-    from .tasks import Cached
-
     try:
         os.utime(path)                                   # a use: the least recently used entries are evicted first
     except FileNotFoundError:

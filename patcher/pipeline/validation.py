@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .records import ID_PATTERN, MAX_TEXT, OPTIONAL, REQUIRED
+from patcher.engine.records import ID_PATTERN, MAX_TEXT, OPTIONAL, REQUIRED
 
 TEXT = ("model", "input", "prediction", "target")
 CONTROL = r"[\x00-\x08\x0a-\x1f\x7f]"
@@ -23,7 +23,7 @@ RFC3339 = (r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])[Tt ](?:[01]\d|2[0-
 
 def known_models() -> dict[str, list[str] | None]:
     """Production model -> its allowed target labels (None: free text)."""
-    from .facts.claims import LABELS
+    from patcher.facts.claims import LABELS
 
     return {"factcheck-minilm": list(LABELS), "facts-smollm2": None}
 

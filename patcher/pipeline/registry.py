@@ -23,8 +23,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .patchset import MANIFEST, WEIGHTS, PatchSet
-from .store import stamp
+from patcher.engine.patchset import MANIFEST, WEIGHTS, PatchSet
+from patcher.engine.records import stamp
 
 TAG = re.compile(r"^(?P<model>[A-Za-z0-9._-]+)@v(?P<number>\d+)\.0\.0$")
 FILES = (MANIFEST, "gate_report.json", "approval.json", "version.json")

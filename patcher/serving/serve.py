@@ -27,11 +27,12 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
-from .onnx_model import OnnxModel
-from .records import ErrorRecord, RecordError, parse_record
-from .store import Layout, stamp, utc_now, write_text
+from patcher.engine.records import ErrorRecord, RecordError, parse_record, stamp, utc_now
+from patcher.pipeline.store import Layout, write_text
 
-log = logging.getLogger("patcher.serve")
+from .onnx_model import OnnxModel
+
+log = logging.getLogger("patcher.serving.serve")
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Service:
     """The current model, the watcher that replaces it, and the feedback writer."""
 
     def __init__(self, settings: ServeSettings):
-        from .models.base import cache_dir
+        from patcher.engine.files import cache_dir
 
         self.settings = settings
         self.layout = Layout(settings.root, settings.model)

@@ -23,13 +23,15 @@ expiry (a crashed run) is broken with a conditional DELETE.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
-import os
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
+
+from patcher.engine.records import stamp, utc_now
 
 from .s3 import client, ensure_bucket, parse_uri
 
@@ -46,14 +48,6 @@ class StateConflict(RuntimeError):
 
 def _is(error, *codes) -> bool:
     return getattr(error, "response", {}).get("Error", {}).get("Code") in codes
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def stamp(at: datetime | None = None) -> str:
-    return (at or utc_now()).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -132,6 +126,16 @@ def write_json(uri: str, data, s3=None) -> None:
 
 def write_jsonl(uri: str, rows, s3=None) -> None:
     write_text(uri, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), s3, "application/x-ndjson")
+
+
+def put_files(uri: str, files: dict[str, str], s3=None) -> list[str]:
+    """Uploads {relative key: text} under an s3:// prefix. -> the object keys written."""
+    s3 = s3 or client()
+    bucket, prefix = parse_uri(uri)
+    for key in files:
+        write_text(f"s3://{bucket}/{prefix}/{key}" if prefix else f"s3://{bucket}/{key}", files[key], s3,
+                   "application/x-ndjson")
+    return [f"{prefix}/{key}" if prefix else key for key in files]
 
 
 def list_objects(uri: str, s3=None) -> dict[str, str]:
