@@ -12,7 +12,7 @@
    POST /predict (one input; SmolLM2: a greedy answer of up to 8 tokens) from --clients concurrent clients
    for --seconds.
 
-Writes docs/benchmarks/serving.json and serving.md (with the machine, versions and thread counts).
+Writes docs/results/serving.json and serving.md (with the machine, versions and thread counts).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
 from patcher import Editor, EditorConfig  # noqa: E402
+from patcher.engine.patch import PatchNeurons  # noqa: E402
 from patcher.engine.sequential import to_patchset  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
@@ -54,7 +55,8 @@ def synthetic_patches(model_dir: Path, n: int, out: Path, seed: int = 0) -> Path
     g = torch.Generator().manual_seed(seed)
     h = editor.neurons.keys.shape[1]
     keys = torch.randn(n, h, generator=g) / h ** 0.5
-    editor.neurons = editor.neurons.extend(keys, torch.full((n,), -1.0), torch.randn(n, h, generator=g) * 0.01)
+    editor.neurons = editor.neurons.extend(PatchNeurons(keys, torch.full((n,), -1.0), torch.randn(n, h, generator=g) * 0.01,
+                                                        editor.neurons.activation))
     editor.owners = [f"synthetic-{i}" for i in range(n)]
     return to_patchset(editor, [], model_dir.name, model_dir).save(out)
 
@@ -181,7 +183,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--seconds", type=float, default=20)
-    p.add_argument("--out-dir", default="docs/benchmarks")
+    p.add_argument("--out-dir", default="docs/results")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,

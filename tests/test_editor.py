@@ -4,9 +4,10 @@ import pytest
 import torch
 from conftest import FACTS, MEMORY, dense_memory_losses
 
-from patcher import Editor, EditorConfig, Memory, PatchBranch
-from patcher.engine.editor import NewNeurons, memory_losses
+from patcher import Editor, EditorConfig, Memory, PatchBranch, PatchNeurons
+from patcher.engine.editor import memory_losses
 from patcher.engine.examples import Example
+from patcher.engine.patch import NewNeurons
 
 # distinct last tokens: a tiny random model tells inputs apart mostly by their last token
 EDITS = [("the capital of france is", "paris"), ("spain has its capital in", "madrid"),
@@ -333,27 +334,12 @@ def test_auto_activation_is_knee_unless_the_patch_set_has_another(arch, ffn, tok
     reference = Editor(make_model(arch), tokenizer, EditorConfig.reference())
     assert reference.neurons.activation == reference.arch.ffn_act_name == ffn
     # an existing patch set (made with the FFN's own activation) is extended with neurons like its own
-    earlier = reference.neurons.extend(torch.zeros(1, reference.arch.hidden_size), torch.zeros(1),
-                                       torch.zeros(1, reference.arch.hidden_size))
+    h = reference.arch.hidden_size
+    earlier = reference.neurons.extend(PatchNeurons(torch.zeros(1, h), torch.zeros(1), torch.zeros(1, h), ffn))
     assert Editor(make_model(arch), tokenizer, neurons=earlier).neurons.activation == ffn
     with pytest.raises(ValueError, match="existing patches use"):
         Editor(make_model(arch), tokenizer, EditorConfig(activation="relu" if ffn != "relu" else "gelu"),
                neurons=earlier)
-
-
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
-def test_lead_directions_increase_the_target_lead(arch, tokenizer, make_model):
-    editor = Editor(make_model(arch), tokenizer, EditorConfig(value_init="lead"))
-    example = Example("the capital of france is", "L1" if arch == "bert" else "paris")
-    c = editor.cache([example])[0]
-    positions = editor.neuron_positions(c)
-    d = editor.lead_directions(c, positions)
-    assert torch.allclose(d.norm(dim=-1), torch.ones(len(positions)), atol=1e-5)
-    h = c.h[positions]
-    with torch.no_grad():
-        before = editor.task.leads(editor.arch.tail(h), c.targets[positions])
-        after = editor.task.leads(editor.arch.tail(h + 0.05 * d), c.targets[positions])
-    assert (after > before).all()
 
 
 def test_training_phrasings_fire_the_neuron_and_join_the_memory(tokenizer, make_model):

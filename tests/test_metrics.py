@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import FACTS
 
-from patcher import Editor, EditorConfig, EditOutcome
+from patcher import Editor, EditorConfig, EditOutcome, PatchNeurons
 from patcher.engine.metrics import LocalitySet, summarize
 
 
@@ -46,8 +46,8 @@ def test_changed_locality_examples_name_the_edits_whose_neurons_fire_on_them(tok
     q = locality.cached[0].q[0]                                            # the first fact's answer position
     value = 100 * torch.randn(q.shape, generator=torch.Generator().manual_seed(0))
     for owner, bias in (("quiet", -5.0), ("loud", 0.0)):                 # pre-activation -4 and 1 there
-        editor.neurons = editor.neurons.extend((q / q.pow(2).sum()).unsqueeze(0), torch.tensor([bias]),
-                                               value.unsqueeze(0))
+        editor.neurons = editor.neurons.extend(PatchNeurons((q / q.pow(2).sum()).unsqueeze(0), torch.tensor([bias]),
+                                                            value.unsqueeze(0), editor.neurons.activation))
         editor.owners.append(owner)
     changed = locality.changed(editor)
     assert changed and changed[0]["input"] == FACTS[1].input

@@ -51,7 +51,7 @@ def test_merge_refused_for_other_activation(make_model):
 def test_select_and_extend_keep_neurons_independent(make_model):
     arch = adapter_for(make_model("gpt2"))
     a, b = random_neurons(arch, 2, seed=1), random_neurons(arch, 3, seed=2)
-    both = a.extend(b.keys, b.biases, b.values)
+    both = a.extend(b)
     q = torch.randn(5, arch.hidden_size)
     assert torch.allclose(both(q), a(q) + b(q), atol=1e-5)
     assert torch.allclose(both.select(torch.tensor([2, 3, 4]))(q), b(q), atol=1e-6)

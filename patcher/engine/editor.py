@@ -13,7 +13,6 @@ With dropout off both produce the same neurons (tests/test_editor.py).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -25,8 +24,8 @@ from .arch import adapter_for
 from .config import EditorConfig
 from .examples import Cached, Example
 from .memory import Memory, TopRows
-from .patch import PatchBranch, PatchNeurons, activation_fn
-from .subject import shared_text, subject_part, subject_position
+from .patch import NewNeurons, PatchBranch, PatchNeurons
+from .subject import shared_text, subject_position
 from .tasks import task_for
 
 
@@ -34,47 +33,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-class NewNeurons(nn.Module):
-    """The n trainable neurons of one edit. Key k_i = q_i / ||q_i||^2 (pre-activation 1 on its own edit
-    position), bias 0, value = a random direction (unit norm in expectation) times a trainable scale. With a
-    subject key (z_subject (H,): the subject layer's input at the subject's last token) each part starts at half:
-    k_i = q_i / 2||q_i||^2, u_i = z / 2||z||^2."""
-
-    def __init__(self, q_edit: torch.Tensor, activation: str, scale_init: float, generator: torch.Generator,
-                 directions: torch.Tensor | None = None, z_subject: torch.Tensor | None = None):
-        super().__init__()
-        n, hidden = q_edit.shape                                                    # q_edit: (n, H)
-        share = 1.0 if z_subject is None else 0.5
-        self.keys = nn.Parameter(share * q_edit / q_edit.pow(2).sum(-1, keepdim=True))   # (n, H)
-        self.subject_keys = None if z_subject is None else nn.Parameter(
-            (share * z_subject / z_subject.pow(2).sum()).expand(n, hidden).clone())      # (n, H)
-        self.biases = nn.Parameter(torch.zeros(n, dtype=q_edit.dtype, device=q_edit.device))
-        if directions is None:
-            directions = torch.randn(n, hidden, generator=generator, dtype=q_edit.dtype) / math.sqrt(hidden)
-        self.directions = nn.Parameter(directions.to(q_edit.device, q_edit.dtype).clone())   # (n, H)
-        self.scales = nn.Parameter(torch.full((n,), scale_init, dtype=q_edit.dtype, device=q_edit.device))
-        self.act = activation_fn(activation)
-
-    def values(self) -> torch.Tensor:
-        return self.scales.unsqueeze(-1) * self.directions                           # (n, H)
-
-    def preactivation(self, q: torch.Tensor, z: torch.Tensor | None = None, at: torch.Tensor | None = None):
-        """q (..., P, H) -> (..., P, n); with a subject key also z and at, as PatchNeurons.preactivation."""
-        a = q @ self.keys.t() + self.biases
-        return a if self.subject_keys is None else a + subject_part(z, self.subject_keys, at)
-
-    def forward(self, q: torch.Tensor, z: torch.Tensor | None = None, at: torch.Tensor | None = None):
-        return self.act(self.preactivation(q, z, at)) @ self.values()                # (..., H)
-
-    def frozen(self, bias_shift: float | torch.Tensor = 0.0, value_gain: float = 1.0) -> tuple:
-        """(keys, biases + bias_shift, values x value_gain, subject keys or None, shifts), for
-        PatchNeurons.extend; bias_shift a number or one per neuron (n,)."""
-        with torch.no_grad():
-            subject = None if self.subject_keys is None else self.subject_keys.clone()
-            shifts = torch.zeros_like(self.biases) + bias_shift                          # (n,)
-            return (self.keys.clone(), self.biases + shifts, self.values() * value_gain, subject, shifts)
 
 
 def patch_loss(cfg: EditorConfig, edit_loss: torch.Tensor, a_edit: torch.Tensor, memory_top: TopRows | None,
@@ -118,9 +76,9 @@ def _batches(cached: list[Cached], rows: int):
 
 def positions_to_patch(leads: torch.Tensor, cfg: EditorConfig) -> torch.Tensor:
     """(K, P) leads of the edit input (row 0) and its training phrasings at the answer positions -> the
-    positions that get a neuron: those not right by the success margin in any row, at most
-    max_neurons_per_edit; the weakest of the input when every row is right but not by the margin."""
-    wrong = (leads <= cfg.success_margin).any(0).nonzero().flatten()
+    positions that get a neuron: those wrong in any row, at most max_neurons_per_edit; the weakest of the
+    input when every row is right."""
+    wrong = (leads <= 0).any(0).nonzero().flatten()
     if len(wrong) == 0:
         wrong = leads[0].argmin().reshape(1)
     return wrong[: cfg.max_neurons_per_edit]
@@ -332,10 +290,10 @@ class Editor:
         _guarded_shifts allows) and values scaled by config.value_gain, unless that leaves the edit wrong (2 of
         SmolLM2's first 232 edits were right without the shift, wrong with it), then as trained.
         -> (patch set, right, smallest lead, prediction)."""
-        shifted = self.neurons.extend(*new.frozen(self._guarded_shifts(new, skip), self.cfg.value_gain))
+        shifted = self.neurons.extend(new.frozen(self._guarded_shifts(new, skip), self.cfg.value_gain))
         judged = self.judge(c, shifted)
         if not judged[0] and (self.cfg.bias_shift or self.cfg.value_gain != 1):
-            plain = self.neurons.extend(*new.frozen())
+            plain = self.neurons.extend(new.frozen())
             as_trained = self.judge(c, plain)
             if as_trained[0]:
                 return plain, *as_trained
@@ -365,7 +323,7 @@ class Editor:
 
     def neuron_positions(self, c: Cached, extra: list[Cached] = ()) -> torch.Tensor:
         """Judged positions that get a neuron: classification [CLS]; generation the answer tokens not yet
-        right by the success margin in the input or in any training phrasing (a rephrasing often fails on
+        right in the input or in any training phrasing (a rephrasing often fails on
         a token the input already gets right), at most max_neurons_per_edit."""
         if self.task.name == "classification":
             return torch.tensor([0], device=self.device)
@@ -382,10 +340,9 @@ class Editor:
         cfg = self.cfg
         positions = self.neuron_positions(c, extra)                            # (n,) judged-position indices
         generator = torch.Generator().manual_seed(cfg.seed + len(self.outcomes))
-        directions = self.lead_directions(c, positions) if cfg.value_init == "lead" else None
         z_subject = None if subject_at is None else c.z[min(subject_at, len(c.z) - 1)]   # past a truncation: the last
-        new = NewNeurons(c.q[positions], self.neurons.activation, cfg.value_scale_init, generator, directions,
-                         z_subject)
+        new = NewNeurons(c.q[positions], self.neurons.activation, cfg.value_scale_init, generator, z_subject,
+                         self.neurons.subject_layer)
         if path == "fast":
             k = self._candidates() if candidates is None else candidates
             forward, check, targets = self._fast_forward([c, *extra], new, positions, k)
@@ -413,7 +370,7 @@ class Editor:
             if step >= cfg.check_after and step % cfg.check_every == 0:
                 with torch.no_grad():
                     logits, a_edit = check(False)
-                    if not bool((self.task.leads(logits[0], c.targets) > cfg.success_margin).all()):
+                    if not bool((self.task.leads(logits[0], c.targets) > 0).all()):
                         continue
                     right_checks += 1
                     if self.val_memory is None or not len(self.val_memory) or right_checks == cfg.max_checks_right:
@@ -425,16 +382,6 @@ class Editor:
                     previous_val = val
         losses = {k: float(v.detach()) for k, v in parts.items()}
         return new, positions, step, losses
-
-    def lead_directions(self, c: Cached, positions: torch.Tensor) -> torch.Tensor:
-        """(n, H) unit vectors: at each neuron's position, the direction of the residual stream that most
-        increases the target's lead over the best other output (the gradient of the lead through the
-        tail), so a new neuron starts out pushing toward the right answer instead of a random direction."""
-        h = (c.h + self.neurons(c.q, c.z, c.at))[positions].detach().requires_grad_(True)   # (n, H)
-        with torch.enable_grad():
-            lead = self.task.leads(self.arch.tail(h), c.targets[positions]).sum()
-            (grad,) = torch.autograd.grad(lead, h)
-        return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def _fast_forward(self, cached: list[Cached], new: NewNeurons, positions: torch.Tensor, k: int):
         """The edit input and its K-1 training phrasings (same answer, so the same P judged positions).
@@ -453,7 +400,7 @@ class Editor:
 
         def full(train: bool):
             a = new.preactivation(q, z, at)                                    # (K, P, n)
-            logits = self.arch.tail(base + new.act(a) @ new.values())          # (K, P, V)
+            logits = self.arch.tail(base + new.output(a))                      # (K, P, V)
             if k:       # the candidates only grow: an output pushed down once is not free to rise again
                 top = logits.detach().topk(k, dim=-1).indices.flatten()
                 picked["rows"] = torch.unique(torch.cat([picked.get("rows", targets), top, targets]))  # (R,)
@@ -461,7 +408,7 @@ class Editor:
 
         def candidates(train: bool):
             a = new.preactivation(q, z, at)                                    # (K, P, n)
-            logits = self.arch.tail_rows(base + new.act(a) @ new.values(), picked["rows"])   # (K, P, R)
+            logits = self.arch.tail_rows(base + new.output(a), picked["rows"])  # (K, P, R)
             return logits, a[:, positions, columns]
 
         if not k:
@@ -482,7 +429,7 @@ class Editor:
         class Branch(nn.Module):
             def forward(self, q):                                              # (B, T, H)
                 seen["a"] = new.preactivation(q)                               # (B, T, n)
-                return earlier(q) + new.act(seen["a"]) @ new.values()
+                return earlier(q) + new.output(seen["a"])
 
         def run(n_copies: int, train: bool):
             self.model.train(train and self.cfg.reference_dropout)

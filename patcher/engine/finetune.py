@@ -96,7 +96,7 @@ class FineTuneEditor(Editor):
         while True:                # one forward per step: the logits after `step` updates, checked, then trained on
             drawn = self._rng.get_state()
             logits, kl = self._forward(c)                                        # (P, V), KL term or None
-            right = bool((self.task.leads(logits.detach(), c.targets) > self.cfg.success_margin).all())
+            right = bool((self.task.leads(logits.detach(), c.targets) > 0).all())
             if (step and right) or step == self.cfg.max_steps:
                 self._rng.set_state(drawn)       # the locality examples drawn for a step not taken: drawn again
                 break

@@ -4,7 +4,7 @@ position t also reads an earlier layer's FFN input z, as a running max over the 
     a(t) = k . q[t] + b + max_{p <= t} u . z[p]
 
 k . q (the last FFN's input at the answer position) says which question is asked; the running max says that
-the subject was named somewhere before, in whatever wording (docs/benchmarks/keys_facts-smollm2.md). The max
+the subject was named somewhere before, in whatever wording (docs/RESULTS.md). The max
 needs no subject position at inference, and everything after the last FFN stays per position, so the cached
 fast path stays exact. Only decoder-only models (causal: position t sees p <= t) have a subject key.
 """
