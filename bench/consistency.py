@@ -6,7 +6,7 @@ For every fact of the bank (generation: the fact's answer; classification: its t
 the model gets right in the edit prompt's wording, the share it also gets right in the held-out rephrasings
 (the wordings GR is measured on) and in the training phrasings. An edit whose rephrasings are all right
 generalizes better than the model's own knowledge does when this share is low. Prints a Markdown table per
-relation and writes Markdown + JSON to --out-dir (default docs/benchmarks/).
+relation and writes Markdown + JSON to --out-dir (default docs/results/).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def right(editor: Editor, examples: list[Example]) -> list[bool]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="facts-smollm2", choices=["factcheck-minilm", "facts-smollm2"])
-    ap.add_argument("--out-dir", default="docs/benchmarks")
+    ap.add_argument("--out-dir", default="docs/results")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
     args = ap.parse_args()
     start = time.perf_counter()

@@ -4,7 +4,7 @@ step, the edit input fed 8 times, dropout on), on real edits of both real models
     .venv/bin/python bench/edit_speed.py [--edits 20] [--reference-edits 20] [--models minilm,smollm2]
 
 Prints one JSON object per model with fast_s_median, reference_s_median and ratio, and writes them all to
---out (default docs/benchmarks/edit_speed.json). Both paths run the same edits in the same order from the
+--out (default docs/results/edit_speed.json). Both paths run the same edits in the same order from the
 same unpatched model and thread count; the reference path with EditorConfig.reference() settings.
 
 MiniLM: all-MiniLM-L6-v2 with a seeded, untrained 2-label head (SUPPORTED/REFUTED); an edit flips its
@@ -98,7 +98,7 @@ def main() -> int:
     ap.add_argument("--edits", type=int, default=20, help="real edits on the fast path")
     ap.add_argument("--reference-edits", type=int, default=20, help="the first N of them on the reference path")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="editor setting")
-    ap.add_argument("--out", default="docs/benchmarks/edit_speed.json")
+    ap.add_argument("--out", default="docs/results/edit_speed.json")
     args = ap.parse_args()
     overrides = EditorConfig.parse_overrides(args.set)
     config = EditorConfig(**overrides)                       # the product's default path

@@ -11,7 +11,7 @@ unchanged, failed edits, neurons, median seconds and steps per edit, and the pro
 unpatched model's forward passes over the stream's prompts (inputs, training wordings, negatives, rephrases)
 run once, before any editor, for all of them (the JSON's prompts_cached): the seconds per edit leave them out.
 Writes JSON, a Markdown table and one SVG plot per metric (every editor against the number of edits) to
---out-dir (default docs/benchmarks/), at every checkpoint: a run cut off keeps what it measured.
+--out-dir (default docs/results/), at every checkpoint: a run cut off keeps what it measured.
 
 Editors (their own settings win over --set, which applies to the rest; the rest start from the model's
 settings in params.yaml, train.editor and train.models, as the pipeline runs them):
@@ -260,7 +260,7 @@ def main() -> int:
                     "editor finishes (with 1, at every checkpoint). Seconds per edit are then measured beside another "
                     "editor: compare them within one run")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
-    ap.add_argument("--out-dir", default="docs/benchmarks")
+    ap.add_argument("--out-dir", default="docs/results")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--append", action="store_true", help="keep the other editors' rows of an earlier run with "
                     "the same output name (rerun some editors only)")

@@ -5,7 +5,7 @@ import torch
 from conftest import FACTS
 
 from patcher import Editor, EditorConfig, PatchBranch, PatchNeurons
-from patcher.engine.arch import OutputLayer
+from patcher.engine.cpu.output_layer import OutputLayer
 from patcher.engine.examples import Example
 from patcher.models.tiny import ARCHS
 

@@ -169,7 +169,7 @@ class Editor:
     def judge_all(self, cached: list[Cached], neurons: PatchNeurons | None = None,
                   rows: int = 256) -> list[tuple[bool, float, str]]:
         """judge() of each cached example, the output layer run once per `rows` judged positions: a language
-        model's output layer costs about as much for one row as for 8 on a CPU (patcher.engine.arch.OutputLayer), and
+        model's output layer costs about as much for one row as for 8 on a CPU (cpu/output_layer.py), and
         a locality set, ER or GR judges hundreds of 1-3-position examples."""
         out = []
         for batch in _batches(cached, rows):
@@ -195,54 +195,27 @@ class Editor:
         other wordings of the input the new neurons are trained on as well (at most config.phrasings of
         them; never the `rephrases`, which measure Generality). `negatives`: prompts the new neurons must not
         fire on (e.g. other questions about the same subject), joining the memory before training."""
-        if error_id in self.owners or error_id in self.edited:
-            raise ValueError(f"error {error_id!r} was already edited")
+        wordings = list(phrasings)[: self.cfg.phrasings]
+        self._check_edit(error_id, wordings, path)                 # before anything about the patch set changes
         start = time.perf_counter()
         c = self.cache([Example(input, target)])[0]
         right, lead, before = self.judge(c)
         if right:
             self.remember(c, input, error_id)
-            outcome = EditOutcome(error_id, input, "skipped", before, before, target, lead=lead,
-                                  seconds=time.perf_counter() - start)
-            self.outcomes.append(outcome)
-            return outcome
-        wrong = int((self.task.leads(self.logits(c), c.targets) <= 0).sum()) if self.task.name == "generation" else 0
-        if wrong > self.cfg.max_neurons_per_edit:
-            # each neuron fixes its own answer position: training could not make this edit right
+            return self._record(EditOutcome(error_id, input, "skipped", before, before, target, lead=lead,
+                                            seconds=time.perf_counter() - start))
+        untrainable = self._untrainable(c)
+        if untrainable:
             self.edited[error_id] = c
             self.remember(c, input, error_id)
-            outcome = EditOutcome(error_id, input, "failed", before, before, target, lead=lead,
-                                  seconds=time.perf_counter() - start,
-                                  reason=f"{wrong} answer tokens wrong, at most {self.cfg.max_neurons_per_edit} "
-                                         "neurons per edit (max_neurons_per_edit): not trained")
-            self.outcomes.append(outcome)
-            return outcome
-        wordings = list(phrasings)[: self.cfg.phrasings]
+            return self._record(EditOutcome(error_id, input, "failed", before, before, target, lead=lead,
+                                            seconds=time.perf_counter() - start, reason=untrainable))
         extra = self.cache([Example(p, target) for p in wordings])
         taken_back = self._take_back_shifts([c, *extra])
-        if extra and path != "fast":
-            raise ValueError("training on phrasings is a fast-path extension; the reference path edits the "
-                             "input alone (set phrasings=0)")
-        if self.cfg.subject_layer is not None and path != "fast":
-            raise ValueError("the subject key (subject_layer) is a fast-path extension")
         for text, negative in zip(negatives, self.cache([Example(n, target) for n in negatives])):
             self.remember(negative, text, error_id)
-        # the subject key starts at the subject: the text the input shares with its phrasings (else its last token)
-        subject_at = subject_position(self.tokenizer, input, shared_text(input, wordings)) \
-            if self.cfg.subject_layer is not None else None
-        # an earlier edit may have remembered this edit's own wordings (as its negatives): not rows to stay silent on
-        skip = self.memory.rows_of([input, *wordings]) if self.memory is not None else None
-        train = partial(self._train, c, Example(input, target), path, extra, subject_at=subject_at, skip=skip)
-        new, positions, steps, losses = train()
-        trial, right, lead, after = self._kept(new, c, skip)
-        for retry in self._retries():
-            if right:
-                break
-            new, positions, more, losses = train(**retry)
-            steps += more
-            trial, right, lead, after = self._kept(new, c, skip)
-        status = "edited" if right else "failed"
-        reason = None if right else f"not right within {self.cfg.max_steps} steps (smallest lead {lead:.3f})"
+        trial, positions, right, lead, after, steps, losses = self._train_and_judge(c, Example(input, target), path,
+                                                                                   extra, wordings)
         keep = right or self.cfg.keep_failed
         if keep:
             self.neurons = trial
@@ -254,9 +227,53 @@ class Editor:
         generalization = None
         if rephrases:
             generalization = self.accuracy(self.cache([Example(r, target) for r in rephrases]))
-        outcome = EditOutcome(error_id, input, status, before, after if keep else before, target, steps=steps,
-                              seconds=seconds, neurons=len(positions) if keep else 0, shifts_taken_back=taken_back,
-                              lead=lead, generalization=generalization, losses=losses, reason=reason)
+        return self._record(EditOutcome(
+            error_id, input, "edited" if right else "failed", before, after if keep else before, target,
+            steps=steps, seconds=seconds, neurons=len(positions) if keep else 0, shifts_taken_back=taken_back,
+            lead=lead, generalization=generalization, losses=losses,
+            reason=None if right else f"not right within {self.cfg.max_steps} steps (smallest lead {lead:.3f})"))
+
+    def _check_edit(self, error_id: str, wordings: list[str], path: str) -> None:
+        if error_id in self.owners or error_id in self.edited:
+            raise ValueError(f"error {error_id!r} was already edited")
+        if path not in ("fast", "reference"):
+            raise ValueError(f"unknown path {path!r}: 'fast' or 'reference'")
+        if wordings and path != "fast":
+            raise ValueError("training on phrasings is a fast-path extension; the reference path edits the "
+                             "input alone (set phrasings=0)")
+        if self.cfg.subject_layer is not None and path != "fast":
+            raise ValueError("the subject key (subject_layer) is a fast-path extension")
+
+    def _untrainable(self, c: Cached) -> str | None:
+        """Why training cannot make this edit right, if it cannot: each neuron fixes its own answer position."""
+        if self.task.name != "generation":
+            return None
+        wrong = int((self.task.leads(self.logits(c), c.targets) <= 0).sum())
+        if wrong <= self.cfg.max_neurons_per_edit:
+            return None
+        return (f"{wrong} answer tokens wrong, at most {self.cfg.max_neurons_per_edit} neurons per edit "
+                "(max_neurons_per_edit): not trained")
+
+    def _train_and_judge(self, c: Cached, example: Example, path: str, extra: list[Cached], wordings: list[str]):
+        """Trains the edit's neurons, then again as _retries says while it is still wrong.
+        -> (patch set with them, their positions, right, smallest lead, prediction, steps, losses)."""
+        # the subject key starts at the subject: the text the input shares with its phrasings (else its last token)
+        subject_at = subject_position(self.tokenizer, example.input, shared_text(example.input, wordings)) \
+            if self.cfg.subject_layer is not None else None
+        # an earlier edit may have remembered this edit's own wordings (as its negatives): not rows to stay silent on
+        skip = self.memory.rows_of([example.input, *wordings]) if self.memory is not None else None
+        train = partial(self._train, c, example, path, extra, subject_at=subject_at, skip=skip)
+        new, positions, steps, losses = train()
+        trial, right, lead, after = self._kept(new, c, skip)
+        for retry in self._retries():
+            if right:
+                break
+            new, positions, more, losses = train(**retry)
+            steps += more
+            trial, right, lead, after = self._kept(new, c, skip)
+        return trial, positions, right, lead, after, steps, losses
+
+    def _record(self, outcome: EditOutcome) -> EditOutcome:
         self.outcomes.append(outcome)
         return outcome
 
@@ -346,11 +363,9 @@ class Editor:
         if path == "fast":
             k = self._candidates() if candidates is None else candidates
             forward, check, targets = self._fast_forward([c, *extra], new, positions, k)
-        elif path == "reference":
+        else:
             forward, check = self._reference_forward(c, example, new, positions)
             targets = lambda: c.targets                                         # noqa: E731
-        else:
-            raise ValueError(f"unknown path {path!r}: 'fast' or 'reference'")
 
         decay = cfg.weight_decay if weight_decay is None else weight_decay
         opt = torch.optim.Adam(new.parameters(), lr=cfg.lr, weight_decay=decay, fused=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .arch import matrix_times
 from .cpu.int8 import Int8Rows, room
+from .cpu.output_layer import matrix_times
 from .examples import Cached, Example
 from .tasks import Task
 
