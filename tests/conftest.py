@@ -7,6 +7,7 @@ import torch
 
 torch.set_num_threads(1)   # tiny ops: one thread is many times faster on 2-core machines
 
+from patcher import Editor, EditorConfig, Memory  # noqa: E402
 from patcher.engine.examples import Example  # noqa: E402
 from patcher.models.tiny import tiny_model, tiny_tokenizer  # noqa: E402
 
@@ -28,6 +29,16 @@ MEMORY = [Example(t, "yes") for t in [
     "a red house stands by the river", "numbers go up and down", "the weather was cold in june",
     "music played all night long", "he wrote a letter to his brother", "three dogs ran across the park",
     "the book was closed", "she likes green tea", "trains leave every hour", "a small boat drifted"]]
+
+
+def editor_for(make_model, tokenizer, arch, dtype=torch.float32, **cfg):
+    """An editor on a tiny model with a 7-example memory and the rest of MEMORY as its validation memory."""
+    model = make_model(arch).to(dtype)
+    editor = Editor(model, tokenizer, EditorConfig(**cfg))
+    memory = [Example(m.input, "L0") for m in MEMORY] if arch == "bert" else MEMORY
+    editor.memory = Memory.from_examples(editor.task, memory[:7])
+    editor.val_memory = Memory.from_examples(editor.task, memory[7:])
+    return editor
 
 
 def dense_memory_losses(cfg, a_edit, memory, new):
