@@ -48,23 +48,27 @@ class Task:
         raise NotImplementedError
 
     def probe_target(self) -> str:
-        """Any valid target (for the model's fingerprint, patcher/activations.py)."""
+        """Any valid target (for the model's fingerprint, activations.py)."""
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------------------
     @torch.no_grad()
     def cache(self, examples: list[Example], batch_size: int = 32) -> list[Cached]:
-        """Runs the model (eval mode, no patch attached) and caches q and h at the judged positions. Large
-        sets (memory, locality) come from the on-disk activation cache when this model computed them before,
-        and are computed on every core otherwise (unless `shared` holds all of them: another editor's memory);
-        small ones from `shared` where another editor computed them."""
-        if self.shared is not None and len(examples) >= activations.MIN_EXAMPLES:   # another editor's (a memory)
+        """Runs the model (eval mode, no patch attached) and caches q and h at the judged positions, taking each
+        example from the first of three caches that has it: `shared` when it holds all of a large set (another
+        editor's memory); for a large set, the on-disk activation cache (on a miss computed on every core and
+        stored); `shared` for those it holds (the rest computed and added)."""
+        large = len(examples) >= activations.MIN_EXAMPLES
+        if large and self.shared is not None:
             found = [self.shared.get(e, self.subject_layer) for e in examples]
             if all(c is not None for c in found):
                 return found
-        folder = activations.directory() if len(examples) >= activations.MIN_EXAMPLES else None
-        if folder is None:
-            return self._shared(examples, batch_size) if self.shared is not None else self._compute(examples, batch_size)
+        folder = activations.directory() if large else None
+        if folder is not None:
+            return self._on_disk(folder, examples, batch_size)
+        return self._shared(examples, batch_size) if self.shared is not None else self._compute(examples, batch_size)
+
+    def _on_disk(self, folder, examples: list[Example], batch_size: int) -> list[Cached]:
         if self._fingerprint is None:
             probe = self._compute([Example(activations.PROBE, self.probe_target())])[0]
             self._fingerprint = activations.fingerprint(self, probe)
