@@ -137,7 +137,17 @@ class BertArch(Arch):
         self.ffn_out = self.layer.output.dense
 
 
-class LlamaArch(Arch):
+class DecoderArch(Arch):
+    """A decoder-only LM: the final norm, then the LM head (no bias)."""
+
+    def tail(self, h):
+        return self.output_layer(self.norm_in(h))
+
+    def tail_rows(self, h, rows):
+        return self.norm_in(h) @ self.head_rows(rows)              # (..., R)
+
+
+class LlamaArch(DecoderArch):
     """Llama-family decoders (SmolLM2): pre-norm, SwiGLU FFN without biases, final RMSNorm, lm_head.
     A patch neuron act(q.k + b) v is not a SwiGLU neuron, so patches stay a parallel branch."""
 
@@ -153,12 +163,6 @@ class LlamaArch(Arch):
         self.hidden_size = model.config.hidden_size
         self.ffn_act_name = model.config.hidden_act
 
-    def tail(self, h):
-        return self.output_layer(self.norm_in(h))
-
-    def tail_rows(self, h, rows):
-        return self.norm_in(h) @ self.head_rows(rows)              # (..., R)
-
     def backbone(self):
         return self.model.model
 
@@ -169,7 +173,7 @@ class LlamaArch(Arch):
         return self.ffn_in                       # the SwiGLU MLP
 
 
-class GPT2Arch(Arch):
+class GPT2Arch(DecoderArch):
     """GPT-2: pre-LN blocks, MLP c_fc -> gelu_new -> c_proj (Conv1D, weights stored as [in, out]), ln_f, lm_head."""
 
     name = "gpt2"
@@ -183,12 +187,6 @@ class GPT2Arch(Arch):
         self.norm_in = model.transformer.ln_f
         self.hidden_size = model.config.hidden_size
         self.ffn_act_name = model.config.activation_function
-
-    def tail(self, h):
-        return self.output_layer(self.norm_in(h))
-
-    def tail_rows(self, h, rows):
-        return self.norm_in(h) @ self.head_rows(rows)              # (..., R)
 
     def backbone(self):
         return self.model.transformer
