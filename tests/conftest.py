@@ -47,6 +47,12 @@ def dense_memory_losses(cfg, a_edit, memory, new):
     return torch.exp(top.unsqueeze(0) - a_edit.unsqueeze(1) + cfg.m1).mean(), torch.exp(top - cfg.m2).mean()
 
 
+def pytest_collection_modifyitems(items):
+    for item in items:          # a test on the real S3 server is an integration test (the fast lane skips them)
+        if "s3_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 server (SeaweedFS) on 127.0.0.1 for the whole session, with its own keys."""

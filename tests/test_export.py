@@ -47,6 +47,7 @@ def test_knee_patches_load_and_export_with_their_activation(tmp_path, make_model
     assert manifest["parity"]["examples"] == 3 + len(MEMORY) and manifest["parity"]["max_abs_diff"] <= 1e-4
 
 
+@pytest.mark.real
 def test_real_factcheck_export_in_a_fresh_session(tmp_path, factcheck_model):
     from patcher.engine.patchset import load_patched
     from patcher.engine.records import read_records
@@ -85,6 +86,7 @@ def test_real_factcheck_export_in_a_fresh_session(tmp_path, factcheck_model):
                          for i, r in enumerate(records) if r.id in fixed)    # every edit holds in ONNX
 
 
+@pytest.mark.real
 def test_real_smollm2_export_with_patches_as_a_branch(tmp_path, smollm2_model):
     from patcher.engine.records import read_records
     from patcher.engine.sequential import run_stream

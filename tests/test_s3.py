@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.integration   # starts and stops SeaweedFS servers itself
+
 
 def patcher(*args, env):
     return subprocess.run([sys.executable, "-m", "patcher.cli", *args], capture_output=True, text=True, env=env)
