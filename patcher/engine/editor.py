@@ -293,10 +293,9 @@ class Editor:
         """How an edit still wrong is trained again, in order: without weight decay (retry_without_decay: decay
         pulls on every parameter alike, while the edit loss is a mean over every answer position of every wording,
         and held a long answer's values back), then on the whole vocabulary (when training used candidates). Each
-        retry starts from the same initialisation, so the order changes only which one is tried first: the
-        decay-free one runs on the candidates, a step of the whole-vocabulary one on a long answer multiplies
-        every position of every wording by the output layer (SmolLM2's seed 2, edit 237, an 18-token answer: it
-        failed after 2,000 whole-vocabulary steps, 27 min, before the decay-free retry fixed it in 100)."""
+        retry starts from the same initialisation; the decay-free one goes first because it runs on the
+        candidates, while a whole-vocabulary step on a long answer multiplies every position of every wording by
+        the output layer."""
         retries = [{"weight_decay": 0.0}] if self.cfg.retry_without_decay and self.cfg.weight_decay else []
         if self._candidates():
             retries.append({"candidates": 0})
@@ -304,8 +303,8 @@ class Editor:
 
     def _kept(self, new: NewNeurons, c: Cached, skip: torch.Tensor | None = None) -> tuple[PatchNeurons, bool, float, str]:
         """The patch set with the new neurons, their biases raised by config.bias_shift (at most as far as
-        _guarded_shifts allows) and values scaled by config.value_gain, unless that leaves the edit wrong (2 of
-        SmolLM2's first 232 edits were right without the shift, wrong with it), then as trained.
+        _guarded_shifts allows) and values scaled by config.value_gain, unless that leaves the edit wrong (it
+        can), then as trained.
         -> (patch set, right, smallest lead, prediction)."""
         shifted = self.neurons.extend(new.frozen(self._guarded_shifts(new, skip), self.cfg.value_gain))
         judged = self.judge(c, shifted)
@@ -320,9 +319,8 @@ class Editor:
     def _take_back_shifts(self, wordings: list[Cached]) -> int:
         """Before a wrong edit is trained: each earlier neuron that fires on one of its wordings only because
         of its bias shift (a neuron's shift is a guess that unseen wordings near its own are its fact; this
-        one is another fact) loses as much of the shift as keeps it silent on all of them. -> how many
-        neurons lost some. Without it, SmolLM2's edit 313 ("A person from Equatorial Guinea is called")
-        failed after 4,000 steps on top of edit 293's shifted "A person from Guinea" neurons."""
+        one is another fact) loses as much of the shift as keeps it silent on all of them: without this a
+        near-twin fact ("Equatorial Guinea" after "Guinea") could not be fixed. -> how many neurons lost some."""
         shifts = self.neurons.shifts
         if not len(self.neurons) or not bool((shifts > 0).any()):
             return 0

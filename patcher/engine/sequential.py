@@ -50,9 +50,10 @@ def build_editor(model, tokenizer, config: EditorConfig, memory: list[Example] =
 def remember_edits(editor: Editor, edits: list[dict], group: int = 64) -> None:
     """Earlier edits (a patch set's entries, its edits and its `remembered` records) re-enter an editor: each
     input but a skipped record's as an edit to keep right (ER), and every prompt the edit added to the memory (its
-    `remembered`: the input, its training wordings and negatives; the input alone for patch sets written before
-    2026-11-28) back into the memory, so new neurons stay silent on them as they would have in one long run. Cached `group` edits at a time: a whole group's prompts are the
-    same set on every later run, so the on-disk activation cache serves them (SmolLM2: ~28 prompts per edit)."""
+    `remembered`: the input, its training wordings and negatives; the input alone for older patch sets) back into
+    the memory, so new neurons stay silent on them as they would have in one long run. Cached `group` edits at a
+    time: a whole group's prompts are the same set on every later run, so the on-disk activation cache serves
+    them."""
     for start in range(0, len(edits), group):
         prompts = [(entry, text) for entry in edits[start:start + group]
                    for text in (entry.get("remembered") or [entry["input"]])]

