@@ -7,7 +7,6 @@ from prefect import flow, get_run_logger
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
-from patcher.engine.records import stamp
 from patcher.pipeline.approval import ApprovalRecord
 
 
@@ -30,5 +29,5 @@ def approve(gate_markdown: str, policy: str = "manual", timeout_s: float = 86400
                             timeout=int(timeout_s), poll_interval=max(1, int(poll_s)))
     if answer.approve and not answer.reviewer.strip():
         get_run_logger().warning("approval without a reviewer name: treated as a rejection")
-        return ApprovalRecord(False, "", "approved without a reviewer name: rejected", stamp()).to_dict()
-    return ApprovalRecord(bool(answer.approve), answer.reviewer.strip(), answer.comment, stamp()).to_dict()
+        return ApprovalRecord.by_person(False, "", "approved without a reviewer name: rejected").to_dict()
+    return ApprovalRecord.by_person(answer.approve, answer.reviewer.strip(), answer.comment).to_dict()

@@ -1,7 +1,8 @@
 """The edit-management loop, one model per run: ingest -> validate -> train -> gate -> approve -> register
--> export (ONNX, published for serving), then one conditional write of the ledger that records the whole outcome (patcher/store.py explains why that
-makes each batch exactly-once). The run holds the model's lock throughout; a second run started meanwhile
-waits up to ingest.lock_wait_s, then ends without touching anything.
+-> export (ONNX, published for serving), then one conditional write of the ledger that records the whole
+outcome (patcher/pipeline/store.py explains why that makes each batch exactly-once). The run holds the model's
+lock throughout; a second run started meanwhile waits up to ingest.lock_wait_s, then ends without touching
+anything. Returns a typed outcome (patcher/pipeline/outcome.py) with the run summary.
 
     patcher pipeline run --model facts-smollm2            # or as the deployment in prefect.yaml
 """
@@ -28,8 +29,10 @@ from flows.train import train
 from flows.validate import validate
 from patcher.engine.records import stamp, utc_now
 from patcher.pipeline.approval import ApprovalRecord
+from patcher.pipeline.outcome import Outcome, RunResult, Status
+from patcher.pipeline.registry import live_base
 from patcher.pipeline.settings import PipelineSettings
-from patcher.pipeline.store import Layout, Lock, LockHeld
+from patcher.pipeline.store import Layout, Lock, LockHeld, version_name
 
 
 def new_run_id() -> str:
@@ -69,25 +72,17 @@ def run_train(deployment: str, pool: str, **parameters) -> tuple[str, str]:
 
 
 def live_version(layout: Layout, run: str, state, settings: PipelineSettings) -> tuple[str | None, dict]:
-    """The patch set new patches go on top of: the registry's latest version when there is a registry (the
-    source of truth: a rollback there is what the next run builds on), else the ledger's.
+    """The patch set new patches go on top of (patcher.pipeline.registry.live_base, as `patcher train` finds it,
+    copied to RUN/base for the train step), else, with no registry, the ledger's.
     -> (its S3 URI or None, {error id it already holds: where})."""
     if not settings.register.repo:
-        if not state.patches:
-            return None, {}
-        manifest = json.loads(s3_tasks.read_text(f"{state.patches}/manifest.json"))
-        return state.patches, {e["error_id"]: f"v{state.version:04d}" for e in manifest["edits"]}
-    from patcher.engine.patchset import PatchSet
-    from patcher.pipeline.registry import Registry
-
-    registry = Registry(settings.register.repo)
-    if not registry.versions(layout.model):
-        return None, {}
+        return s3_tasks.ledger_base(state)
     with tempfile.TemporaryDirectory() as tmp:
-        base = PatchSet.load(registry.fetch(layout.model, Path(tmp) / "base"))
+        base, held = live_base(settings.register.repo, layout.model, Path(tmp) / "base")
+        if base is None:
+            return None, {}
         s3_tasks.upload_dir(Path(tmp) / "base", f"{run}/base")
-    tag = registry.resolve(layout.model)["tag"]
-    return f"{run}/base", {e["error_id"]: f"registry {tag}" for e in base.edits}
+    return f"{run}/base", held
 
 
 def decide(gated: dict, settings: PipelineSettings) -> dict:
@@ -109,10 +104,10 @@ def decide(gated: dict, settings: PipelineSettings) -> dict:
 @flow(name="pipeline")
 def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: str | None = None,
              params: str = "params.yaml", overrides: dict | None = None, train_deployment: str = "train/train-gpu",
-             train_pool: str = "gpu") -> dict:
+             train_pool: str = "gpu") -> RunResult:
     """One pass of the loop for `model`. Settings: params.yaml, then `overrides` ({section: {key: value}}),
     then `root` and `approval` ("manual" or "auto"; auto is for the demo and tests).
-    -> the run summary (also at runs/MODEL/RUN/summary.json)."""
+    -> the outcome and the run summary (also at runs/MODEL/RUN/summary.json)."""
     log = get_run_logger()
     overrides = {k: dict(v) for k, v in (overrides or {}).items()}
     if approval:
@@ -130,8 +125,13 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
         s3_tasks.s3_task(name="acquire-lock")(lock.acquire)()
     except LockHeld as held:
         log.warning("not running: %s", held)
-        return {**summary, "outcome": "skipped: another run holds the lock", "reason": str(held)}
-    report_uri = None
+        return RunResult(Outcome.skipped(), {**summary, "outcome": str(Outcome.skipped()), "reason": str(held)})
+    report_uri, outcome = None, None
+
+    def settle(result: Outcome) -> None:
+        nonlocal outcome
+        outcome, summary["outcome"] = result, str(result)
+
     try:
         clock = time.perf_counter()
 
@@ -144,8 +144,8 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
         got = ingest(layout.root, model, asdict(state))
         lap("ingest")
         if not got["batches"]:
-            summary["outcome"] = "nothing new"
-            return summary
+            settle(Outcome.nothing_new())
+            return RunResult(outcome, summary)
         # ids the live version holds count as processed too: a run that registered but crashed before the
         # ledger write must not edit them again
         base_uri, held = live_version(layout, run, state, settings)
@@ -155,7 +155,7 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
         summary["counts"] = {k: checked[k] for k in ("received", "accepted", "quarantined")}
         summary["where"] |= {"quarantine": layout.quarantine, "data docs": checked["docs_uri"]}
         if not checked["accepted"]:
-            summary["outcome"] = "nothing to edit: every record quarantined"
+            settle(Outcome.nothing_to_edit())
         else:
             report_uri, where = run_train(train_deployment, train_pool, model=model, accepted_uri=checked["accepted_uri"],
                                           out_uri=run, base_uri=base_uri,
@@ -178,10 +178,10 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
                 summary["where"]["patch set"] = state.patches
                 if version["tag"]:
                     summary["where"]["registry"] = f"{settings.register.repo} ({version['tag']})"
-                summary["outcome"] = f"approved: v{state.version:04d}"
+                settle(Outcome.approved_as(state.version))
                 lap("register")
                 if settings.export.enabled:
-                    exported = export_version(layout.root, model, f"v{state.version:04d}", state.patches,
+                    exported = export_version(layout.root, model, version_name(state.version), state.patches,
                                               asdict(settings.export), settings.train.seed, return_state=True)
                     if exported.is_completed():
                         summary["export"] = exported.result()
@@ -190,13 +190,10 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
                         summary["export"] = {"error": exported.message}
                     lap("export")
             else:
-                why = decision["comment"] if decision["reviewer"] in ("gate", "timeout") else \
-                    f"rejected by {decision['reviewer'] or 'a reviewer'}: {decision['comment']}"
+                why = ApprovalRecord.from_dict(decision).why
                 flagged = {r["error_id"] for r in review}
                 review += [{"error_id": i, "reason": why} for i in checked["accepted_ids"] if i not in flagged]
-                summary["outcome"] = "rejected: " + ("gate failed" if decision["reviewer"] == "gate" else
-                                                     "approval timed out" if decision["reviewer"] == "timeout"
-                                                     else f"by {decision['reviewer'] or 'a reviewer'}")
+                settle(Outcome.rejected_by(decision))
             if review:
                 records = {json.loads(x)["id"]: json.loads(x) for x in
                            s3_tasks.read_text(checked["accepted_uri"]).splitlines() if x.strip()}
@@ -211,14 +208,14 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
         s3_tasks.commit_state(layout, state, etag)
         summary["where"] |= {"run": run, "ledger": layout.state}
         if "error" in summary.get("export", {}):
-            raise RuntimeError(f"v{state.version:04d} is approved and registered, but its ONNX export failed "
-                               f"({summary['export']['error']}): serving keeps the previous version; export it "
-                               f"again with `patcher export --publish`")
-        return summary
+            raise RuntimeError(f"{version_name(state.version)} is approved and registered, but its ONNX export "
+                               f"failed ({summary['export']['error']}): serving keeps the previous version; export "
+                               f"it again with `patcher export --publish`")
+        return RunResult(outcome, summary)
     finally:
         summary["finished_at"] = stamp()
-        if summary["outcome"] not in (None, "nothing new"):
+        if outcome is not None and outcome.status is not Status.NOTHING_NEW:
             s3_tasks.write_json(f"{run}/summary.json", summary)
-        if summary["outcome"] is not None:
+        if outcome is not None:
             publish(summary, report_uri)
         s3_tasks.s3_task(name="release-lock")(lock.release)()

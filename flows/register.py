@@ -1,7 +1,7 @@
 """Step 6: the approved patch set becomes the model's next version: in the patch registry (git + DVC + GTO
-tags, patcher/registry.py) when params.yaml `register.repo` names one, and under patches/M/vNNNN/ in S3
-(the full set, its gate report and its approval) either way. The version is live for the pipeline once the
-ledger names it (the pipeline commits the ledger last, in one conditional write)."""
+tags) when params.yaml `register.repo` names one (patcher.pipeline.registry.register_version, as `patcher
+approve` does), and under patches/M/vNNNN/ in S3 (the full set, its gate report and its approval) either way.
+The version is live for the pipeline once the ledger names it (the pipeline commits the ledger last)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows import s3_tasks
+from patcher.pipeline.registry import register_version
 from patcher.pipeline.store import Layout
 
 
@@ -20,19 +21,14 @@ def register(root: str, model: str, run_id: str, number: int, approval: dict, re
     -> {"number", "uri" (S3 prefix), "tag" (registry tag or None)}."""
     layout = Layout(root, model)
     run = layout.run(run_id)
-    tag = None
-    if registry_repo:
-        from patcher.pipeline.registry import Registry
-
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        patches = gate_report = None
+        if registry_repo:
             patches = s3_tasks.download_dir(f"{run}/patches", Path(tmp) / "patches")
             gate_report = json.loads(s3_tasks.read_text(f"{run}/gate_report.json"))
-            version = Registry(registry_repo).register(model, patches, gate_report, approval, note=f"run {run_id}")
-        number, tag = version["number"], version["tag"]
-    target = layout.version(number)
-    s3_tasks.copy_prefix(f"{run}/patches", target)
-    s3_tasks.write_text(f"{target}/gate_report.json", s3_tasks.read_text(f"{run}/gate_report.json"),
-                        content_type="application/json")
-    s3_tasks.write_json(f"{target}/approval.json", {**approval, "run_id": run_id, "version": number, "tag": tag})
-    get_run_logger().info("%s v%04d: %s%s", model, number, target, f" (registry tag {tag})" if tag else "")
-    return {"number": number, "uri": target, "tag": tag}
+        version = register_version(registry_repo, model, patches, gate_report, approval, note=f"run {run_id}",
+                                   number=number)
+    target = s3_tasks.save_version(layout, run_id, version["number"], approval, version["tag"])
+    get_run_logger().info("%s %s: %s%s", model, version["name"], target,
+                          f" (registry tag {version['tag']})" if version["tag"] else "")
+    return {"number": version["number"], "uri": target, "tag": version["tag"]}

@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from patcher.pipeline import store
+from patcher.serving import publish
 
 
 def transient(task, task_run, state) -> bool:
@@ -29,4 +30,6 @@ download_dir = s3_task(name="s3-download-dir")(store.download_dir)
 load_state = s3_task(name="read-ledger")(store.load_state)
 commit_state = s3_task(name="commit-ledger")(store.commit_state)
 new_batches = s3_task(name="list-new-batches")(store.new_batches)
-copy_prefix = s3_task(name="s3-copy")(store.copy_prefix)
+ledger_base = s3_task(name="read-ledger-version")(store.ledger_base)
+save_version = s3_task(name="save-version")(store.save_version)
+publish_onnx = s3_task(name="publish-onnx")(publish.publish)

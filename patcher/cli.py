@@ -138,10 +138,10 @@ def _section_overrides(items: list[str]) -> dict:
 def cmd_pipeline_run(args) -> int:
     from flows.pipeline import pipeline
 
-    summary = pipeline(model=args.model, root=args.root, approval=args.approval, params=args.params,
-                       overrides=_section_overrides(args.set))
-    print(json.dumps(summary, indent=1, ensure_ascii=False))
-    return 0 if not str(summary["outcome"]).startswith("rejected") else 4
+    result = pipeline(model=args.model, root=args.root, approval=args.approval, params=args.params,
+                      overrides=_section_overrides(args.set))
+    print(json.dumps(result.summary, indent=1, ensure_ascii=False))
+    return 4 if result.outcome.rejected else 0
 
 
 def cmd_pipeline_pending(args) -> int:
@@ -266,9 +266,9 @@ def cmd_validate(args) -> int:
 def cmd_train(args) -> int:
     import tempfile
 
-    from .engine.patchset import PatchSet
     from .engine.records import read_records
     from .models.production import build, model_path
+    from .pipeline.registry import live_base
     from .pipeline.settings import PipelineSettings
     from .pipeline.train import train_patches
 
@@ -276,13 +276,7 @@ def cmd_train(args) -> int:
     records = read_records(args.records)[: args.limit]
     model_dir = Path(args.model_dir) if args.model_dir else build(args.model, out=model_path(args.model))
     with tempfile.TemporaryDirectory() as tmp:
-        base = None
-        if args.registry:
-            from .pipeline.registry import Registry
-
-            registry = Registry(args.registry)
-            if registry.versions(args.model):
-                base = PatchSet.load(registry.fetch(args.model, Path(tmp) / "base"))
+        base, _ = live_base(args.registry, args.model, Path(tmp) / "base")
         patches, report = train_patches(args.model, model_dir, records, base, settings.train, progress=not args.quiet)
     patches.save(args.out)
     _write_json(args.report, report)
@@ -294,9 +288,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    import hashlib
-
-    from .engine.records import stamp
+    from .pipeline.approval import PendingApproval
     from .pipeline.gate import gate
     from .pipeline.settings import PipelineSettings
 
@@ -311,51 +303,40 @@ def cmd_gate(args) -> int:
                                                                ("SR", "GR", "ER", "TrainR", "TestR", "n_edits",
                                                                 "n_failed")}})
     if args.pending:
-        pending = {"id": hashlib.sha256(raw).hexdigest()[:12], "model": report["model"], "passed": result.passed,
-                   "patches": args.patches, "gate_report": args.out, "created_at": stamp()}
-        _write_json(args.pending, pending)
+        pending = PendingApproval.of(raw, report["model"], result.passed, args.patches, args.out)
+        _write_json(args.pending, pending.to_dict())
         print(f"gate {'passed' if result.passed else 'FAILED'}; " + (
-            f"approve with: patcher approve {pending['id']} --model {report['model']} --reviewer NAME"
+            f"approve with: patcher approve {pending.id} --model {report['model']} --reviewer NAME"
             if result.passed else "nothing to approve"), file=sys.stderr)
     return 0
 
 
 def cmd_approve(args) -> int:
-    from .engine.records import stamp
-    from .pipeline.registry import Registry
+    from .pipeline.approval import PendingApproval
+    from .pipeline.registry import register_version
     from .pipeline.settings import PipelineSettings
 
     pending_path = Path(args.pending or f"data/pipeline/{args.model}/pending.json")
-    pending = json.loads(pending_path.read_text())
-    if pending["id"] != args.pending_id or pending["model"] != args.model:
-        raise ValueError(f"{pending_path} holds {pending['model']} {pending['id']}, not {args.model} "
-                         f"{args.pending_id}: rerun `dvc repro` or check the id")
-    if not pending["passed"]:
-        raise ValueError(f"{args.model} {args.pending_id} failed its gate: nothing to approve")
-    if not args.reviewer.strip():
-        raise ValueError("an approval needs the reviewer's name")
-    decision = {"approved": not args.reject, "reviewer": args.reviewer, "comment": args.comment, "at": stamp(),
-                "by_policy": False, "pending": args.pending_id}
+    pending = PendingApproval.load(pending_path)
+    decision = pending.decide(args.pending_id, args.model, not args.reject, args.reviewer, args.comment,
+                              where=pending_path)
     if args.reject:
         _write_json(pending_path.with_name("rejected.json"), decision)
         print(f"rejected {args.model} {args.pending_id} ({args.reviewer})")
         return 0
     settings = PipelineSettings.load(args.params)
-    repo = args.registry or settings.register.repo or "."
-    version = Registry(repo).register(args.model, pending["patches"], json.loads(Path(pending["gate_report"]).read_text()),
-                                      decision, note=f"dvc repro, pending {args.pending_id}")
+    version = register_version(args.registry or settings.register.repo or ".", args.model, pending.patches,
+                               json.loads(Path(pending.gate_report).read_text()), decision,
+                               note=f"dvc repro, pending {args.pending_id}")
     print(f"{args.model} {version['version']} registered ({version['tag']}), approved by {args.reviewer}")
     if settings.export.enabled and not args.no_export:
-        from .serving.export import export, locality_sample
-        from .serving.publish import publish
+        from .serving.release import export_and_publish
 
-        s, name = settings.export, f"v{version['number']:04d}"
-        model_dir = Path(args.model_dir or f"data/models/{args.model}")
         out = Path(args.export_dir or f"data/serving/{args.model}")
-        export(model_dir, pending["patches"], out, locality_sample(model_dir, s.locality, settings.train.seed),
-               s.tolerance, s.rtol, version=name)
-        pointer = publish(out, settings.ingest.root, args.model, name)
-        print(f"{args.model} {name} exported to ONNX ({out}) and published: {pointer['uri']}")
+        exported = export_and_publish(Path(args.model_dir or f"data/models/{args.model}"), pending.patches, out,
+                                      settings.export, settings.ingest.root, args.model, version["name"],
+                                      settings.train.seed)
+        print(f"{args.model} {version['name']} exported to ONNX ({out}) and published: {exported['pointer']['uri']}")
     return 0
 
 
@@ -412,13 +393,15 @@ def cmd_registry(args) -> int:
         return 0
     registry, model = Registry(args.repo), args.model
     which = {"version": getattr(args, "version", None), "stage": getattr(args, "stage", None)}
-    if args.registry_command == "list":
-        for v in registry.versions(model):
-            m = v.get("metrics", {})
-            print(f"{v['version']:9} {v['action']:12} {v['edits']:5} edits {v['neurons']:5} neurons  "
-                  + " ".join(f"{k} {_fmt(m.get(k))}" for k in ("SR", "ER", "TrainR", "TestR"))
-                  + f"  {','.join(v['stages']) or '-':10} {v['registered_at']}  by {v['approved_by']}"
-                  + (f"  ({v['note']})" if v.get("note") else ""))
+    if args.registry_command == "list":           # one model's versions, or every model's, each line led by its name
+        for name in [model] if model else registry.models():
+            for v in registry.versions(name):
+                m = v.get("metrics", {})
+                print(("" if model else f"{name:20} ")
+                      + f"{v['version']:9} {v['action']:12} {v['edits']:5} edits {v['neurons']:5} neurons  "
+                      + " ".join(f"{k} {_fmt(m.get(k))}" for k in ("SR", "ER", "TrainR", "TestR"))
+                      + f"  {','.join(v['stages']) or '-':10} {v['registered_at']}  by {v['approved_by']}"
+                      + (f"  ({v['note']})" if v.get("note") else ""))
     elif args.registry_command == "show":
         v = registry.resolve(model, **which)
         print(json.dumps({**v, "approval": registry.read(model, "approval.json", v["number"]),
@@ -624,17 +607,18 @@ def parser() -> argparse.ArgumentParser:
     rg = sub.add_parser("registry", help="the patch registry (git + DVC, GTO tags)") \
         .add_subparsers(dest="registry_command", required=True)
 
-    def registry_parser(name, help_, model=True):
+    def registry_parser(name, help_, model="required"):
         sp = rg.add_parser(name, help=help_)
         sp.add_argument("--repo", default=".", help="the registry's git + DVC repository (default: here)")
         if model:
-            sp.add_argument("--model", required=True, help="production model name")
+            sp.add_argument("--model", required=model == "required",
+                            help="production model name" + ("" if model == "required" else " (default: every one)"))
         sp.set_defaults(func=cmd_registry)
         return sp
 
-    ri = registry_parser("init", "make a repository a registry, with a DVC remote", model=False)
+    ri = registry_parser("init", "make a repository a registry, with a DVC remote", model=None)
     ri.add_argument("--remote", help="DVC remote URL, e.g. s3://patcher/dvc (AWS settings give endpoint, keys)")
-    registry_parser("list", "versions with their metrics, stages and approvals")
+    registry_parser("list", "versions with their metrics, stages and approvals", model="optional")
     for name, help_ in (("show", "one version (default: the latest)"), ("get", "fetch a version's patch set")):
         sp = registry_parser(name, help_)
         sp.add_argument("--version")

@@ -80,8 +80,9 @@ def run_demo(model: str = "facts-smollm2", edits: int = 40, out_dir: Path = Path
 
     shutil.rmtree(out_dir / "registry", ignore_errors=True)
     registry = Registry.init(out_dir / "registry", f"{DEMO_ROOT}/dvc")      # a registry of the demo's own
-    summary = pipeline(model=model, approval="auto", overrides={"ingest": {"root": DEMO_ROOT},
-                                                               "register": {"repo": str(registry.repo)}})
+    result = pipeline(model=model, approval="auto", overrides={"ingest": {"root": DEMO_ROOT},
+                                                              "register": {"repo": str(registry.repo)}})
+    summary = result.summary
     run = summary["where"].get("run")
     for name in ("summary.json", "train_report.json", "gate_report.md", "metrics.svg"):
         try:
@@ -91,7 +92,7 @@ def run_demo(model: str = "facts-smollm2", edits: int = 40, out_dir: Path = Path
     total = time.perf_counter() - start
     keys = ("SR", "GR", "ER", "TrainR", "TestR", "n_edits", "n_failed", "n_skipped_already_correct", "n_neurons",
             "edit_seconds_median")
-    print(json.dumps({"outcome": summary["outcome"], **summary["counts"],
+    print(json.dumps({"outcome": str(result.outcome), **summary["counts"],
                       **{k: (summary.get("metrics") or {}).get(k) for k in keys},
                       "seconds": {"seed_errors": round(seeded_s, 1), **summary["seconds"], "total": round(total, 1)}},
                      indent=1))
@@ -101,4 +102,4 @@ def run_demo(model: str = "facts-smollm2", edits: int = 40, out_dir: Path = Path
     print(f"  local copies: {out_dir}/ (summary.json, train_report.json, gate_report.md, metrics.svg)",
           file=sys.stderr)
     print(f"  versions: patcher registry list --repo {out_dir / 'registry'} --model {model}", file=sys.stderr)
-    return 0 if str(summary["outcome"]).startswith("approved") else 4
+    return 0 if result.outcome.approved else 4

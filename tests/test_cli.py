@@ -102,3 +102,26 @@ def test_unknown_setting_is_refused(workdir):
     proc = run("edit", "--model", str(workdir / "model"), "--errors", "x", "--out", "y", "--set", "lr2=1",
                check=False)
     assert proc.returncode != 0 and "unknown setting 'lr2'" in proc.stderr
+
+
+def test_registry_list_without_a_model_lists_every_model(tmp_path, tokenizer, make_model):
+    from patcher.engine.sequential import to_patchset
+    from patcher.pipeline.registry import Registry, live_base
+
+    w = tmp_path
+    to_patchset(Editor(make_model("gpt2"), tokenizer), [], "tiny", None).save(w / "v1")     # an empty patch set
+    registry = Registry.init(w / "reg")                                   # no DVC remote: weights stay local
+    assert registry.models() == []
+    for model, reviewer in (("tiny-b", "bob"), ("tiny-a", "alice"), ("tiny-b", "carol")):
+        registry.register(model, w / "v1", None, {"approved": True, "reviewer": reviewer})
+    every = run("registry", "list", "--repo", str(w / "reg")).stdout.splitlines()
+    assert [(line.split()[:2], line.split()[-1]) for line in every] == \
+        [(["tiny-a", "v1.0.0"], "alice"), (["tiny-b", "v1.0.0"], "bob"), (["tiny-b", "v2.0.0"], "carol")]
+    one = run("registry", "list", "--repo", str(w / "reg"), "--model", "tiny-b").stdout.splitlines()
+    assert [line.split()[0] for line in one] == ["v1.0.0", "v2.0.0"]              # as before: no name column
+    assert run("registry", "show", "--repo", str(w / "reg"), check=False).returncode == 2   # others need --model
+
+    # what `patcher train --registry` and the pipeline build on: the latest version, or nothing
+    assert live_base(None, "tiny-b", w / "b0") == (None, {}) and live_base(w / "reg", "tiny-c", w / "b0") == (None, {})
+    base, held = live_base(w / "reg", "tiny-b", w / "b1")
+    assert (len(base), held) == (0, {}) and (w / "b1" / "manifest.json").exists()

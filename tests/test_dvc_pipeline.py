@@ -84,6 +84,8 @@ def test_repro_noop_param_change_and_approval(tmp_path, factcheck_model, s3_env)
     assert latest(s3_env, MODEL)["version"] == "v0001"
     listed = sh("patcher", "registry", "list", "--repo", ".", "--model", MODEL, cwd=repo, env=env)
     assert listed.startswith("v1.0.0") and "by alice" in listed
+    every = sh("patcher", "registry", "list", "--repo", ".", cwd=repo, env=env)       # every model in the registry
+    assert every.split()[:2] == [MODEL, "v1.0.0"] and len(every.splitlines()) == 1
     assert (repo / "registry" / MODEL / "patches.safetensors").read_bytes() == \
         (pipeline / "patches" / "patches.safetensors").read_bytes()
 

@@ -77,3 +77,58 @@ def test_the_reference_settings_pin_every_setting_a_models_pipeline_changes(mode
 
     pipeline = PipelineSettings.load().train.editor_overrides(model)
     assert EditorConfig(**{**pipeline, **REFERENCE_SETTINGS}) == EditorConfig.reference()
+
+
+def test_outcomes_are_typed_and_read_as_before():
+    from patcher.pipeline.approval import ApprovalRecord
+    from patcher.pipeline.outcome import Outcome, Status
+
+    texts = {Outcome.skipped(): "skipped: another run holds the lock", Outcome.nothing_new(): "nothing new",
+             Outcome.nothing_to_edit(): "nothing to edit: every record quarantined",
+             Outcome.approved_as(3): "approved: v0003",
+             Outcome.rejected_by(ApprovalRecord.gate_failed().to_dict()): "rejected: gate failed",
+             Outcome.rejected_by(ApprovalRecord.timed_out(5).to_dict()): "rejected: approval timed out",
+             Outcome.rejected_by(ApprovalRecord.by_person(False, "bob", "no").to_dict()): "rejected: by bob",
+             Outcome.rejected_by(ApprovalRecord.by_person(False, "", "").to_dict()): "rejected: by a reviewer"}
+    assert {str(o): t for o, t in texts.items()} == {t: t for t in texts.values()}
+    assert Outcome.approved_as(3).approved and Outcome.approved_as(3).version == 3
+    assert [o.status for o in texts if o.rejected] == [Status.REJECTED] * 4
+    assert not any(o.rejected or o.approved for o in (Outcome.skipped(), Outcome.nothing_new()))
+
+
+def test_a_rejections_reason_for_the_review_queue():
+    from patcher.pipeline.approval import ApprovalRecord
+
+    assert ApprovalRecord.gate_failed().why == "the gate failed: not sent for approval"
+    assert ApprovalRecord.timed_out(2).why == "no decision within 2 s: rejected"
+    assert ApprovalRecord.by_person(False, "bob", "checked").why == "rejected by bob: checked"
+    record = ApprovalRecord.by_person(True, "alice", "ok")
+    assert ApprovalRecord.from_dict({**record.to_dict(), "version": 3}) == record
+
+
+def test_a_pending_approval_is_answered_only_as_itself(tmp_path):
+    import json
+
+    from patcher.pipeline.approval import PendingApproval
+
+    pending = PendingApproval.of(b'{"model": "m"}', "m", True, "patches/", tmp_path / "gate.json")
+    assert pending.id == PendingApproval.of(b'{"model": "m"}', "m", False, None, "x").id != \
+        PendingApproval.of(b'{"model": "n"}', "m", True, None, "x").id          # the train report's content
+    path = tmp_path / "pending.json"
+    path.write_text(json.dumps(pending.to_dict()))
+    loaded = PendingApproval.load(path)
+    assert loaded == pending and list(pending.to_dict()) == ["id", "model", "passed", "patches", "gate_report",
+                                                             "created_at"]
+    with pytest.raises(ValueError, match=f"pending.json holds m {pending.id}, not m wrong-id"):
+        loaded.decide("wrong-id", "m", True, "alice", where=path)
+    with pytest.raises(ValueError, match="reviewer's name"):
+        loaded.decide(pending.id, "m", True, "  ")
+    decision = loaded.decide(pending.id, "m", True, "alice", "fine")
+    assert list(decision) == ["approved", "reviewer", "comment", "at", "by_policy", "pending"]
+    assert (decision["approved"], decision["reviewer"], decision["pending"]) == (True, "alice", pending.id)
+    failed = PendingApproval.of(b"{}", "m", False, None, "g.json")
+    with pytest.raises(ValueError, match="failed its gate"):
+        failed.decide(failed.id, "m", True, "alice")
+    (tmp_path / "other.json").write_text('{"id": "x"}')
+    with pytest.raises(ValueError, match="not a pending approval"):
+        PendingApproval.load(tmp_path / "other.json")

@@ -18,6 +18,7 @@ from patcher.engine.patchset import PatchSet
 from patcher.engine.records import read_records
 from patcher.facts.stream import batches
 from patcher.pipeline import store
+from patcher.pipeline.outcome import Outcome, Status
 from patcher.pipeline.store import Layout, Lock, put_files
 
 pytestmark = pytest.mark.real
@@ -52,7 +53,8 @@ def seed(root, records, start=HOUR, hours=1, damaged_share=0.0, seed=0):
 
 
 def run(root, registry=None, overrides=None, **kwargs):
-    """One pipeline run; versions go to S3 only unless a registry repository is given (never this checkout)."""
+    """One pipeline run; versions go to S3 only unless a registry repository is given (never this checkout).
+    -> its RunResult (outcome, summary)."""
     from flows.pipeline import pipeline
 
     overrides = {**(overrides or {}), "register": {"repo": str(registry) if registry else None}}
@@ -74,8 +76,9 @@ def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck,
     lines = sum(map(len, files.values()))
     assert len(files) == 2 and damaged
 
-    first = run(root, registry.repo)
-    assert first["outcome"] == "approved: v0001", first
+    result = run(root, registry.repo)
+    first = result.summary
+    assert result.outcome == Outcome(Status.APPROVED, "v0001", 1) and first["outcome"] == "approved: v0001", first
     assert first["counts"] == {"received": lines, "accepted": lines - len(damaged), "quarantined": len(damaged)}
     quarantined = {(key, row["line"] - 1): row for key in files for row in
                    (jsonl(f"{layout.quarantine}/{key}") if f"{key}" in store.list_objects(layout.quarantine) else [])}
@@ -108,7 +111,7 @@ def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck,
     assert store.read_text(f"{layout.run(first['run_id'])}/metrics.svg").startswith("<svg")
 
     again = run(root, registry.repo)                                    # nothing new: nothing twice
-    assert again["outcome"] == "nothing new"
+    assert again.outcome.status is Status.NOTHING_NEW and again.summary["outcome"] == "nothing new"
     assert store.load_state(layout)[1] == etag
 
     later = mistakes[24:28]
@@ -117,7 +120,7 @@ def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck,
     files2, _ = seed(root, later, start=datetime(2026, 11, 24, 12, tzinfo=timezone.utc))
     key = next(iter(files2))
     store.write_text(f"{layout.errors}/{key}", "".join(x + "\n" for x in files2[key]) + json.dumps(extra) + "\n")
-    third = run(root, registry.repo)
+    third = run(root, registry.repo).summary
     assert third["outcome"] == "approved: v0002", third
     assert third["counts"] == {"received": 5, "accepted": 4, "quarantined": 1}
     assert jsonl(f"{layout.quarantine}/{key}")[0]["reasons"] == [f"id already processed (run {first['run_id']})"]
@@ -132,7 +135,7 @@ def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck,
     # a run that registered v2 but died before its ledger write: the next run sees every batch again, and the
     # ids v2 holds are not edited twice
     store.write_json(layout.state, {})
-    fourth = run(root, registry.repo)
+    fourth = run(root, registry.repo).summary
     held = {e["error_id"] for e in manifest2["edits"]}
     reasons = {json.loads(r["record"])["id"]: r["reasons"] for k in [*files, key]
                for r in jsonl(f"{layout.quarantine}/{k}") if r["reasons"][0].startswith("id already processed")}
@@ -140,6 +143,22 @@ def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck,
                                         for i in held)
     latest = PatchSet.load(registry.fetch(MODEL, tmp_path / "latest"))
     assert len(latest.edits) == len({e["error_id"] for e in latest.edits}) >= len(held), fourth["outcome"]
+
+
+def test_an_s3_only_version_is_saved_and_is_what_the_next_run_builds_on(s3_env):
+    """No registry: the ledger's version (patches/M/vNNNN/) is the base, and its edits count as processed."""
+    layout, run_id = Layout(s3_env, MODEL), "20261124T100000Z-test"
+    run_prefix = layout.run(run_id)
+    manifest = {"edits": [{"error_id": "e1"}, {"error_id": "e2"}]}
+    store.write_json(f"{run_prefix}/patches/manifest.json", manifest)
+    store.write_text(f"{run_prefix}/gate_report.json", '{"passed": true}\n')
+    assert store.ledger_base(store.State()) == (None, {})
+    target = store.save_version(layout, run_id, 3, {"approved": True, "reviewer": "alice"}, None)
+    assert target == layout.version(3) and set(store.list_objects(target)) == \
+        {"manifest.json", "gate_report.json", "approval.json"}
+    assert json.loads(store.read_text(f"{target}/approval.json")) == \
+        {"approved": True, "reviewer": "alice", "run_id": run_id, "version": 3, "tag": None}
+    assert store.ledger_base(store.State(version=3, patches=target)) == (target, {"e1": "v0003", "e2": "v0003"})
 
 
 def test_s3_outage_during_ingest_is_retried(s3_env, s3_server, prefect_api, monkeypatch):
@@ -156,8 +175,9 @@ def test_s3_outage_during_ingest_is_retried(s3_env, s3_server, prefect_api, monk
 
     state = pipeline(model=MODEL, root=root, approval="auto", return_state=True)
     restart.join()
-    summary = state.result()
-    assert summary["outcome"] == "nothing to edit: every record quarantined"
+    result = state.result()
+    assert result.outcome == Outcome.nothing_to_edit() and not result.outcome.rejected
+    assert result.summary["outcome"] == "nothing to edit: every record quarantined"
     assert [len(r["reasons"]) for r in jsonl(f"{layout.quarantine}/2026/11/24/10/batch-0000.jsonl")] == [1, 1]
     with get_client(sync_client=True) as client:
         flow_runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
@@ -169,14 +189,16 @@ def test_s3_outage_during_ingest_is_retried(s3_env, s3_server, prefect_api, monk
 def test_gate_failure_rejects_and_sends_errors_to_review(s3_env, prefect_api, factcheck, mistakes):
     root, layout = s3_env, Layout(s3_env, MODEL)
     seed(root, mistakes[30:36])
-    summary = run(root, overrides={"gate": {"test_retain": 1.5}})       # a threshold nothing can pass
-    assert summary["outcome"] == "rejected: gate failed" and not summary["gate_passed"]
+    result = run(root, overrides={"gate": {"test_retain": 1.5}})        # a threshold nothing can pass
+    summary = result.summary
+    assert result.outcome.rejected and str(result.outcome) == summary["outcome"] == "rejected: gate failed"
+    assert not summary["gate_passed"]
     review = jsonl(layout.review(summary["run_id"]))
     assert {r["id"] for r in review} == {r.id for r in mistakes[30:36]} and all(r["reason"] for r in review)
     state, _ = store.load_state(layout)
     assert state.version == 0 and state.patches is None and len(state.records) == 6     # handled, not live
     assert store.list_objects(layout.uri("patches", MODEL)) == {}
-    assert run(root)["outcome"] == "nothing new"
+    assert run(root).outcome == Outcome.nothing_new()
     status = subprocess.run([sys.executable, "-m", "patcher.cli", "pipeline", "status", "--model", MODEL,
                              "--root", root], capture_output=True, text=True)
     assert status.returncode == 0, status.stderr[-2000:]
@@ -210,7 +232,7 @@ def _decide_from_another_process(prefect_api, approve: bool | None, reviewer="al
 
 def _run_in_thread(root, **kwargs):
     result = {}
-    thread = threading.Thread(target=lambda: result.update(summary=run(root, **kwargs)))
+    thread = threading.Thread(target=lambda: result.update(run=run(root, **kwargs)))
     thread.start()
     return thread, result
 
@@ -222,15 +244,15 @@ def test_manual_decision_from_another_process(s3_env, prefect_api, factcheck, mi
     thread, result = _run_in_thread(root, approval="manual", overrides={"approve": {"poll_s": 1, "timeout_s": 300}})
     _decide_from_another_process(prefect_api, approve, reviewer="alice" if approve else "bob")
     thread.join(timeout=300)
-    summary = result["summary"]
+    outcome, summary = result["run"].outcome, result["run"].summary
     state, _ = store.load_state(layout)
     if approve:
-        assert summary["outcome"] == "approved: v0001", summary
+        assert outcome == Outcome.approved_as(1) and summary["outcome"] == "approved: v0001", summary
         record = json.loads(store.read_text(f"{layout.version(1)}/approval.json"))
         assert (record["reviewer"], record["comment"], record["by_policy"]) == ("alice", "checked the report", False)
         assert state.version == 1
     else:
-        assert summary["outcome"] == "rejected: by bob", summary
+        assert outcome == Outcome(Status.REJECTED, "by bob") and summary["outcome"] == "rejected: by bob", summary
         assert {r["reason"] for r in jsonl(layout.review(summary["run_id"]))} >= \
             {"rejected by bob: checked the report"}
         assert state.version == 0 and len(state.records) == 5
@@ -239,8 +261,10 @@ def test_manual_decision_from_another_process(s3_env, prefect_api, factcheck, mi
 def test_no_decision_in_time_is_a_rejection(s3_env, prefect_api, factcheck, mistakes):
     root, layout = s3_env, Layout(s3_env, MODEL)
     seed(root, mistakes[50:53])
-    summary = run(root, approval="manual", overrides={"approve": {"poll_s": 1, "timeout_s": 2}})
-    assert summary["outcome"] == "rejected: approval timed out", summary
+    result = run(root, approval="manual", overrides={"approve": {"poll_s": 1, "timeout_s": 2}})
+    summary = result.summary
+    assert result.outcome == Outcome(Status.REJECTED, "approval timed out"), summary
+    assert summary["outcome"] == "rejected: approval timed out"
     approval = json.loads(store.read_text(f"{layout.run(summary['run_id'])}/approval.json"))
     assert approval["reviewer"] == "timeout" and not approval["approved"]
     assert store.load_state(layout)[0].version == 0
@@ -250,10 +274,11 @@ def test_a_held_lock_keeps_a_second_run_out(s3_env, prefect_api):
     root, layout = s3_env, Layout(s3_env, MODEL)
     store.write_text(f"{layout.errors}/2026/11/24/10/batch-0000.jsonl", "{not json\n")
     with Lock(layout, "the-first-run"):
-        summary = run(root)
-        assert summary["outcome"] == "skipped: another run holds the lock" and "the-first-run" in summary["reason"]
+        result = run(root)
+        assert result.outcome.status is Status.SKIPPED and "the-first-run" in result.summary["reason"]
+        assert result.summary["outcome"] == "skipped: another run holds the lock"
         assert store.load_state(layout) == (store.State(), None)
-    assert run(root)["outcome"] == "nothing to edit: every record quarantined"
+    assert str(run(root).outcome) == "nothing to edit: every record quarantined"
 
 
 def test_train_runs_as_the_gpu_deployment_when_a_worker_serves_the_pool(s3_env, prefect_api, factcheck, mistakes):
@@ -274,9 +299,9 @@ def test_train_runs_as_the_gpu_deployment_when_a_worker_serves_the_pool(s3_env, 
         while not gpu_worker_online() and time.monotonic() < deadline:
             time.sleep(1)
         seed(root, mistakes[60:64])
-        summary = run(root)
-        assert summary["train_ran"] == "deployment train/train-gpu"
-        assert summary["outcome"] == "approved: v0001", summary
+        result = run(root)
+        assert result.summary["train_ran"] == "deployment train/train-gpu"
+        assert result.outcome == Outcome.approved_as(1), result.summary
     finally:
         worker.terminate()
         try:
@@ -333,8 +358,9 @@ def test_serving_closes_the_loop(s3_env, prefect_api, factcheck, mistakes, tmp_p
         clients = [threading.Thread(target=load) for _ in range(3)]
         for c in clients:
             c.start()
-        summary = run(root)
-        assert summary["outcome"] == "approved: v0001", summary
+        result = run(root)
+        summary = result.summary
+        assert result.outcome.approved and summary["outcome"] == "approved: v0001", summary
         assert summary["counts"] == {"received": 4, "accepted": 4, "quarantined": 0}   # the 422 one was never logged
         assert summary["export"]["how"] == "branch in the graph" and summary["export"]["parity"]["max_abs_diff"] <= 1e-4
         assert latest(root, MODEL)["version"] == "v0001"

@@ -10,6 +10,9 @@ a clean clone. History is never rewritten: rollbacks and removals make new versi
 A registration holds a file lock in .git (a second one waits), pushes the weights before it commits, and
 becomes a version only when its tag is written; a crash before that leaves every earlier version as it
 was (tags point at their commits), and the next registration first restores the model's directory.
+
+`live_base` (what to train on) and `register_version` (an approval becomes a version) are those steps' one
+implementation: `patcher train` / `patcher approve` (the DVC route) and the Prefect flows call them.
 """
 from __future__ import annotations
 
@@ -26,18 +29,14 @@ from pathlib import Path
 from patcher.engine.patchset import MANIFEST, WEIGHTS, PatchSet
 from patcher.engine.records import stamp
 
+from .store import version_name
+
 TAG = re.compile(r"^(?P<model>[A-Za-z0-9._-]+)@v(?P<number>\d+)\.0\.0$")
 FILES = (MANIFEST, "gate_report.json", "approval.json", "version.json")
 
 
 class RegistryError(ValueError):
     pass
-
-
-def _fault(point: str) -> None:
-    """Crash here if PATCHER_FAULT names this point (tests of a registration killed midway)."""
-    if os.environ.get("PATCHER_FAULT") == point:
-        os._exit(97)
 
 
 class Registry:
@@ -111,6 +110,10 @@ class Registry:
         return self.repo / "registry" / model
 
     # --- reading ------------------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        """Every model with at least one version (a tag M@vN.0.0)."""
+        return sorted({m["model"] for tag in self.git("tag", "-l").split() if (m := TAG.match(tag))})
+
     def versions(self, model: str) -> list[dict]:
         """Every version, oldest first: number, tag, commit, the stages it holds now, and version.json."""
         tags = [t for t in self.git("tag", "-l", f"{model}@v*").split() if TAG.match(t)]
@@ -180,44 +183,57 @@ class Registry:
     # --- writing ------------------------------------------------------------------------------------
     def register(self, model: str, patches: str | Path, gate_report: dict | None, approval: dict,
                  action: str = "register", parent: int | None = None, note: str = "") -> dict:
-        """A new version whose content is the patch set in directory `patches`. -> its version info."""
-        from dvc.repo import Repo
-
+        """A new version whose content is the patch set in directory `patches`. -> its version info.
+        Its steps run in this order, so a crash at any point leaves no half version (tests kill each one)."""
         patch_set = PatchSet.load(patches)
         with self._locked():
-            target = self.model_dir(model)
             self._restore(model)
             number = max([v["number"] for v in self.versions(model)], default=0) + 1
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(patches) / WEIGHTS, target / WEIGHTS)
-            shutil.copyfile(Path(patches) / MANIFEST, target / MANIFEST)
             metrics = (gate_report or {}).get("metrics", {})
             info = {"model": model, "number": number, "version": f"v{number}.0.0", "action": action,
                     "parent": parent, "note": note, "edits": len(patch_set.edits), "neurons": len(patch_set),
                     "error_ids": patch_set.error_ids, "registered_at": stamp(),
                     "metrics": {k: metrics.get(k) for k in ("SR", "GR", "ER", "TrainR", "TestR") if k in metrics},
                     "approved_by": approval.get("reviewer")}
-            for name, data in (("gate_report.json", gate_report or {}), ("approval.json", approval),
-                               ("version.json", info)):
-                (target / name).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-            self._declare(model)
-            _fault("registry:before-dvc-add")
-            dvc = Repo(str(self.repo))
-            dvc.add(str(target / WEIGHTS))
-            if dvc.config.get("core", {}).get("remote"):
-                dvc.push(targets=[str(target / WEIGHTS)])
-            _fault("registry:before-commit")
-            self.git("add", "--", f"registry/{model}", "dvc.yaml")
-            self.git("commit", "-q", "-m", f"{model} v{number}: {action} ({info['edits']} edits, "
-                                           f"{info['neurons']} neurons)", "--", f"registry/{model}", "dvc.yaml")
-            _fault("registry:before-tag")
-            from gto.api import register
-
-            author, email = self.identity()
-            register(str(self.repo), model, "HEAD", version=f"v{number}.0.0",
-                     message=f"{model} v{number}: {action}; approved by {approval.get('reviewer')}",
-                     author=author, author_email=email)
+            self._write(model, Path(patches), gate_report or {}, approval, info)
+            self._push(model)
+            self._commit(model, info)
+            self._tag(model, info, approval)
         return self.resolve(model, number)
+
+    def _write(self, model: str, patches: Path, gate_report: dict, approval: dict, info: dict) -> None:
+        """The version's files into registry/M/, and M declared in dvc.yaml."""
+        target = self.model_dir(model)
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(patches / WEIGHTS, target / WEIGHTS)
+        shutil.copyfile(patches / MANIFEST, target / MANIFEST)
+        for name, data in (("gate_report.json", gate_report), ("approval.json", approval), ("version.json", info)):
+            (target / name).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        self._declare(model)
+
+    def _push(self, model: str) -> None:
+        """The weights into DVC, and to its remote (before the commit that names them)."""
+        from dvc.repo import Repo
+
+        weights = str(self.model_dir(model) / WEIGHTS)
+        dvc = Repo(str(self.repo))
+        dvc.add(weights)
+        if dvc.config.get("core", {}).get("remote"):
+            dvc.push(targets=[weights])
+
+    def _commit(self, model: str, info: dict) -> None:
+        self.git("add", "--", f"registry/{model}", "dvc.yaml")
+        self.git("commit", "-q", "-m", f"{model} v{info['number']}: {info['action']} ({info['edits']} edits, "
+                                       f"{info['neurons']} neurons)", "--", f"registry/{model}", "dvc.yaml")
+
+    def _tag(self, model: str, info: dict, approval: dict) -> None:
+        """The GTO tag M@vN.0.0 on the commit: from here on it is a version."""
+        from gto.api import register
+
+        author, email = self.identity()
+        register(str(self.repo), model, "HEAD", version=info["version"],
+                 message=f"{model} v{info['number']}: {info['action']}; approved by {approval.get('reviewer')}",
+                 author=author, author_email=email)
 
     def _restore(self, model: str) -> None:
         """Undoes what a crashed registration left in the model's directory (the tags never moved)."""
@@ -268,6 +284,35 @@ class Registry:
             current.without(error_id).save(Path(tmp) / "q")
             return self.register(model, Path(tmp) / "q", None, _decision(reviewer, comment), "remove-edit",
                                  latest["number"], f"without {error_id}")
+
+
+def live_base(repo: str | Path | None, model: str, out: str | Path) -> tuple[PatchSet | None, dict[str, str]]:
+    """The patch set new patches go on top of: the registry's latest version, fetched into `out` (the registry
+    is the source of truth, so a rollback there is what the next run builds on). The DVC stages and the
+    Prefect pipeline both train on it. -> (it, {error id it holds: "registry TAG"}); (None, {}) for none."""
+    if not repo:
+        return None, {}
+    registry = Registry(repo)
+    versions = registry.versions(model)
+    if not versions:
+        return None, {}
+    latest = versions[-1]
+    base = PatchSet.load(registry.fetch(model, out, latest["number"]))
+    return base, {e["error_id"]: f"registry {latest['tag']}" for e in base.edits}
+
+
+def register_version(repo: str | Path | None, model: str, patches: str | Path | None, gate_report: dict | None,
+                     approval: dict, note: str = "", number: int | None = None) -> dict:
+    """An approved patch set becomes the model's next version, for `patcher approve` and the pipeline alike: in
+    the registry at `repo`, which numbers it, or with no registry as version `number` (S3-only versions,
+    numbered by the pipeline's ledger). -> {"number", "name" (vNNNN, in S3 and serving), "tag" (None without
+    a registry), and the registry's version info}."""
+    if repo:
+        info = Registry(repo).register(model, patches, gate_report, approval, note=note)
+        return {**info, "name": version_name(info["number"])}
+    if number is None:
+        raise ValueError("without a registry the version's number must be given")
+    return {"number": number, "name": version_name(number), "tag": None}
 
 
 def _decision(reviewer: str, comment: str) -> dict:

@@ -16,7 +16,7 @@ from .train import TrainSettings
 class IngestSettings:
     """params.yaml `ingest`."""
 
-    root: str = "s3://patcher"         # the pipeline's S3 root (layout: patcher/store.py)
+    root: str = "s3://patcher"         # the pipeline's S3 root (layout: patcher/pipeline/store.py)
     lock_ttl_s: float = 6 * 3600       # a run's lock expires after this (a crashed run's lock is then broken)
     lock_wait_s: float = 0.0           # how long a second run waits for the lock before it gives up
 
@@ -46,7 +46,7 @@ class ApproveSettings:
 class RegisterSettings:
     """params.yaml `register`."""
 
-    repo: str | None = None    # the patch registry's git + DVC repository (patcher/registry.py); None: approved
+    repo: str | None = None    # the patch registry's git + DVC repository (pipeline/registry.py); None: approved
                                # versions go to S3 only (patches/MODEL/vNNNN/)
 
     @classmethod
@@ -56,7 +56,7 @@ class RegisterSettings:
 
 @dataclass
 class ExportSettings:
-    """params.yaml `export`: each approved version to ONNX (patcher/export.py), published for serving."""
+    """params.yaml `export`: each approved version to ONNX (patcher/serving/), published for serving."""
 
     enabled: bool = True               # export and publish under serving/MODEL/vNNNN/ after each approval
     locality: int = 30                 # fact-bank test facts checked for parity besides the patch set's edits

@@ -9,7 +9,7 @@ Layout under a root such as s3://patcher, per production model M:
   review/M/RUN.jsonl                 errors a person has to look at: failed edits, gate failures, rejections
   patches/M/vNNNN/                   approved patch sets, each the full set that applies to the base model
   serving/M/vNNNN/, serving/M/latest the approved versions exported to ONNX, and which one to serve
-                                     (patcher/publish.py)
+                                     (patcher/serving/publish.py)
   pipeline/M/state.json              the ledger: current version, processed batch files and record ids, runs
   pipeline/M/lock.json               held by the run in progress
 
@@ -36,6 +36,11 @@ from patcher.engine.records import stamp, utc_now
 from .s3 import client, ensure_bucket, parse_uri
 
 BATCH_KEY = re.compile(r"^\d{4}/\d{2}/\d{2}/\d{2}/[^/]+\.jsonl$")
+
+
+def version_name(number: int) -> str:
+    """A version's name in S3 and serving (patches/M/v0003/, serving/M/v0003/)."""
+    return f"v{number:04d}"
 
 
 class LockHeld(RuntimeError):
@@ -78,7 +83,7 @@ class Layout:
         return self.uri("review", self.model, f"{run_id}.jsonl")
 
     def version(self, number: int) -> str:
-        return self.uri("patches", self.model, f"v{number:04d}")
+        return self.uri("patches", self.model, version_name(number))
 
     @property
     def serving(self) -> str:
@@ -236,6 +241,24 @@ def commit_state(layout: Layout, state: State, etag: str | None, s3=None) -> str
             raise StateConflict(f"{layout.state} changed since this run read it; nothing of the run was recorded "
                                 f"(was its lock broken?)") from None
         raise
+
+
+def ledger_base(state: State, s3=None) -> tuple[str | None, dict[str, str]]:
+    """The ledger's live version, what new patches go on top of when there is no registry.
+    -> (its s3:// prefix or None, {error id it holds: version name})."""
+    if not state.patches:
+        return None, {}
+    manifest = json.loads(read_text(f"{state.patches}/manifest.json", s3))
+    return state.patches, {e["error_id"]: version_name(state.version) for e in manifest["edits"]}
+
+
+def save_version(layout: Layout, run_id: str, number: int, approval: dict, tag: str | None = None, s3=None) -> str:
+    """A run's approved patch set (the full set), gate report and approval under patches/M/vNNNN/. -> that prefix."""
+    s3, run, target = s3 or client(), layout.run(run_id), layout.version(number)
+    copy_prefix(f"{run}/patches", target, s3)
+    write_text(f"{target}/gate_report.json", read_text(f"{run}/gate_report.json", s3), s3, "application/json")
+    write_json(f"{target}/approval.json", {**approval, "run_id": run_id, "version": number, "tag": tag}, s3)
+    return target
 
 
 def new_batches(layout: Layout, state: State, s3=None) -> tuple[list[tuple[str, str]], list[str]]:
