@@ -47,7 +47,7 @@ from patcher import EditorConfig  # noqa: E402
 from patcher.engine.config import REFERENCE_SETTINGS  # noqa: E402
 from patcher.engine.examples import Example, SharedCache  # noqa: E402
 from patcher.engine.finetune import FineTuneEditor  # noqa: E402
-from patcher.engine.metrics import LocalitySet  # noqa: E402
+from patcher.engine.metrics import LocalitySet, paper_metrics  # noqa: E402
 from patcher.engine.records import read_records  # noqa: E402
 from patcher.engine.sequential import build_editor, set_threads  # noqa: E402
 from patcher.engine.tasks import Task  # noqa: E402
@@ -125,14 +125,9 @@ def run_editor(name, settings, model, tokenizer, sets, train, test, records, ft,
             attempted = [o for o in outcomes if o.status != "skipped"]
             if not attempted:
                 continue                                  # nothing attempted yet: every record was already right
-            gr = [o.generalization for o in attempted if o.generalization is not None]
             moved = locality_moved(editor, train, test)
             rows.append({
-                "editor": name, "edits": i,
-                "SR": sum(o.succeeded for o in attempted) / len(attempted),
-                "GR": sum(gr) / len(gr) if gr else None,
-                "ER": editor.accuracy(list(editor.edited.values())),
-                "TrainR": train.ratio(editor), "TestR": test.ratio(editor),
+                "editor": name, "edits": i, **paper_metrics(editor, outcomes, train, test),
                 "train_unchanged": 1 - len(moved["train"]) / len(train.cached),
                 "test_unchanged": 1 - len(moved["test"]) / len(test.cached),
                 **same_subject_unchanged(moved["test"], sets, records[:i]),

@@ -68,17 +68,25 @@ def _mean(xs) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def paper_metrics(editor: Editor, outcomes: list[EditOutcome], train: LocalitySet | None = None,
+                  test: LocalitySet | None = None, er: float | None = None) -> dict:
+    """The five metrics after `outcomes`: SR and GR over the attempted edits, ER (unless given: the pipeline
+    counts its registry's edits too), TrainR and TestR of the editor as it is now; null where there is no data."""
+    attempted = [o for o in outcomes if o.status != "skipped"]
+    return {"SR": _mean([1.0 if o.succeeded else 0.0 for o in attempted]),
+            "GR": _mean([o.generalization for o in attempted]),
+            "ER": editor.accuracy(list(editor.edited.values())) if er is None else er,
+            "TrainR": train.ratio(editor) if train else None,
+            "TestR": test.ratio(editor) if test else None}
+
+
 def summarize(editor: Editor, outcomes: list[EditOutcome], train: LocalitySet | None = None,
               test: LocalitySet | None = None, changed_limit: int = 50) -> dict:
     """The metrics JSON: SR, GR, ER, TrainR, TestR (null where no data) and counts."""
     attempted = [o for o in outcomes if o.status != "skipped"]
     edited_seconds = [o.seconds for o in attempted]
     result = {
-        "SR": _mean([1.0 if o.succeeded else 0.0 for o in attempted]),
-        "GR": _mean([o.generalization for o in attempted]),
-        "ER": editor.accuracy(list(editor.edited.values())),
-        "TrainR": train.ratio(editor) if train else None,
-        "TestR": test.ratio(editor) if test else None,
+        **paper_metrics(editor, outcomes, train, test),
         "n_records": len(outcomes),
         "n_edits": len(attempted),
         "n_failed": sum(o.status == "failed" for o in attempted),

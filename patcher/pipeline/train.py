@@ -73,7 +73,7 @@ def train_patches(model_name: str, model_dir: str | Path, records: list[ErrorRec
     """-> (the patch set: base's edits plus the new ones that succeeded, the train report)."""
     import torch
 
-    from patcher.engine.metrics import summarize
+    from patcher.engine.metrics import paper_metrics, summarize
     from patcher.engine.sequential import run_stream, to_patchset
     from patcher.facts.bank import all_facts, split_facts
     from patcher.facts.sets import editor_on_facts
@@ -94,13 +94,9 @@ def train_patches(model_name: str, model_dir: str | Path, records: list[ErrorRec
     def measure(outcome: EditOutcome) -> None:
         done.append(outcome)
         if len(done) in marks:
-            attempted = [o for o in done if o.status != "skipped"]
-            gr = [o.generalization for o in attempted if o.generalization is not None]
-            points.append({"records": len(done), "edits": len(attempted),
-                           "SR": sum(o.succeeded for o in attempted) / len(attempted) if attempted else None,
-                           "GR": sum(gr) / len(gr) if gr else None,
-                           "ER": _registry_retention(editor)[0], "TrainR": train.ratio(editor),
-                           "TestR": test.ratio(editor), "neurons": len(editor.neurons)})
+            points.append({"records": len(done), "edits": sum(o.status != "skipped" for o in done),
+                           **paper_metrics(editor, done, train, test, er=_registry_retention(editor)[0]),
+                           "neurons": len(editor.neurons)})
 
     outcomes = run_stream(editor, records, progress=progress, on_outcome=measure)
     patches = to_patchset(editor, outcomes, model_name, model_dir, base)
