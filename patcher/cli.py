@@ -429,14 +429,13 @@ def _fmt(x):
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="patcher", description="Transformer-Patcher sequential model editing")
-    sub = p.add_subparsers(dest="command", required=True)
+def _editor_options(sp):
+    sp.add_argument("--config", help="JSON file of editor settings (see `patcher config`)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one editor setting")
 
-    def editor_options(sp):
-        sp.add_argument("--config", help="JSON file of editor settings (see `patcher config`)")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one editor setting")
 
+def _editing_commands(sub) -> None:
+    """edit, eval, config: the editor on files."""
     e = sub.add_parser("edit", help="apply error records as sequential edits and write the patch set")
     e.add_argument("--model", required=True, help="model directory (or base model name: minilm, smollm2)")
     e.add_argument("--errors", required=True, help="error records, JSON lines")
@@ -450,7 +449,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--path", choices=["fast", "reference"], default="fast", help="training path")
     e.add_argument("--strict", action="store_true", help="exit 3 when any edit failed")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
-    editor_options(e)
+    _editor_options(e)
     e.set_defaults(func=cmd_edit)
 
     v = sub.add_parser("eval", help="measure a patch set on error records and locality data")
@@ -460,12 +459,15 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--locality", help="held-out examples (TestR)")
     v.add_argument("--train-locality", help="training subset (TrainR)")
     v.add_argument("--out", required=True)
-    editor_options(v)
+    _editor_options(v)
     v.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("config", help="list the editor settings with their defaults")
     c.set_defaults(func=cmd_config)
 
+
+def _data_commands(sub) -> None:
+    """facts, models, errors, validate: the production models, their data and mistakes."""
     f = sub.add_parser("facts", help="the fact bank").add_subparsers(dest="facts_command", required=True)
     fb = f.add_parser("build", help="write the seeded splits as JSON lines, with a data card")
     fb.add_argument("--out", default="data/facts")
@@ -513,6 +515,9 @@ def parser() -> argparse.ArgumentParser:
                     help="the rest, one JSON line each: line number, original text, reasons")
     va.set_defaults(func=cmd_validate)
 
+
+def _dvc_stage_commands(sub) -> None:
+    """train, gate, approve: the pipeline's steps as `dvc repro` runs them."""
     tr = sub.add_parser("train", help="the pipeline's train step on a file of accepted error records")
     tr.add_argument("--model", required=True, choices=["factcheck-minilm", "facts-smollm2"])
     tr.add_argument("--model-dir", help="the built model (default: `patcher models path NAME`, built if missing)")
@@ -552,6 +557,9 @@ def parser() -> argparse.ArgumentParser:
                     "does the same); the export then waits for `patcher export --publish`")
     ap.set_defaults(func=cmd_approve)
 
+
+def _serving_commands(sub) -> None:
+    """serve, export, s3."""
     sv = sub.add_parser("serve", help="HTTP service (127.0.0.1) over the latest published ONNX version: "
                                       "/predict, /health, /feedback; switches to new versions as they are published")
     sv.add_argument("--model", required=True, help="production model name (ROOT/serving/MODEL/latest)")
@@ -579,6 +587,9 @@ def parser() -> argparse.ArgumentParser:
     s3p.add_argument("--port", type=int, default=8333, help="S3 port for `up`")
     s3p.set_defaults(func=cmd_s3)
 
+
+def _pipeline_commands(sub) -> None:
+    """pipeline, registry, demo: the Prefect pipeline and the patch registry."""
     pl = sub.add_parser("pipeline", help="the Prefect pipeline: errors in S3 -> approved patch set") \
         .add_subparsers(dest="pipeline_command", required=True)
     pr = pl.add_parser("run", help="one run of the pipeline for a model (flows/pipeline.py)")
@@ -642,6 +653,13 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--edits", type=int, default=40, help="how many real mistakes the seeded hour holds")
     d.add_argument("--out", default="runs/demo", help="local copies of the run's summary and reports")
     d.set_defaults(func=cmd_demo)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="patcher", description="Transformer-Patcher sequential model editing")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_editing_commands, _data_commands, _dvc_stage_commands, _serving_commands, _pipeline_commands):
+        add(sub)
     return p
 
 
