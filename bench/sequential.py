@@ -22,7 +22,7 @@ settings in params.yaml, train.editor and train.models, as the pipeline runs the
               (max_checks_right: without the memory loss the validation rule never stops a right edit) and
               after 500 steps (max_steps; twice with the whole-vocabulary retry): without the memory loss
               every earlier neuron fires on a new edit, and SmolLM2's edit 237 trained for over an hour
-  ft-last     fine-tuning the last FFN on each mistake until it is right (patcher/finetune.py)
+  ft-last     fine-tuning the last FFN on each mistake until it is right (patcher/engine/finetune.py)
   ft-last-kl  the same with a KL term on locality examples from the memory's facts (FT+KL)
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Edge module: the reviewer's side of the approval step, from the command line (the Prefect UI's form does
+"""The reviewer's side of the approval step, from the command line (the Prefect UI's form does
 the same): list the approval runs waiting for a decision, and answer one."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The fine-tuning baselines (patcher/finetune.py) on the cached path: exact against the whole model with the
+"""The fine-tuning baselines (patcher/engine/finetune.py) on the cached path: exact against the whole model with the
 tuned FFN weights loaded, for every architecture; FT-last fixes edits; its KL term keeps locality closer."""
 import pytest
 import torch

@@ -97,7 +97,7 @@ def test_memory_rows_an_edit_trains_on_are_left_out_of_its_top_k(search, prompts
 
 @pytest.mark.parametrize("subject_layer,neurons", [(None, 2), (0, 2), (0, 1)])
 def test_memory_losses_equal_the_dense_top_k_in_value_and_gradient(subject_layer, neurons, tokenizer, make_model):
-    # with a subject key (patcher/subject.py) the recomputed rows read z where each prompt's running max was;
+    # with a subject key (patcher/engine/subject.py) the recomputed rows read z where each prompt's running max was;
     # one neuron's pass over the memory is a product with its key twice (patcher.engine.memory._times)
     editor = editor_for(make_model, tokenizer, "gpt2", subject_layer=subject_layer)
     c = editor.cache([Example(FACTS[0].input, "paris")])[0]

@@ -1,4 +1,4 @@
-"""Publishing exports for serving (patcher/publish.py) on a real S3 server: the `latest` pointer moves only
+"""Publishing exports for serving (patcher/serving/publish.py) on a real S3 server: the `latest` pointer moves only
 after every file of the version is up, and a fetched version is verified against the pointer's checksums."""
 import json
 

@@ -32,6 +32,8 @@ def test_up_status_traffic_down(env, tmp_path, monkeypatch):
         assert secret not in up.stdout + up.stderr
         assert patcher("s3", "status", env=env).returncode == 0
         assert patcher("s3", "up", "--port", str(port), env=env).returncode == 0        # idempotent
+        for key in [k for k in os.environ if k.startswith("AWS_")]:   # an in-process DVC call may have exported them
+            monkeypatch.delenv(key)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         from patcher.pipeline.s3 import client

@@ -72,13 +72,13 @@ class Arch:
         return self.model
 
     def ffn_in_at(self, layer: int) -> nn.Module:
-        """The module whose first input is layer `layer`'s FFN input (the subject key, patcher/subject.py);
+        """The module whose first input is layer `layer`'s FFN input (the subject key, patcher/engine/subject.py);
         decoder-only models only: position t of that input has seen positions p <= t alone."""
         raise ValueError(f"{self.name} has no subject key: decoder-only models (llama, gpt2) only")
 
     def ffn_module(self) -> nn.Module:
         """The last FFN as a module, q (..., H) -> its output (..., H) before the residual add (for the
-        fine-tuning baselines, patcher/finetune.py)."""
+        fine-tuning baselines, patcher/engine/finetune.py)."""
         raise NotImplementedError
 
     # merging: the FFN's two projections as (in_weight [I, H], in_bias [I], out_weight [H, I]) and back

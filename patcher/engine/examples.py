@@ -21,7 +21,7 @@ class Cached:
     h: torch.Tensor          # (P, H) pre-norm stream after the unpatched FFN at the judged positions
     targets: torch.Tensor    # (P,)   target label / token id per judged position
     q_memory: torch.Tensor   # (M, H) FFN inputs this example contributes to the memory
-    # with a subject key (Task.subject_layer, patcher/subject.py); decoder-only, so the M memory positions are
+    # with a subject key (Task.subject_layer, patcher/engine/subject.py); decoder-only, so the M memory positions are
     # the input's T positions
     z: torch.Tensor | None = None    # (T, H) the subject layer's FFN input at every position
     at: torch.Tensor | None = None   # (P,)   the judged positions' indices into z

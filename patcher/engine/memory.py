@@ -3,7 +3,7 @@
 It decides locality, so it is built from the task's own distribution (the training split of the model's
 task) and grows with every edit input the editor sees (patched or already right), so a later patch cannot
 fire on an earlier edit. A separate validation memory (from the validation split) decides early stopping.
-With a subject key (patcher/subject.py) it also keeps the subject layer's input z at the same positions, prompt
+With a subject key (patcher/engine/subject.py) it also keeps the subject layer's input z at the same positions, prompt
 by prompt, since a neuron's pre-activation at a position depends on the positions before it.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Edge module: the patch registry, a git + DVC repository following the DVC model-registry conventions.
+"""The patch registry, a git + DVC repository following the DVC model-registry conventions.
 
 Per production model M, `registry/M/` holds the live version: `patches.safetensors` (DVC-tracked, pushed to
 the DVC remote, e.g. s3://patcher/dvc) and, in git, `manifest.json` (the patch set's manifest),

@@ -1,4 +1,4 @@
-"""Edge module: the pipeline's objects in S3 (boto3), and the state that makes each run exactly-once.
+"""The pipeline's objects in S3 (boto3), and the state that makes each run exactly-once.
 
 Layout under a root such as s3://patcher, per production model M:
 

@@ -1,4 +1,4 @@
-"""The consumer side of an export directory (patcher/export.py): an onnxruntime session, its tokenizer and
+"""The consumer side of an export directory (patcher/serving/export.py): an onnxruntime session, its tokenizer and
 labels, and predictions as a serving system makes them. Needs onnxruntime, numpy and the tokenizer only."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The serving consumer: an HTTP service on 127.0.0.1 over the latest published ONNX version of a model
-(patcher/publish.py), that closes the loop by logging user-reported mistakes where the pipeline reads them.
+(patcher/serving/publish.py), that closes the loop by logging user-reported mistakes where the pipeline reads them.
 
   patcher serve --model facts-smollm2 [--root s3://patcher] [--port 8000]
 

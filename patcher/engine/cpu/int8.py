@@ -1,7 +1,7 @@
 """An int8 copy of a large float matrix for products that only need to be close: on a CPU a product with a
-few rows is bound by reading the matrix, and int8 reads 4x fewer bytes. Used for the memory pass (patcher/memory.py:
+few rows is bound by reading the matrix, and int8 reads 4x fewer bytes. Used for the memory pass (patcher/engine/memory.py:
 the rows it ranks highest are then scored exactly) and the gradient through a language model's output layer
-(patcher/arch.py)."""
+(patcher/engine/arch.py)."""
 from __future__ import annotations
 
 import hashlib
