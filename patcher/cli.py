@@ -107,10 +107,12 @@ def cmd_eval(args) -> int:
 def cmd_config(args) -> int:
     from dataclasses import fields
 
-    from .engine.config import EditorConfig
+    from .engine.config import GROUPS, EditorConfig
 
     help_ = EditorConfig.help()
     for f in fields(EditorConfig):
+        if f.name in GROUPS:
+            print(f"{'' if f.name == 'lr' else chr(10)}# {GROUPS[f.name]}")
         print(f"{f.name:22} {f.default!r:10}  {help_[f.name]}")
     return 0
 

@@ -16,6 +16,11 @@ REFERENCE_SETTINGS = {"activation": "ffn", "check_after": 100, "min_lr": 0.0, "m
                       "phrasings": 0, "vocab_candidates": 0, "subject_layer": None,
                       "retry_without_decay": False, "bias_shift": 0.0, "shift_guard": None, "value_gain": 1.0}
 
+# where each group of EditorConfig starts (`patcher config` prints them as headings)
+GROUPS = {"lr": "the paper (Transformer-Patcher's settings)",
+          "activation": "measured deviations from the paper (their reference values: REFERENCE_SETTINGS)",
+          "memory_search": "speed (how fast, not what)"}
+
 
 @dataclass
 class EditorConfig:
