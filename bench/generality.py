@@ -30,6 +30,7 @@ from patcher.facts import all_facts, split_facts  # noqa: E402
 from patcher.facts.sets import fact_examples  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
+from patcher.pipeline.catalog import Catalog  # noqa: E402
 from patcher.pipeline.settings import PipelineSettings  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="EditorConfig override")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
-    config = EditorConfig(**{**PipelineSettings.load().train.editor_overrides(args.model),
+    config = EditorConfig(**{**PipelineSettings.load().train.editor_overrides(Catalog().entry(args.model)),
                              **EditorConfig.parse_overrides(args.set)})
     model, tokenizer = load_model(build(args.model, out=model_path(args.model), progress=lambda m: None))
     facts = all_facts()

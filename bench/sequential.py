@@ -14,7 +14,7 @@ Writes JSON, a Markdown table and one SVG plot per metric (every editor against 
 --out-dir (default docs/results/), at every checkpoint: a run cut off keeps what it measured.
 
 Editors (their own settings win over --set, which applies to the rest; the rest start from the model's
-settings in params.yaml, train.editor and train.models, as the pipeline runs them):
+settings: params.yaml train.editor and the catalog entry's editor, as the pipeline runs them):
   patcher     the editor's defaults with the model's settings (facts-smollm2: subject_layer 9, phrasings 15,
               bias_shift 1, value_gain 1.25)
   reference   the reference implementation's settings (patcher.engine.config.REFERENCE_SETTINGS)
@@ -56,6 +56,7 @@ from patcher.facts.bank import negative_prompts  # noqa: E402
 from patcher.facts.sets import fact_examples  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
+from patcher.pipeline.catalog import Catalog  # noqa: E402
 from patcher.pipeline.plot import metrics_svg  # noqa: E402
 from patcher.pipeline.settings import PipelineSettings  # noqa: E402
 
@@ -264,8 +265,8 @@ def main() -> int:
                     "--editors '' the files are only combined")
     args = ap.parse_args()
     args.started = time.perf_counter()
-    # this project's settings for the model (params.yaml train.editor + train.models), then --set
-    settings = {**PipelineSettings.load().train.editor_overrides(args.model), **EditorConfig.parse_overrides(args.set)}
+    # this project's settings for the model (params.yaml train.editor + its catalog entry's), then --set
+    settings = {**PipelineSettings.load().train.editor_overrides(Catalog().entry(args.model)), **EditorConfig.parse_overrides(args.set)}
     if args.kl_batch is None:
         args.kl_batch = 4 if args.model == "facts-smollm2" else 32
     stream = read_records(f"data/errors/{args.model}.jsonl")

@@ -12,19 +12,18 @@ from flows import s3_tasks
 
 
 @flow(name="export")
-def export_version(root: str, model: str, version: str, patches_uri: str, settings: dict | None = None,
-                   seed: int = 0) -> dict:
+def export_version(root: str, model: str, version: str, patches_uri: str, settings: dict | None = None) -> dict:
     """-> {"pointer": serving/MODEL/latest's new content, "parity", "how"}."""
-    from patcher.models.production import build, model_path
+    from patcher.pipeline.catalog import Catalog
     from patcher.pipeline.settings import ExportSettings
     from patcher.serving.release import export_and_publish
 
     log = get_run_logger()
-    model_dir = build(model, out=model_path(model), progress=log.info)
+    entry = Catalog().entry(model)
     with tempfile.TemporaryDirectory() as tmp:
         patches = s3_tasks.download_dir(patches_uri, Path(tmp) / "patches")
-        exported = export_and_publish(model_dir, patches, Path(tmp) / "onnx", ExportSettings.from_dict(settings),
-                                      root, model, version, seed, publish_fn=s3_tasks.publish_onnx)
+        exported = export_and_publish(entry, patches, Path(tmp) / "onnx", ExportSettings.from_dict(settings),
+                                      root, version, publish_fn=s3_tasks.publish_onnx)
     log.info("%s %s exported (%s, parity max |diff| %.2e on %d inputs) and published: %s", model, version,
              exported["how"], exported["parity"]["max_abs_diff"], exported["parity"]["examples"],
              exported["pointer"]["uri"])

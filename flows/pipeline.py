@@ -29,6 +29,7 @@ from flows.train import train
 from flows.validate import validate
 from patcher.engine.records import stamp, utc_now
 from patcher.pipeline.approval import ApprovalRecord
+from patcher.pipeline.catalog import Catalog
 from patcher.pipeline.outcome import Outcome, RunResult, Status
 from patcher.pipeline.registry import live_base
 from patcher.pipeline.settings import PipelineSettings
@@ -102,10 +103,10 @@ def decide(gated: dict, settings: PipelineSettings) -> dict:
 
 
 @flow(name="pipeline")
-def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: str | None = None,
+def pipeline(model: str, root: str | None = None, approval: str | None = None,
              params: str = "params.yaml", overrides: dict | None = None, train_deployment: str = "train/train-gpu",
              train_pool: str = "gpu") -> RunResult:
-    """One pass of the loop for `model`. Settings: params.yaml, then `overrides` ({section: {key: value}}),
+    """One pass of the loop for `model` (a catalog model: pipeline/catalog.py). Settings: params.yaml, then `overrides` ({section: {key: value}}),
     then `root` and `approval` ("manual" or "auto"; auto is for the demo and tests).
     -> the outcome and the run summary (also at runs/MODEL/RUN/summary.json)."""
     log = get_run_logger()
@@ -115,6 +116,7 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
     if root:
         overrides.setdefault("ingest", {})["root"] = root
     settings = PipelineSettings.load(params, overrides)
+    entry = Catalog().entry(model)                 # an unknown model ends the run here, before any S3 work
     layout = Layout(settings.ingest.root, model)
     run_id = new_run_id()
     run = layout.run(run_id)
@@ -162,7 +164,7 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
                                           settings=asdict(settings.train))
             summary["train_ran"] = where
             lap("train")
-            gated = gate_step(report_uri, asdict(settings.gate))
+            gated = gate_step(report_uri, asdict(entry.gate_thresholds(settings.gate)))
             summary["metrics"] = gated["metrics"]
             summary["gate_passed"] = gated["passed"]
             lap("gate")
@@ -182,7 +184,7 @@ def pipeline(model: str = "facts-smollm2", root: str | None = None, approval: st
                 lap("register")
                 if settings.export.enabled:
                     exported = export_version(layout.root, model, version_name(state.version), state.patches,
-                                              asdict(settings.export), settings.train.seed, return_state=True)
+                                              asdict(settings.export), return_state=True)
                     if exported.is_completed():
                         summary["export"] = exported.result()
                         summary["where"]["serving"] = summary["export"]["pointer"]["uri"]

@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger
 from flows import s3_tasks
 from patcher.engine.patchset import PatchSet
 from patcher.engine.records import parse_record
+from patcher.pipeline.catalog import Catalog
 from patcher.pipeline.train import TrainSettings, train_patches
 
 
@@ -19,15 +20,13 @@ from patcher.pipeline.train import TrainSettings, train_patches
 def train(model: str, accepted_uri: str, out_uri: str, base_uri: str | None = None,
           settings: dict | None = None) -> str:
     """Writes OUT/patches/ and OUT/train_report.json. -> the report's URI."""
-    from patcher.models.production import build, model_path
-
     log = get_run_logger()
     lines = s3_tasks.read_text(accepted_uri).splitlines()
     records = [parse_record(line, f"{accepted_uri}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
-    model_dir = build(model, out=model_path(model), progress=log.info)      # cached after the first build
+    entry = Catalog().entry(model)
     with tempfile.TemporaryDirectory() as tmp:
         base = PatchSet.load(s3_tasks.download_dir(base_uri, Path(tmp) / "base")) if base_uri else None
-        patches, report = train_patches(model, model_dir, records, base, TrainSettings.from_dict(settings))
+        patches, report = train_patches(entry, records, base, TrainSettings.from_dict(settings))
         patches.save(Path(tmp) / "patches")
         s3_tasks.upload_dir(Path(tmp) / "patches", f"{out_uri}/patches")
     report["base_uri"] = base_uri

@@ -12,16 +12,7 @@ from pathlib import Path
 def _config(args):
     from .engine.config import EditorConfig
 
-    values = json.loads(Path(args.config).read_text()) if args.config else {}
-    values.update(EditorConfig.parse_overrides(args.set or []))
-    return EditorConfig.from_dict(values)
-
-
-def _examples(path):
-    from .engine.examples import Example
-    from .engine.records import read_examples
-
-    return [Example(r["input"], r["target"]) for r in read_examples(path)] if path else []
+    return EditorConfig.from_dict(_overrides(args))
 
 
 def _write_json(path, data):
@@ -29,40 +20,87 @@ def _write_json(path, data):
     Path(path).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
+def _entry(args):
+    """The model of a command: a catalog entry by name (its files overridden by flags), or an entry made of a model
+    directory (or base model name) and the flags' files."""
+    from .models.base import resolve_model_dir
+    from .pipeline.catalog import Catalog, ModelEntry, labels_of
+
+    catalog = Catalog(getattr(args, "catalog", None))
+    files = {k: v for k, v in {"memory": getattr(args, "memory", None),
+                               "validation": getattr(args, "val_memory", None)}.items() if v}
+    suites = _suites(getattr(args, "locality", None) or [], getattr(args, "train_locality", None))
+    if args.model in catalog:
+        entry = catalog.entry(args.model)
+        return ModelEntry.from_dict(entry.name, {**entry.to_dict(), **files,
+                                                 "locality": {**entry.locality, **suites}}, entry.home)
+    model_dir = resolve_model_dir(args.model)
+    task = "classification" if labels_of(model_dir) else "generation"
+    return ModelEntry.from_dict(Path(args.model).name, {"path": str(model_dir.resolve()), "task": task, **files,
+                                                        "locality": suites}, Path.cwd())
+
+
+def _suites(items: list[str], train: str | None) -> dict[str, str]:
+    """--locality [SUITE=]FILE (SUITE defaults to test) and --train-locality FILE (suite train)."""
+    out = {"train": train} if train else {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        out.update({name: path} if sep else {"test": item})
+    return out
+
+
+def _overrides(args) -> dict:
+    from .engine.config import EditorConfig
+
+    values = json.loads(Path(args.config).read_text()) if getattr(args, "config", None) else {}
+    values.update(EditorConfig.parse_overrides(getattr(args, "set", None) or []))
+    return values
+
+
+def below_gate(report: dict, thresholds) -> list[str]:
+    """What an end-of-run report misses of the gate's locality and retention thresholds, as lines for people."""
+    misses = []
+    er = report.get("registry_ER")
+    if er is not None and er < thresholds.edit_retain:
+        misses.append(f"ER {er:.3f} < {thresholds.edit_retain}")
+    for name, suite in report.get("locality", {}).items():
+        if suite.get("unchanged") is not None and suite["unchanged"] < thresholds.unchanged:
+            misses.append(f"{name} unchanged {suite['unchanged']:.3f} < {thresholds.unchanged}")
+        if suite.get("retain") is not None and suite["retain"] < thresholds.retain:
+            misses.append(f"{name} retain {suite['retain']:.3f} < {thresholds.retain}")
+    return misses
+
+
 def cmd_edit(args) -> int:
-    from .engine.metrics import LocalitySet, summarize
     from .engine.patchset import PatchSet
     from .engine.records import read_records
-    from .engine.sequential import build_editor, run_stream, to_patchset
-    from .models.base import load_model, resolve_model_dir
+    from .pipeline.settings import PipelineSettings
+    from .pipeline.train import train_patches
 
-    config = _config(args)
+    overrides = _overrides(args)                  # flags first: a bad one is named before any loading
+    entry = _entry(args)
+    settings = PipelineSettings.load(args.params)
     records = read_records(args.errors)
-    model_dir = resolve_model_dir(args.model)
-    model, tokenizer = load_model(model_dir)
     earlier = PatchSet.load(args.patches) if args.patches else None
-    editor = build_editor(model, tokenizer, config, _examples(args.memory), _examples(args.val_memory), earlier)
-    if earlier is not None:
-        earlier.check_base(editor.arch, model_dir)
-    if editor.memory is None:
-        print("warning: no --memory: patches are kept off only earlier edit inputs; locality will suffer",
-              file=sys.stderr)
-    train = LocalitySet.build(editor, "train", _examples(args.train_locality)) if args.train_locality else None
-    test = LocalitySet.build(editor, "test", _examples(args.locality)) if args.locality else None
-    outcomes = run_stream(editor, records, progress=not args.quiet, path=args.path)
-    patches = to_patchset(editor, outcomes, str(args.model), model_dir, earlier)
+    if args.no_memory:
+        print("WARNING: --no-memory: nothing keeps these patches off unrelated inputs; the patch set's manifest "
+              "records it (data.no_memory)", file=sys.stderr)
+    patches, report = train_patches(entry, records, earlier, settings.train, progress=not args.quiet,
+                                    overrides=overrides, no_memory=args.no_memory, path=args.path)
     patches.save(args.out)
-    metrics = summarize(editor, outcomes, train, test)
-    metrics["outcomes"] = [o.to_dict() for o in outcomes]
     if args.metrics:
-        _write_json(args.metrics, metrics)
-    failed = metrics["failed_ids"]
-    print(f"{metrics['n_edits']} edits, {metrics['n_failed']} failed, "
-          f"{metrics['n_skipped_already_correct']} already right; SR {_fmt(metrics['SR'])} "
-          f"ER {_fmt(metrics['ER'])}; {len(patches)} neurons -> {args.out}", file=sys.stderr)
-    if failed:
-        print(f"failed (not kept{', kept' if config.keep_failed else ''}): {', '.join(failed)}", file=sys.stderr)
-    return 3 if failed and args.strict else 0
+        _write_json(args.metrics, report)
+    m = report["metrics"]
+    print(f"{m['n_edits']} edits, {m['n_failed']} failed, {m['n_skipped_already_correct']} already right; "
+          f"SR {_fmt(m['SR'])} GR {_fmt(m['GR'])} ER {_fmt(report['registry_ER'])}; "
+          + "".join(f"{name} unchanged {_fmt(s['unchanged'])}; " for name, s in report["locality"].items())
+          + f"{len(patches)} neurons -> {args.out}", file=sys.stderr)
+    if report["failed_ids"]:
+        print(f"failed: {', '.join(report['failed_ids'])}", file=sys.stderr)
+    misses = below_gate(report, entry.gate_thresholds(settings.gate))
+    if misses:
+        print(f"below {entry.name}'s gate: {'; '.join(misses)}", file=sys.stderr)
+    return 3 if args.strict and (report["failed_ids"] or misses) else 0
 
 
 def cmd_eval(args) -> int:
@@ -71,6 +109,7 @@ def cmd_eval(args) -> int:
     from .engine.patchset import PatchSet
     from .engine.records import read_records
     from .engine.sequential import build_editor, check_task
+    from .engine.suites import examples, read_rows
     from .models.base import load_model, resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
@@ -94,7 +133,8 @@ def cmd_eval(args) -> int:
     }
     for key, path, name in (("TrainR", args.train_locality, "train"), ("TestR", args.locality, "test")):
         if path:
-            loc = LocalitySet.build(editor, name, _examples(path))
+            rows = read_rows(path)
+            loc = LocalitySet.build(editor, name, examples(editor, rows)[0], rows.has_targets)
             result[key] = loc.ratio(editor)
             changed = loc.changed(editor)
             result[f"{name}_unchanged"] = 1 - len(changed) / len(loc.cached) if loc.cached else None
@@ -140,10 +180,21 @@ def _section_overrides(items: list[str]) -> dict:
 def cmd_pipeline_run(args) -> int:
     from flows.pipeline import pipeline
 
+    if args.catalog:
+        os.environ["PATCHER_CATALOG"] = str(Path(args.catalog).resolve())     # the flows' steps read it
     result = pipeline(model=args.model, root=args.root, approval=args.approval, params=args.params,
                       overrides=_section_overrides(args.set))
     print(json.dumps(result.summary, indent=1, ensure_ascii=False))
     return 4 if result.outcome.rejected else 0
+
+
+def cmd_pipeline_deployments(args) -> int:
+    from .pipeline.catalog import Catalog
+    from .pipeline.deployments import write_deployments
+
+    names = write_deployments(args.prefect_yaml, Catalog(args.catalog))
+    print(f"{args.prefect_yaml}: {', '.join(names)}; schedule them with `prefect --no-prompt deploy --all`")
+    return 0
 
 
 def cmd_pipeline_pending(args) -> int:
@@ -183,6 +234,13 @@ def cmd_facts_build(args) -> int:
     return 0
 
 
+def cmd_facts_sets(args) -> int:
+    from .facts.sets import write_sets
+
+    print(json.dumps(write_sets(args.facts, args.task, args.out, args.wordings, args.seed)))
+    return 0
+
+
 def cmd_models_build(args) -> int:
     from .models.production import build
 
@@ -196,6 +254,57 @@ def cmd_models_path(args) -> int:
     from .models.production import model_path
 
     print(model_path(args.name))
+    return 0
+
+
+def cmd_models_add(args) -> int:
+    import yaml
+
+    from .pipeline.catalog import Catalog, ModelEntry, check
+
+    catalog = Catalog(args.catalog)
+    if args.name in catalog and not args.force:
+        raise ValueError(f"{args.name!r} is already in {catalog.path}; --force replaces it")
+    fields = {"path": args.path, "task": args.task, "prompt_format": args.prompt_format, "memory": args.memory,
+              "validation": args.validation, "locality": _suites(args.locality or [], None), "errors": args.errors,
+              "sha256": args.sha256, "description": args.description,
+              "editor": {k: v for item in args.set or [] for k, v in [_setting(item)]},
+              "gate": {k: float(v) for item in args.gate or [] for k, v in [_setting(item)]}}
+    entry = ModelEntry.from_dict(args.name, {k: v for k, v in fields.items() if v not in (None, "", {})},
+                                 catalog.path.resolve().parent)
+    found = check(entry)
+    catalog.put(entry)
+    print(yaml.safe_dump({"added": args.name, "catalog": str(catalog.path), **found}, sort_keys=False,
+                         allow_unicode=True), end="")
+    return 0
+
+
+def _setting(item: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    if not (sep and key):
+        raise ValueError(f"expected KEY=VALUE, got {item!r}")
+    return key, yaml.safe_load(raw)
+
+
+def cmd_models_check(args) -> int:
+    import yaml
+
+    from .pipeline.catalog import Catalog, check
+
+    print(yaml.safe_dump(check(Catalog(args.catalog).entry(args.name)), sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    from .pipeline.catalog import Catalog
+
+    catalog = Catalog(args.catalog)
+    print(f"{'model':22} {'task':15} {'prompt':7} {'memory':6} {'suites':24} path")
+    for entry in catalog.entries.values():
+        print(f"{entry.name:22} {entry.task:15} {entry.prompt_format:7} {'yes' if entry.memory else 'NONE':6} "
+              f"{','.join(entry.locality) or 'NONE':24} {entry.path}")
     return 0
 
 
@@ -252,11 +361,27 @@ def cmd_errors_generate(args) -> int:
     return 0
 
 
+def cmd_errors_put(args) -> int:
+    from datetime import datetime, timezone
+
+    from .pipeline.settings import PipelineSettings
+    from .pipeline.store import Layout, write_bytes
+
+    root = args.root or PipelineSettings.load(args.params).ingest.root
+    data = Path(args.inp).read_bytes()          # as logged: the pipeline's validation judges every line
+    now = datetime.now(timezone.utc)
+    uri = f"{Layout(root, args.model).errors}/{now:%Y/%m/%d/%H}/{args.name or Path(args.inp).stem}-{now:%M%S}.jsonl"
+    write_bytes(uri, data, content_type="application/x-ndjson")
+    print(f"{sum(1 for line in data.splitlines() if line.strip())} lines -> {uri}")
+    return 0
+
+
 def cmd_validate(args) -> int:
-    from .pipeline.validation import validate_lines
+    from .pipeline.catalog import Catalog
+    from .pipeline.validation import known_models, validate_lines
 
     lines = Path(args.inp).read_text(encoding="utf-8", errors="replace").splitlines()
-    result = validate_lines(lines)
+    result = validate_lines(lines, known_models([args.model] if args.model else None, Catalog(args.catalog)))
     for path, rows in ((args.accepted, result.accepted), (args.quarantine, result.quarantined)):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -269,17 +394,17 @@ def cmd_train(args) -> int:
     import tempfile
 
     from .engine.records import read_records
-    from .models.production import build, model_path
+    from .pipeline.catalog import Catalog
     from .pipeline.registry import live_base
     from .pipeline.settings import PipelineSettings
     from .pipeline.train import train_patches
 
     settings = PipelineSettings.load(args.params)
+    entry = Catalog(args.catalog).entry(args.model)
     records = read_records(args.records)[: args.limit]
-    model_dir = Path(args.model_dir) if args.model_dir else build(args.model, out=model_path(args.model))
     with tempfile.TemporaryDirectory() as tmp:
         base, _ = live_base(args.registry, args.model, Path(tmp) / "base")
-        patches, report = train_patches(args.model, model_dir, records, base, settings.train, progress=not args.quiet)
+        patches, report = train_patches(entry, records, base, settings.train, progress=not args.quiet)
     patches.save(args.out)
     _write_json(args.report, report)
     if args.plots:
@@ -291,12 +416,14 @@ def cmd_train(args) -> int:
 
 def cmd_gate(args) -> int:
     from .pipeline.approval import PendingApproval
+    from .pipeline.catalog import Catalog
     from .pipeline.gate import gate
     from .pipeline.settings import PipelineSettings
 
     raw = Path(args.report).read_bytes()
     report = json.loads(raw)
-    result = gate(report, PipelineSettings.load(args.params).gate)
+    entry = Catalog(args.catalog).entry(report["model"])
+    result = gate(report, entry.gate_thresholds(PipelineSettings.load(args.params).gate))
     _write_json(args.out, result.to_dict())
     if args.markdown:
         Path(args.markdown).write_text(result.markdown(f"Gate report: {report['model']}"))
@@ -315,9 +442,11 @@ def cmd_gate(args) -> int:
 
 def cmd_approve(args) -> int:
     from .pipeline.approval import PendingApproval
+    from .pipeline.catalog import Catalog
     from .pipeline.registry import register_version
     from .pipeline.settings import PipelineSettings
 
+    entry = Catalog(args.catalog).entry(args.model)
     pending_path = Path(args.pending or f"data/pipeline/{args.model}/pending.json")
     pending = PendingApproval.load(pending_path)
     decision = pending.decide(args.pending_id, args.model, not args.reject, args.reviewer, args.comment,
@@ -335,26 +464,25 @@ def cmd_approve(args) -> int:
         from .serving.release import export_and_publish
 
         out = Path(args.export_dir or f"data/serving/{args.model}")
-        exported = export_and_publish(Path(args.model_dir or f"data/models/{args.model}"), pending.patches, out,
-                                      settings.export, settings.ingest.root, args.model, version["name"],
-                                      settings.train.seed)
+        exported = export_and_publish(entry, pending.patches, out, settings.export, settings.ingest.root,
+                                      version["name"])
         print(f"{args.model} {version['name']} exported to ONNX ({out}) and published: {exported['pointer']['uri']}")
     return 0
 
 
 def cmd_export(args) -> int:
-    from .models.base import resolve_model_dir
-    from .serving.export import export, locality_sample
+    from .serving.export import export
+    from .serving.release import locality_sample
 
     if args.publish and not args.version:
         raise ValueError("--publish needs --version (the name consumers see)")
-    model_dir = resolve_model_dir(args.model)
-    manifest = export(model_dir, args.patches, args.out, locality_sample(model_dir, args.locality, args.seed),
-                      version=args.version)
+    entry = _entry(args)
+    manifest = export(entry.model_dir(), args.patches, args.out, locality_sample(entry, args.parity_locality),
+                      version=args.version, prompt_format=entry.prompt_format)
     if args.publish:
         from .serving.publish import publish
 
-        manifest["published"] = publish(args.out, args.publish, args.name or Path(model_dir).name, args.version)
+        manifest["published"] = publish(args.out, args.publish, entry.name, args.version)
     print(json.dumps({"out": args.out, "patch_set": manifest["patch_set"] and
                       {k: manifest["patch_set"][k] for k in ("edits", "neurons", "how")},
                       "parity": manifest["parity"], "published": manifest.get("published")}))
@@ -431,6 +559,10 @@ def _fmt(x):
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _catalog_option(sp):
+    sp.add_argument("--catalog", help="the model catalog (default: $PATCHER_CATALOG, else catalog.yaml)")
+
+
 def _editor_options(sp):
     sp.add_argument("--config", help="JSON file of editor settings (see `patcher config`)")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one editor setting")
@@ -439,18 +571,25 @@ def _editor_options(sp):
 def _editing_commands(sub) -> None:
     """edit, eval, config: the editor on files."""
     e = sub.add_parser("edit", help="apply error records as sequential edits and write the patch set")
-    e.add_argument("--model", required=True, help="model directory (or base model name: minilm, smollm2)")
+    e.add_argument("--model", required=True, help="a catalog model (its memory, suites and editor settings), or a "
+                                                  "model directory (or base model name: minilm, smollm2)")
     e.add_argument("--errors", required=True, help="error records, JSON lines")
     e.add_argument("--out", required=True, help="patch set directory to write")
     e.add_argument("--patches", help="existing patch set to edit on top of")
-    e.add_argument("--metrics", help="write SR/GR/ER/TrainR/TestR and per-edit outcomes here (JSON)")
-    e.add_argument("--memory", help="training-split examples (JSON lines with input, target) for the memory")
-    e.add_argument("--val-memory", help="validation-split examples for early stopping")
-    e.add_argument("--train-locality", help="training subset for TrainR")
-    e.add_argument("--locality", help="held-out examples for TestR")
+    e.add_argument("--metrics", help="write the run's report here (JSON): the five metrics, every suite, each edit")
+    e.add_argument("--memory", help="representative inputs (JSON lines with input[, target]) for the memory")
+    e.add_argument("--val-memory", help="validation memory for early stopping (default: a seeded share of the memory)")
+    e.add_argument("--locality", action="append", metavar="[SUITE=]FILE",
+                   help="a locality suite (input[, target]); SUITE defaults to test (TestR)")
+    e.add_argument("--train-locality", help="the suite `train` (TrainR)")
+    e.add_argument("--no-memory", action="store_true", help="edit without a memory (experiments only: the edits "
+                   "then change unrelated answers); recorded in the patch set's manifest")
     e.add_argument("--path", choices=["fast", "reference"], default="fast", help="training path")
-    e.add_argument("--strict", action="store_true", help="exit 3 when any edit failed")
+    e.add_argument("--strict", action="store_true", help="exit 3 when an edit failed or the run ends below the "
+                                                         "model's gate (ER, a suite's unchanged share or retain)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--params", default="params.yaml", help="train.editor and gate settings")
+    _catalog_option(e)
     _editor_options(e)
     e.set_defaults(func=cmd_edit)
 
@@ -475,8 +614,17 @@ def _data_commands(sub) -> None:
     fb.add_argument("--out", default="data/facts")
     fb.add_argument("--seed", type=int, default=0)
     fb.set_defaults(func=cmd_facts_build)
+    fs = f.add_parser("sets", help="a built-in model's catalog data from the splits: memory, validation, and the "
+                                   "locality suites train (TrainR) and test (TestR)")
+    fs.add_argument("--facts", default="data/facts", help="the split files (`patcher facts build`)")
+    fs.add_argument("--task", required=True, choices=["classification", "generation"])
+    fs.add_argument("--wordings", type=int, default=7, help="training phrasings per fact in the memory: the "
+                                                            "model's editor `phrasings`")
+    fs.add_argument("--seed", type=int, default=0, help="the claims' false answers (classification)")
+    fs.add_argument("--out", required=True)
+    fs.set_defaults(func=cmd_facts_sets)
 
-    m = sub.add_parser("models", help="the production models").add_subparsers(dest="models_command", required=True)
+    m = sub.add_parser("models", help="the model catalog, and the two built-in models").add_subparsers(dest="models_command", required=True)
     mb = m.add_parser("build", help="build (or reuse) a production model directory with its model card")
     mb.add_argument("name", choices=["factcheck-minilm", "facts-smollm2"])
     mb.add_argument("--seed", type=int, default=0)
@@ -487,9 +635,35 @@ def _data_commands(sub) -> None:
     mp = m.add_parser("path", help="print where a production model is built")
     mp.add_argument("name", choices=["factcheck-minilm", "facts-smollm2"])
     mp.set_defaults(func=cmd_models_path)
+    ma = m.add_parser("add", help="check a model (loads, finds its last FFN, one forward pass, reads its data) and "
+                                  "write its catalog entry")
+    ma.add_argument("name")
+    ma.add_argument("--path", required=True, help="a from_pretrained directory, or an s3:// prefix holding one")
+    ma.add_argument("--task", required=True, choices=["classification", "generation"])
+    ma.add_argument("--prompt-format", default="text", choices=["text", "chat"],
+                    help="generation: chat puts each input to the model as the user turn of its chat template")
+    ma.add_argument("--memory", help="representative inputs, JSON lines with input[, target] (file, s3://, DVC-tracked)")
+    ma.add_argument("--validation", help="validation memory (default: a seeded share of the memory)")
+    ma.add_argument("--locality", action="append", metavar="SUITE=FILE", help="a regression suite, input[, target]")
+    ma.add_argument("--errors", help="logged error records for `dvc repro`")
+    ma.add_argument("--sha256", help="the weights' sha256, checked after an S3 download")
+    ma.add_argument("--description", default="")
+    ma.add_argument("--set", action="append", metavar="KEY=VALUE", help="an editor setting (`patcher config`)")
+    ma.add_argument("--gate", action="append", metavar="KEY=VALUE", help="a gate threshold (retain, unchanged, "
+                                                                         "edit_retain, max_failed_share)")
+    ma.add_argument("--force", action="store_true", help="replace an existing entry")
+    _catalog_option(ma)
+    ma.set_defaults(func=cmd_models_add)
+    ml = m.add_parser("list", help="the catalog's models")
+    _catalog_option(ml)
+    ml.set_defaults(func=cmd_models_list)
+    mc = m.add_parser("check", help="check a catalog entry again (model, FFN, forward pass, data files)")
+    mc.add_argument("name")
+    _catalog_option(mc)
+    mc.set_defaults(func=cmd_models_check)
 
     er = sub.add_parser("errors", help="error streams").add_subparsers(dest="errors_command", required=True)
-    eg = er.add_parser("generate", help="run a production model over the edit split; log its real mistakes")
+    eg = er.add_parser("generate", help="run a built-in model over the fact bank's edit split; log its real mistakes")
     eg.add_argument("--model", required=True, choices=["factcheck-minilm", "facts-smollm2"])
     eg.add_argument("--out", help="error records, JSON lines")
     eg.add_argument("--batches", help="also write them as hourly batches (YYYY/MM/DD/HH/*.jsonl) under this "
@@ -510,19 +684,30 @@ def _data_commands(sub) -> None:
                                         "streams)")
     eg.set_defaults(func=cmd_errors_generate)
 
+    ep = er.add_parser("put", help="a file of logged error records into the pipeline's S3 layout "
+                                   "(ROOT/errors/MODEL/YYYY/MM/DD/HH/), as a serving system writes them")
+    ep.add_argument("--model", required=True, help="the catalog model the records are for")
+    ep.add_argument("--in", dest="inp", required=True, help="error records, JSON lines (validated by the pipeline)")
+    ep.add_argument("--root", help="S3 root (default: params.yaml ingest.root)")
+    ep.add_argument("--name", help="the batch file's name (default: the input file's)")
+    ep.add_argument("--params", default="params.yaml")
+    ep.set_defaults(func=cmd_errors_put)
+
     va = sub.add_parser("validate", help="validate error records (great-expectations); quarantine with reasons")
     va.add_argument("--in", dest="inp", required=True, help="error records, JSON lines")
     va.add_argument("--accepted", required=True, help="valid records, JSON lines")
     va.add_argument("--quarantine", required=True,
                     help="the rest, one JSON line each: line number, original text, reasons")
+    va.add_argument("--model", help="accept only this catalog model's records (default: any catalog model's)")
+    _catalog_option(va)
     va.set_defaults(func=cmd_validate)
 
 
 def _dvc_stage_commands(sub) -> None:
     """train, gate, approve: the pipeline's steps as `dvc repro` runs them."""
     tr = sub.add_parser("train", help="the pipeline's train step on a file of accepted error records")
-    tr.add_argument("--model", required=True, choices=["factcheck-minilm", "facts-smollm2"])
-    tr.add_argument("--model-dir", help="the built model (default: `patcher models path NAME`, built if missing)")
+    tr.add_argument("--model", required=True, help="a catalog model (its directory, memory, suites, settings)")
+    _catalog_option(tr)
     tr.add_argument("--records", required=True, help="accepted error records, JSON lines")
     tr.add_argument("--limit", type=int, help="the first N records only")
     tr.add_argument("--registry", help="train on top of this registry's latest version (default: the base model)")
@@ -540,7 +725,8 @@ def _dvc_stage_commands(sub) -> None:
     ga.add_argument("--metrics", help="flat metrics (JSON) for `dvc metrics show`")
     ga.add_argument("--pending", help="write the pending approval here (id, patch set, gate report)")
     ga.add_argument("--patches", help="the patch set the report is about (recorded in the pending approval)")
-    ga.add_argument("--params", default="params.yaml", help="settings: the `gate` section")
+    ga.add_argument("--params", default="params.yaml", help="settings: the `gate` section (the catalog entry's on top)")
+    _catalog_option(ga)
     ga.set_defaults(func=cmd_gate)
 
     ap = sub.add_parser("approve", help="approve (or reject) a pending patch set from `dvc repro`; approving "
@@ -553,7 +739,7 @@ def _dvc_stage_commands(sub) -> None:
     ap.add_argument("--pending", help="default: data/pipeline/MODEL/pending.json")
     ap.add_argument("--registry", help="registry repository (default: params.yaml register.repo)")
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--model-dir", help="the base model (default: data/models/MODEL), for the ONNX export")
+    _catalog_option(ap)
     ap.add_argument("--export-dir", help="where the ONNX export is written (default: data/serving/MODEL)")
     ap.add_argument("--no-export", action="store_true", help="register only (params.yaml export.enabled: false "
                     "does the same); the export then waits for `patcher export --publish`")
@@ -564,7 +750,7 @@ def _serving_commands(sub) -> None:
     """serve, export, s3."""
     sv = sub.add_parser("serve", help="HTTP service (127.0.0.1) over the latest published ONNX version: "
                                       "/predict, /health, /feedback; switches to new versions as they are published")
-    sv.add_argument("--model", required=True, help="production model name (ROOT/serving/MODEL/latest)")
+    sv.add_argument("--model", required=True, help="a catalog model's name (ROOT/serving/MODEL/latest)")
     sv.add_argument("--root", help="S3 root (default: params.yaml ingest.root)")
     sv.add_argument("--params", default="params.yaml")
     sv.add_argument("--host", default="127.0.0.1")
@@ -573,15 +759,16 @@ def _serving_commands(sub) -> None:
     sv.set_defaults(func=cmd_serve)
 
     ex = sub.add_parser("export", help="ONNX export of a patched model, checked against PyTorch")
-    ex.add_argument("--model", required=True, help="model directory (or production/base model name)")
+    ex.add_argument("--model", required=True, help="a catalog model, or a model directory (or base model name)")
+    _catalog_option(ex)
     ex.add_argument("--patches", help="patch set directory (none: the unpatched model)")
     ex.add_argument("--out", required=True, help="directory to write (model.onnx, config, tokenizer, export.json)")
-    ex.add_argument("--locality", type=int, default=30, help="fact-bank test facts added to the parity check")
+    ex.add_argument("--locality", dest="parity_locality", type=int, default=30,
+                    help="inputs of the catalog model's locality suites added to the parity check")
     ex.add_argument("--version", help="the patch set's registry version, recorded in export.json")
-    ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--publish", metavar="ROOT", help="then publish it under ROOT/serving/NAME/VERSION/ (s3://...) "
                     "and point ROOT/serving/NAME/latest at it (needs --version)")
-    ex.add_argument("--name", help="production model name to publish under (default: the model directory's name)")
+
     ex.set_defaults(func=cmd_export)
 
     s3p = sub.add_parser("s3", help="the embedded S3 server (SeaweedFS on 127.0.0.1)")
@@ -595,12 +782,17 @@ def _pipeline_commands(sub) -> None:
     pl = sub.add_parser("pipeline", help="the Prefect pipeline: errors in S3 -> approved patch set") \
         .add_subparsers(dest="pipeline_command", required=True)
     pr = pl.add_parser("run", help="one run of the pipeline for a model (flows/pipeline.py)")
-    pr.add_argument("--model", default="facts-smollm2", choices=["factcheck-minilm", "facts-smollm2"])
+    pr.add_argument("--model", required=True, help="a catalog model")
+    _catalog_option(pr)
     pr.add_argument("--root", help="S3 root (default: params.yaml ingest.root)")
     pr.add_argument("--approval", choices=["manual", "auto"], help="override approve.policy (auto: demo/tests)")
     pr.add_argument("--params", default="params.yaml")
     pr.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a params.yaml setting")
     pr.set_defaults(func=cmd_pipeline_run)
+    pd = pl.add_parser("deployments", help="write prefect.yaml's hourly deployments: one per catalog model")
+    pd.add_argument("--prefect-yaml", default="prefect.yaml")
+    _catalog_option(pd)
+    pd.set_defaults(func=cmd_pipeline_deployments)
     pp = pl.add_parser("pending", help="runs waiting for approval (needs PREFECT_API_URL of the server)")
     pp.set_defaults(func=cmd_pipeline_pending)
     pz = pl.add_parser("resume", help="approve or reject a paused approval run (as the UI's form does)")
@@ -612,7 +804,7 @@ def _pipeline_commands(sub) -> None:
     pz.add_argument("--comment", default="")
     pz.set_defaults(func=cmd_pipeline_resume)
     ps = pl.add_parser("status", help="a model's ledger: live version, processed batches, recent runs")
-    ps.add_argument("--model", default="facts-smollm2", choices=["factcheck-minilm", "facts-smollm2"])
+    ps.add_argument("--model", required=True, help="a catalog model")
     ps.add_argument("--root")
     ps.add_argument("--params", default="params.yaml")
     ps.set_defaults(func=cmd_pipeline_status)

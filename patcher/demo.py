@@ -49,10 +49,12 @@ def seed_errors(model: str, root: str, edits: int, seed: int = 0) -> dict:
     from .facts.mistakes import find_mistakes
     from .facts.stream import batches
     from .models.base import load_model
-    from .models.production import build, model_path
+    from .models.production import build
+    from .pipeline.catalog import Catalog
     from .pipeline.store import put_files
 
-    model_dir = build(model, out=model_path(model), progress=lambda m: print(m, file=sys.stderr))
+    entry = Catalog().entry(model)               # built where the catalog says the pipeline finds it
+    model_dir = build(model, out=entry.resolve(entry.path), progress=lambda m: print(m, file=sys.stderr))
     loaded, tokenizer = load_model(model_dir)
     records = find_mistakes(Editor(loaded, tokenizer), split_facts(all_facts(), seed=seed)["edit"], model,
                             limit=edits, seed=seed)

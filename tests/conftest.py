@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -72,6 +73,27 @@ def s3_env(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     return f"s3://t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def builtin_catalog(tmp_path_factory):
+    """The project's catalog.yaml with the built-in models where the test fixtures build them (`patcher models
+    path`) and the data files where the repository has them; every test's Catalog() reads it."""
+    import yaml
+
+    from patcher.models.production import model_path
+
+    repo = Path(__file__).resolve().parent.parent
+    data = yaml.safe_load((repo / "catalog.yaml").read_text())
+    for name, entry in data["models"].items():
+        entry["path"] = str(model_path(name))
+        for key in ("memory", "validation", "errors"):
+            entry[key] = str(repo / entry[key])
+        entry["locality"] = {suite: str(repo / f) for suite, f in entry["locality"].items()}
+    path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.environ["PATCHER_CATALOG"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")

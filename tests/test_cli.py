@@ -50,19 +50,21 @@ def test_edit_then_edit_on_top_then_eval(workdir):
     w = workdir
     run("edit", "--model", str(w / "model"), "--errors", str(w / "errors.jsonl"), "--out", str(w / "v1"),
         "--memory", str(w / "memory.jsonl"), "--metrics", str(w / "m1.json"), "--quiet")
-    m1 = json.loads((w / "m1.json").read_text())
+    r1 = json.loads((w / "m1.json").read_text())
+    m1 = r1["metrics"]
     assert m1["SR"] == 1.0 and m1["ER"] == 1.0 and m1["n_edits"] == 1 and m1["n_failed"] == 0
     assert set(m1) >= {"GR", "TrainR", "TestR", "n_skipped_already_correct", "edit_seconds_median"}
-    assert m1["TrainR"] is None and m1["outcomes"][0]["status"] == "edited"
+    assert m1["TrainR"] is None and r1["edits"][0]["status"] == "edited" and r1["locality"] == {}
 
     run("edit", "--model", str(w / "model"), "--errors", str(w / "more.jsonl"), "--patches", str(w / "v1"),
         "--out", str(w / "v2"), "--memory", str(w / "memory.jsonl"), "--metrics", str(w / "m2.json"),
         "--locality", str(w / "locality.jsonl"), "--quiet")
-    m2 = json.loads((w / "m2.json").read_text())
+    r2 = json.loads((w / "m2.json").read_text())
+    m2, test = r2["metrics"], r2["locality"]["test"]
     manifest = json.loads((w / "v2" / "manifest.json").read_text())
     assert [e["error_id"] for e in manifest["edits"]] == ["e0", "e1"]     # v2 = v1's edits + the new one
-    assert m2["n_edits"] == 1 and m2["SR"] == 1.0 and m2["test_accuracy_before"] == 1.0
-    assert m2["TestR"] == m2["test_unchanged"] and 0 <= m2["TestR"] <= 1
+    assert m2["n_edits"] == 1 and m2["SR"] == 1.0 and test["accuracy_before"] == 1.0 and r2["registry_ER"] == 1.0
+    assert m2["TestR"] == test["retain"] == test["unchanged"] and 0 <= m2["TestR"] <= 1
 
     proc = run("eval", "--model", str(w / "model"), "--patches", str(w / "v2"), "--errors",
                str(w / "more.jsonl"), "--locality", str(w / "locality.jsonl"), "--out", str(w / "eval.json"))
@@ -86,10 +88,11 @@ def test_bad_record_is_named_and_nothing_written(workdir):
 def test_failed_edits_are_reported_and_strict_exits_3(workdir):
     w = workdir
     proc = run("edit", "--model", str(w / "model"), "--errors", str(w / "errors.jsonl"), "--out", str(w / "f"),
-               "--set", "max_steps=2", "--metrics", str(w / "f.json"), "--strict", "--quiet", check=False)
-    assert proc.returncode == 3 and "failed (not kept): e0" in proc.stderr
-    metrics = json.loads((w / "f.json").read_text())
-    assert metrics["n_failed"] == 1 and metrics["failed_ids"] == ["e0"] and metrics["SR"] == 0.0
+               "--memory", str(w / "memory.jsonl"), "--set", "max_steps=2", "--metrics", str(w / "f.json"), "--strict",
+               "--quiet", check=False)
+    assert proc.returncode == 3 and "failed: e0" in proc.stderr
+    report = json.loads((w / "f.json").read_text())
+    assert report["metrics"]["n_failed"] == 1 and report["failed_ids"] == ["e0"] and report["metrics"]["SR"] == 0.0
     assert json.loads((w / "f" / "manifest.json").read_text())["n_neurons"] == 0
 
 

@@ -68,7 +68,7 @@ def test_repro_noop_param_change_and_approval(tmp_path, factcheck_model, s3_env)
 
     assert ran(sh("dvc", "repro", target, cwd=repo, env=env)) == []                     # nothing changed
 
-    params["gate"]["test_retain"] = 0.995
+    params["gate"]["retain"] = 0.995
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert ran(sh("dvc", "repro", target, cwd=repo, env=env)) == [target]              # only the gate
     pending = json.loads((pipeline / "pending.json").read_text())

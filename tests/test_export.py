@@ -92,8 +92,9 @@ def test_real_smollm2_export_with_patches_as_a_branch(tmp_path, smollm2_model):
     from patcher.engine.sequential import run_stream
     from patcher.facts.bank import all_facts, split_facts
     from patcher.facts.sets import editor_on_facts
-    from patcher.serving.export import locality_sample
+    from patcher.pipeline.catalog import Catalog
     from patcher.serving.onnx_model import OnnxModel
+    from patcher.serving.release import locality_sample
 
     torch.set_num_threads(2)
     model, tok = load_model(smollm2_model)
@@ -102,7 +103,7 @@ def test_real_smollm2_export_with_patches_as_a_branch(tmp_path, smollm2_model):
     records = read_records("data/errors/facts-smollm2.jsonl")[:3]
     outcomes = run_stream(editor, records, progress=False)
     to_patchset(editor, outcomes, "facts-smollm2", smollm2_model).save(tmp_path / "patches")
-    check = locality_sample(smollm2_model, 6)
+    check = locality_sample(Catalog().entry("facts-smollm2"), 6)
     manifest = export(smollm2_model, tmp_path / "patches", tmp_path / "onnx", check, version="v0001")
     torch.set_num_threads(1)
     assert manifest["patch_set"]["how"] == "branch in the graph" and manifest["patch_set"]["edits"] == 3

@@ -6,15 +6,20 @@ from patcher.pipeline.plot import metrics_svg
 from patcher.pipeline.settings import PipelineSettings
 
 
-def report(**metrics):
+def report(suites=None, **metrics):
     base = {"SR": 1.0, "GR": 0.5, "ER": 1.0, "TrainR": 1.0, "TestR": 1.0, "n_edits": 4, "n_failed": 0,
             "n_skipped_already_correct": 1, "n_neurons": 4, "edit_seconds_median": 0.1}
     edits = [{"error_id": f"e{i}", "input": f"q {i} | pipe", "target": "a", "status": "edited", "before": "b",
               "after": "a", "final": "a"} for i in range(4)] + \
             [{"error_id": "s", "input": "q", "target": "a", "status": "skipped", "before": "a", "after": "a"}]
+    locality = {"train": {"targets": True, "retain": 1.0, "unchanged": 1.0, "changed": []},
+                "test": {"targets": True, "retain": 1.0, "unchanged": 0.995,
+                         "changed": [{"input": "x", "target": "y", "before": "y", "after": "z"}]},
+                "regression": {"targets": False, "retain": None, "unchanged": 1.0, "changed": []}}
+    for name, values in (suites or {}).items():
+        locality[name] = {**locality[name], **values}
     return {"model": "m", "metrics": {**base, **metrics}, "registry_ER": 1.0, "registry_wrong": [], "failed_ids": [],
-            "edits": edits, "train_changed": [], "test_changed": [{"input": "x", "target": "y", "before": "y",
-                                                                    "after": "z"}]}
+            "edits": edits, "locality": locality}
 
 
 def test_passes_and_reports():
@@ -25,13 +30,24 @@ def test_passes_and_reports():
     assert "| s |" not in md                        # already-right records are not edits
 
 
-@pytest.mark.parametrize("change, failing", [
-    ({"TestR": 0.98}, "TestR"), ({"TrainR": 0.5}, "TrainR"), ({"n_failed": 3}, "failed edits (share)")])
-def test_each_threshold_fails_the_gate(change, failing):
-    result = gate(report(**change), GateThresholds())
+@pytest.mark.parametrize("suites, change, failing", [
+    ({"test": {"retain": 0.98}}, {}, "test: retain"), ({"train": {"retain": 0.5}}, {}, "train: retain"),
+    ({"regression": {"unchanged": 0.98}}, {}, "regression: unchanged"),
+    ({"test": {"unchanged": 0.9}}, {}, "test: unchanged"), ({}, {"n_failed": 3}, "failed edits (share)")])
+def test_each_threshold_fails_the_gate(suites, change, failing):
+    result = gate(report(suites, **change), GateThresholds())
     assert not result.passed
     assert [c["name"] for c in result.checks if not c["passed"]] == [failing]
     assert "FAILED" in result.markdown()
+
+
+def test_a_suite_without_targets_has_no_retain_check_and_no_suite_fails():
+    names = [c["name"] for c in gate(report(), GateThresholds()).checks]
+    assert "regression: unchanged" in names and "regression: retain" not in names and "test: retain" in names
+    bare = report()
+    bare["locality"] = {}
+    result = gate(bare, GateThresholds())
+    assert not result.passed and [c["name"] for c in result.checks if not c["passed"]] == ["locality suites"]
 
 
 def test_a_broken_edit_fails_and_goes_to_review():
@@ -44,12 +60,12 @@ def test_a_broken_edit_fails_and_goes_to_review():
 
 
 def test_settings_load_overrides_and_refuse_unknown(tmp_path):
-    (tmp_path / "params.yaml").write_text("gate:\n  test_retain: 0.9\napprove:\n  policy: manual\nfacts:\n  seed: 1\n")
+    (tmp_path / "params.yaml").write_text("gate:\n  retain: 0.9\napprove:\n  policy: manual\nfacts:\n  seed: 1\n")
     s = PipelineSettings.load(tmp_path / "params.yaml", {"approve": {"policy": "auto"}})
-    assert s.gate.test_retain == 0.9 and s.gate.train_retain == 0.99 and s.approve.policy == "auto"
+    assert s.gate.retain == 0.9 and s.gate.unchanged == 0.99 and s.approve.policy == "auto"
     assert PipelineSettings.load(tmp_path / "missing.yaml").ingest.root == "s3://patcher"
-    with pytest.raises(ValueError, match="tset_retain"):
-        PipelineSettings.load(None, {"gate": {"tset_retain": 1}})
+    with pytest.raises(ValueError, match="retian"):
+        PipelineSettings.load(None, {"gate": {"retian": 1}})
     with pytest.raises(ValueError, match="policy"):
         PipelineSettings.load(None, {"approve": {"policy": "yolo"}})
 
@@ -71,11 +87,12 @@ def test_pipeline_run_overrides_parse_as_params_sections():
 
 @pytest.mark.parametrize("model", ["factcheck-minilm", "facts-smollm2"])
 def test_the_reference_settings_pin_every_setting_a_models_pipeline_changes(model):
-    # bench/sequential.py's `reference` editor applies them over the model's params.yaml settings
+    # bench/sequential.py's `reference` editor applies them over the model's settings (params.yaml, its catalog entry)
     from patcher import EditorConfig
     from patcher.engine.config import REFERENCE_SETTINGS
+    from patcher.pipeline.catalog import Catalog
 
-    pipeline = PipelineSettings.load().train.editor_overrides(model)
+    pipeline = PipelineSettings.load().train.editor_overrides(Catalog().entry(model))
     assert EditorConfig(**{**pipeline, **REFERENCE_SETTINGS}) == EditorConfig.reference()
 
 

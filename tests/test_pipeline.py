@@ -189,7 +189,7 @@ def test_s3_outage_during_ingest_is_retried(s3_env, s3_server, prefect_api, monk
 def test_gate_failure_rejects_and_sends_errors_to_review(s3_env, prefect_api, factcheck, mistakes):
     root, layout = s3_env, Layout(s3_env, MODEL)
     seed(root, mistakes[30:36])
-    result = run(root, overrides={"gate": {"test_retain": 1.5}})        # a threshold nothing can pass
+    result = run(root, overrides={"gate": {"retain": 1.5}})        # a threshold nothing can pass
     summary = result.summary
     assert result.outcome.rejected and str(result.outcome) == summary["outcome"] == "rejected: gate failed"
     assert not summary["gate_passed"]

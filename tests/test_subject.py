@@ -179,20 +179,28 @@ def test_subject_patches_save_load_and_export(tmp_path, tokenizer, make_model):
     assert manifest["patch_set"]["how"] == "branch in the graph" and manifest["parity"]["max_abs_diff"] <= 1e-4
     with pytest.raises(ValueError, match="subject_layer"):
         Editor(model, tok, EditorConfig(), neurons=loaded.neurons)                # a patch set keeps its kind
-    # the pipeline's settings per model; an existing patch set's kind wins over them
-    settings = TrainSettings.from_dict({"editor": {"phrasings": 0}, "models": {"tiny": {"subject_layer": 1}}})
-    assert settings.editor_config("tiny")[0].subject_layer == 1 and settings.editor_config("tiny")[0].phrasings == 0
-    assert settings.editor_config("other")[0].subject_layer is None
-    config, notes = settings.editor_config("tiny", loaded)
+    # the pipeline's settings per model (params.yaml, then the catalog entry); a patch set's kind wins over them
+    from patcher.pipeline.catalog import ModelEntry
+
+    def entry(**editor):
+        return ModelEntry("tiny", str(model_dir), "generation", editor=editor)
+
+    settings = TrainSettings.from_dict({"editor": {"phrasings": 0}})
+    assert settings.editor_config(entry(subject_layer=1))[0].subject_layer == 1
+    assert settings.editor_config(entry(subject_layer=1))[0].phrasings == 0
+    assert settings.editor_config(entry())[0].subject_layer is None
+    config, notes = settings.editor_config(entry(subject_layer=1), loaded)
     assert config.subject_layer == 0 and "the patch set's own" in notes[0]
-    assert TrainSettings.from_dict({}).editor_config("tiny", loaded)[0].subject_layer == 0
+    assert TrainSettings.from_dict({}).editor_config(entry(), loaded)[0].subject_layer == 0
     other = "relu" if loaded.neurons.activation != "relu" else "knee"
-    config, notes = TrainSettings.from_dict({"models": {"tiny": {"activation": other}}}).editor_config("tiny", loaded)
+    config, notes = TrainSettings.from_dict({}).editor_config(entry(activation=other), loaded)
     assert config.activation == loaded.neurons.activation and notes == [
         "subject_layer 0 (the patch set's own; the settings ask for None)",
         f"activation {loaded.neurons.activation} (the patch set's own; the settings ask for {other})"]
-    with pytest.raises(ValueError, match="train.models.tiny: unknown editor settings subjet_layer"):
-        TrainSettings.from_dict({"models": {"tiny": {"subjet_layer": 1}}})
+    with pytest.raises(ValueError, match="'tiny': unknown editor settings \\['subjet_layer'\\]"):
+        entry(subjet_layer=1)
+    with pytest.raises(ValueError, match="train.editor: unknown editor settings subjet_layer"):
+        TrainSettings.from_dict({"editor": {"subjet_layer": 1}})
     on_top = build_editor(model, tok, EditorConfig(subject_layer=0), MEMORY, patches=loaded)
     # earlier edits' prompts (input and training wording each) join the memory
     assert len(on_top.memory.lengths) == len(MEMORY) + sum(len(e["remembered"]) for e in loaded.edits) == 16

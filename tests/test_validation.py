@@ -7,7 +7,11 @@ from datetime import datetime, timezone
 
 from patcher.engine.records import ErrorRecord, parse_record
 from patcher.facts.stream import batches
-from patcher.pipeline.validation import validate_lines
+from patcher.pipeline.validation import Expected, validate_lines
+
+# the two built-in models' rules, as the catalog gives them once their directories are built
+MODELS = {"factcheck-minilm": Expected("classification", ("SUPPORTED", "REFUTED")),
+          "facts-smollm2": Expected("generation")}
 
 
 def stream(task="classification", n=240, share=0.3, seed=2):
@@ -23,7 +27,7 @@ def stream(task="classification", n=240, share=0.3, seed=2):
 def test_every_damaged_line_is_quarantined_with_its_reason():
     for task in ("classification", "generation"):
         lines, damaged = stream(task)
-        result = validate_lines(lines)
+        result = validate_lines(lines, MODELS)
         assert result.received == len(lines) and len(result.accepted) + len(result.quarantined) == len(lines)
         quarantined = {q["line"]: q for q in result.quarantined}
         assert set(quarantined) == set(damaged), task
@@ -40,7 +44,7 @@ def test_reasons_name_the_problem():
              json.dumps({**ok, "id": "a-3", "model": "gpt-9"}), "{not json", json.dumps({**ok, "id": "a-4", "x": 1}),
              json.dumps({**ok, "id": "a-5", "phrasings": ["The sky is blue.", 7]}),
              json.dumps({**ok, "id": "a-6", "phrasings": ["The sky has the colour green."]})]
-    result = validate_lines(lines)
+    result = validate_lines(lines, MODELS)
     reasons = {q["line"]: q["reasons"] for q in result.quarantined}
     assert [r["id"] for r in result.accepted] == ["a-1", "a-6"]
     assert reasons[7] == ["phrasings must be a list of valid texts"]
@@ -54,7 +58,9 @@ def test_reasons_name_the_problem():
 def test_cli(tmp_path):
     lines, damaged = stream(n=60, share=0.25, seed=5)
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
-    proc = subprocess.run([sys.executable, "-m", "patcher.cli", "validate", "--in", str(tmp_path / "in.jsonl"),
+    catalog = user_classifier(tmp_path, ["SUPPORTED", "REFUTED"], name="factcheck-minilm")
+    proc = subprocess.run([sys.executable, "-m", "patcher.cli", "validate", "--catalog", str(catalog),
+                           "--in", str(tmp_path / "in.jsonl"),
                            "--accepted", str(tmp_path / "ok.jsonl"), "--quarantine", str(tmp_path / "q.jsonl")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -72,7 +78,8 @@ def test_batches_of_one_stream_with_data_docs(tmp_path):
     batches = {"2026/11/24/10/a.jsonl": [json.dumps(ok), json.dumps({**ok, "id": "b-2", "model": "facts-smollm2"})],
                "2026/11/24/11/b.jsonl": ["", json.dumps(ok), json.dumps({**ok, "id": "b-3"}),
                                          json.dumps({**ok, "id": "old-1"})]}
-    result = validate_batches(batches, "factcheck-minilm", processed={"old-1": "run run-7"}, docs_dir=tmp_path / "docs")
+    result = validate_batches(batches, "factcheck-minilm", processed={"old-1": "run run-7"}, docs_dir=tmp_path / "docs",
+                              expected=MODELS["factcheck-minilm"])
     assert [r["id"] for r in result.accepted] == ["b-1", "b-3"]
     assert result.counts == {"received": 5, "accepted": 2, "quarantined": 3}
     q = {(key, row["line"]): row["reasons"] for key, rows in result.quarantined.items() for row in rows}
@@ -83,3 +90,32 @@ def test_batches_of_one_stream_with_data_docs(tmp_path):
     assert (tmp_path / "docs" / "index.html").exists() and len(pages) == 1
     page = pages[0].read_text()
     assert "Failed" in page and "belong to this set" in page and "facts-smollm2" in page   # the unexpected value
+
+
+def user_classifier(tmp_path, labels, name="tickets"):
+    """A catalog with one classifier whose directory holds only its config.json (all validation reads)."""
+    model = tmp_path / name
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["BertForSequenceClassification"],
+                                                   "id2label": {str(i): v for i, v in enumerate(labels)}}))
+    (tmp_path / "catalog.yaml").write_text(f"models:\n  {name}:\n    path: {name}\n    task: classification\n")
+    return tmp_path / "catalog.yaml"
+
+
+def test_labels_and_task_come_from_the_catalog_model(tmp_path):
+    from patcher.pipeline.catalog import Catalog
+    from patcher.pipeline.validation import known_models
+
+    catalog = Catalog(user_classifier(tmp_path, ["billing", "bug", "feature", "account", "other"]))
+    models = known_models(catalog=catalog)
+    assert models == {"tickets": Expected("classification", ("billing", "bug", "feature", "account", "other"))}
+    ok = {"id": "t-1", "model": "tickets", "task": "classification", "input": "I was charged twice.",
+          "prediction": "bug", "target": "billing", "logged_at": "2026-11-24T10:00:00Z"}
+    lines = [json.dumps(ok), json.dumps({**ok, "id": "t-2", "target": "feature"}),
+             json.dumps({**ok, "id": "t-3", "target": "SUPPORTED"}),
+             json.dumps({**ok, "id": "t-4", "task": "generation"}),
+             json.dumps({**ok, "id": "t-5", "model": "factcheck-minilm"})]
+    reasons = {q["line"]: q["reasons"] for q in validate_lines(lines, models).quarantined}
+    assert reasons == {3: ["target is not one of tickets's labels ['billing', 'bug', 'feature', 'account', 'other']"],
+                       4: ["task is not classification, what tickets does"],
+                       5: ["model is not tickets"]}

@@ -46,8 +46,9 @@ def directory() -> Path | None:
 
 def key(task, examples, fingerprint: str) -> str:
     subject = [] if task.subject_layer is None else [task.subject_layer]     # keys without one stay as they were
+    prompt_format = [] if task.prompt_format == "text" else [task.prompt_format]   # so do keys of text prompts
     content = json.dumps([task.name, task.max_length, fingerprint, [[e.input, e.target] for e in examples],
-                          *subject])
+                          *subject, *prompt_format])
     return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 

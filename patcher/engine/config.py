@@ -53,6 +53,8 @@ class EditorConfig:
                                  "inputs are always added on top")
     edit_copies: int = _f(8, "reference path: the edit input is fed this many times per step")
     reference_dropout: bool = _f(True, "reference path: dropout on while training")
+    prompt_format: str = _f("text", "how an input is put to a generation model: 'text' (as is) or 'chat' (the "
+                                    "tokenizer's chat template, the input as the user turn)")
 
     # --- measured deviations from the paper (the reference's values: REFERENCE_SETTINGS) ------------------------
     activation: str = _f("auto", "patch activation: 'knee' (ReLU up to 1, slope 0.1 beyond: no negative tail to "

@@ -124,7 +124,7 @@ class Editor:
         self.tokenizer = tokenizer
         self.arch = adapter_for(model)
         self.arch.output_grad = self.cfg.output_grad
-        self.task = task_for(self.arch, tokenizer, self.cfg.subject_layer)
+        self.task = task_for(self.arch, tokenizer, self.cfg.subject_layer, self.cfg.prompt_format)
         activation = self.patch_activation(self.arch, self.cfg.activation, neurons)
         dtype = next(model.parameters()).dtype
         self.neurons = neurons.to(self.device) if neurons is not None else \
@@ -258,7 +258,8 @@ class Editor:
         """Trains the edit's neurons, then again as _retries says while it is still wrong.
         -> (patch set with them, their positions, right, smallest lead, prediction, steps, losses)."""
         # the subject key starts at the subject: the text the input shares with its phrasings (else its last token)
-        subject_at = subject_position(self.tokenizer, example.input, shared_text(example.input, wordings)) \
+        subject_at = subject_position(self.tokenizer, example.input, shared_text(example.input, wordings),
+                                      self.task.prompt_format, self.task.max_length) \
             if self.cfg.subject_layer is not None else None
         # an earlier edit may have remembered this edit's own wordings (as its negatives): not rows to stay silent on
         skip = self.memory.rows_of([example.input, *wordings]) if self.memory is not None else None

@@ -27,19 +27,36 @@ class LocalitySet:
     cached: list[Cached]
     accuracy_before: float
     predictions_before: list[str]
+    has_targets: bool = True           # False: the targets are the base model's own answers (unchanged only)
 
     @classmethod
-    def build(cls, editor: Editor, name: str, examples: list[Example]) -> "LocalitySet":
+    def build(cls, editor: Editor, name: str, examples: list[Example], has_targets: bool = True) -> "LocalitySet":
         cached = editor.cache(examples)
         base = PatchNeurons.empty(editor.arch.hidden_size, editor.neurons.activation,
                                   editor.neurons.keys.dtype, editor.device)
-        return cls(name, examples, cached, editor.accuracy(cached, base), editor.predictions(cached, base))
+        return cls(name, examples, cached, editor.accuracy(cached, base), editor.predictions(cached, base),
+                   has_targets)
 
     def ratio(self, editor: Editor) -> float | None:
-        if not self.cached:
+        """Accuracy now / the original model's (None for a suite without targets of its own)."""
+        if not self.cached or not self.has_targets:
             return None
         after = editor.accuracy(self.cached)
         return after / self.accuracy_before if self.accuracy_before else None
+
+    def unchanged(self, editor: Editor) -> float | None:
+        """Share of the examples whose prediction is still the original model's."""
+        if not self.cached:
+            return None
+        return sum(a == b for a, b in zip(editor.predictions(self.cached), self.predictions_before)) / len(self.cached)
+
+    def summary(self, editor: Editor, changed_limit: int = 50) -> dict:
+        """retain (the ratio), unchanged, accuracy before, and the examples that changed (at most changed_limit)."""
+        changed = self.changed(editor) if self.cached else []
+        return {"examples": len(self.cached), "retain": self.ratio(editor),
+                "unchanged": 1 - len(changed) / len(self.cached) if self.cached else None,
+                "accuracy_before": self.accuracy_before if self.has_targets else None,
+                "changed": changed[:changed_limit]}
 
     def changed(self, editor: Editor) -> list[dict]:
         """Examples whose prediction differs from the original model's, each with the edits whose neurons

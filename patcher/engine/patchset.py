@@ -68,6 +68,9 @@ class PatchSet:
     # records that own no neuron but whose prompts joined the memory (already right: "skipped"; failed and not
     # kept), as edits' entries: error_id, input, target, status, remembered; a later run remembers them too
     remembered: list[dict] = field(default_factory=list)
+    # what the last edits were made with: the model's sha256, the memory's and the suites' files and sha256, and
+    # any safety opt-out (`no_memory`: edits made without a memory, free to change unrelated answers)
+    data: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.neurons)
@@ -101,6 +104,7 @@ class PatchSet:
             "edits": self.edits,
             "remembered": self.remembered,
             "editor_config": self.editor_config,
+            "data": self.data,
             "created_at": self.created_at,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
@@ -137,7 +141,7 @@ class PatchSet:
                                subject_layer, t.get("bias_shifts"))       # older patch sets: none
         return cls(neurons, owners, m["base_model"],
                    m["architecture"], m["layer"], m["edits"], m.get("editor_config", {}), m["created_at"],
-                   m.get("remembered", []))                                 # older patch sets: none
+                   m.get("remembered", []), m.get("data", {}))              # older patch sets: none
 
     # --- edits ------------------------------------------------------------------------------------------------
     def without(self, error_id: str) -> "PatchSet":
@@ -147,7 +151,7 @@ class PatchSet:
         keep = torch.tensor([o != error_id for o in self.owners], dtype=torch.bool)
         return PatchSet(self.neurons.select(keep), [o for o in self.owners if o != error_id], self.base_model,
                         self.architecture, self.layer, [e for e in self.edits if e["error_id"] != error_id],
-                        self.editor_config, now(), self.remembered)
+                        self.editor_config, now(), self.remembered, self.data)
 
     # --- onto a model ---------------------------------------------------------------------------------------
     def check_base(self, arch: Arch, model_dir: str | os.PathLike | None) -> None:

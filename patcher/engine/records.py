@@ -68,7 +68,7 @@ def stamp(at: datetime | None = None) -> str:
     return (at or utc_now()).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _text_problem(name: str, value) -> str | None:
+def text_problem(name: str, value) -> str | None:
     if not isinstance(value, str):
         return f"{name} must be a string, got {type(value).__name__}"
     if not value.strip():
@@ -96,7 +96,7 @@ def parse_record(line: str | dict, where: str = "record") -> ErrorRecord:
     if "id" in data and not (isinstance(data["id"], str) and ID_PATTERN.match(data["id"])):
         problems.append("id must be 1-128 characters of letters, digits and . _ : -")
     for name in ("model", "input", "prediction", "target"):
-        if name in data and (p := _text_problem(name, data[name])):
+        if name in data and (p := text_problem(name, data[name])):
             problems.append(p)
     if "task" in data and data["task"] not in TASKS:
         problems.append(f"task must be one of {TASKS}, got {data['task']!r}")
@@ -111,7 +111,7 @@ def parse_record(line: str | dict, where: str = "record") -> ErrorRecord:
         if not isinstance(items, list):
             problems.append(f"{name} must be a list of strings")
         else:
-            problems += [f"{name}[{i}]: {p}" for i, r in enumerate(items) if (p := _text_problem(name[:-1], r))]
+            problems += [f"{name}[{i}]: {p}" for i, r in enumerate(items) if (p := text_problem(name[:-1], r))]
         lists[name] = list(items) if isinstance(items, list) else []
     unknown = set(data) - set(REQUIRED) - set(OPTIONAL)
     if unknown:
@@ -136,21 +136,3 @@ def read_records(path: str | Path) -> list[ErrorRecord]:
             seen[record.id] = number
             records.append(record)
     return records
-
-
-def read_examples(path: str | Path) -> list[dict]:
-    """Locality / memory files: JSON lines with at least `input` and `target` (error records qualify)."""
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{number}", None, [f"not valid JSON ({e.msg})"]) from None
-            problems = [p for name in ("input", "target") if (p := _text_problem(name, row.get(name)))]
-            if problems:
-                raise RecordError(f"{path}:{number}", row.get("id"), problems)
-            rows.append(row)
-    return rows

@@ -14,6 +14,8 @@ import re
 
 import torch
 
+from .prompt import prompt_offsets
+
 
 def running_max(scores: torch.Tensor, dim: int = -2) -> torch.Tensor:
     """max over positions p <= t along `dim` (the positions), for every t. (..., T, n) -> (..., T, n).
@@ -42,13 +44,15 @@ def shared_text(text: str, others: list[str], max_words: int = 64) -> str:
     return best if best and others else text
 
 
-def subject_position(tokenizer, text: str, subject: str) -> int:
-    """Index of the subject's last token in `text` (tokenised as the task does)."""
+def subject_position(tokenizer, text: str, subject: str, prompt_format: str = "text",
+                     max_length: int | None = None) -> int:
+    """Index of the subject's last token in the prompt of `text` (tokenised as the task does, prompt.py)."""
     start = text.find(subject)
     if start < 0:
         raise ValueError(f"subject {subject!r} not in {text!r}")
-    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
-    return max(i for i, (a, b) in enumerate(offsets) if b > a and a < start + len(subject))   # not specials
+    offsets = prompt_offsets(tokenizer, text, prompt_format, max_length)
+    # not specials; a chat prompt cut before its subject (prompt.py keeps its end): from its first token
+    return max((i for i, (a, b) in enumerate(offsets) if b > a and a < start + len(subject)), default=0)
 
 
 def subject_part(z: torch.Tensor, subject_keys: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:

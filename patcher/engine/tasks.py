@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from . import activations
 from .arch import Arch
 from .examples import Cached, Example, SharedCache
+from .prompt import answer_text, check_prompt_format, prompt_ids
 
 
 class Task:
@@ -26,11 +27,13 @@ class Task:
     # parallel region on more threads waited forever on the parent's thread pool.
     batch_threads = 0
 
-    def __init__(self, arch: Arch, tokenizer, max_length: int = 128, subject_layer: int | None = None):
+    def __init__(self, arch: Arch, tokenizer, max_length: int = 128, subject_layer: int | None = None,
+                 prompt_format: str = "text"):
         self.arch = arch
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.subject_layer = subject_layer     # also cache that layer's FFN input (Cached.z)
+        self.prompt_format = prompt_format     # generation: how an input is put to the model (prompt.py)
         self._fingerprint: str | None = None
         self.shared: SharedCache | None = None    # shared with other editors of this model (SharedCache)
 
@@ -199,23 +202,22 @@ class ClassificationTask(Task):
 
 
 class GenerationTask(Task):
-    """The edit fixes an answer. Teacher forcing on input + answer; position p judges answer token p.
+    """The edit fixes an answer. Teacher forcing on prompt + answer; position p judges answer token p.
     Success (every answer token is the argmax, in order) is the same as: the greedy continuation of the
-    input equals the answer's tokens. The answer is joined to the input with one space unless it starts
-    with whitespace. Every non-pad position joins the memory."""
+    prompt equals the answer's tokens. The prompt and the answer's text are the prompt format's (prompt.py:
+    the input as is and one space before the answer, or the chat template's user turn and the answer as is).
+    Every non-pad position joins the memory."""
 
     name = "generation"
 
     def answer_ids(self, target: str) -> list[int]:
-        text = target if target[:1].isspace() else " " + target
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(answer_text(target, self.prompt_format), add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError(f"target {target!r} has no tokens")
         return ids
 
     def encode(self, examples):
-        prompts = [self.tokenizer(e.input, truncation=True, max_length=self.max_length)["input_ids"]
-                   for e in examples]
+        prompts = [prompt_ids(self.tokenizer, e.input, self.prompt_format, self.max_length) for e in examples]
         answers = [self.answer_ids(e.target) for e in examples]
         targets = [torch.tensor(a) for a in answers]
         if self.arch.is_encoder_decoder:
@@ -244,10 +246,15 @@ class GenerationTask(Task):
         return "river"
 
 
-def task_for(arch: Arch, tokenizer, subject_layer: int | None = None) -> Task:
+def task_for(arch: Arch, tokenizer, subject_layer: int | None = None, prompt_format: str = "text") -> Task:
+    check_prompt_format(tokenizer, prompt_format)
+    if prompt_format != "text" and (arch.task == "classification" or arch.is_encoder_decoder):
+        raise ValueError(f"prompt_format {prompt_format!r} needs a decoder-only language model, not {arch.name} "
+                         f"({arch.task})")
     if subject_layer is not None:
         arch.ffn_in_at(subject_layer)                     # refuses architectures without a subject key
         if arch.task == "classification" or arch.is_encoder_decoder:
             raise ValueError(f"a subject key needs a decoder-only language model, not {arch.name} ({arch.task})")
-        return GenerationTask(arch, tokenizer, subject_layer=subject_layer)
-    return ClassificationTask(arch, tokenizer) if arch.task == "classification" else GenerationTask(arch, tokenizer)
+    if arch.task == "classification":
+        return ClassificationTask(arch, tokenizer)
+    return GenerationTask(arch, tokenizer, subject_layer=subject_layer, prompt_format=prompt_format)

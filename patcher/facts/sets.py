@@ -2,6 +2,9 @@
 sets, and an editor built on them (the production models' pipeline and benchmarks use these)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from patcher.engine.arch import adapter_for
 from patcher.engine.config import EditorConfig
 from patcher.engine.examples import Example
@@ -40,3 +43,20 @@ def editor_on_facts(model, tokenizer, config: EditorConfig, split: dict, train_l
     sets = fact_examples(task, split, config.seed, train_locality_share, config.phrasings)
     editor = build_editor(model, tokenizer, config, sets["memory"], sets["validation"], patches)
     return editor, LocalitySet.build(editor, "train", sets["train"]), LocalitySet.build(editor, "test", sets["test"])
+
+
+def write_sets(facts_dir: str | Path, task: str, out_dir: str | Path, wordings: int | None = None, seed: int = 0,
+               train_locality_share: float = 0.2) -> dict[str, int]:
+    """A catalog entry's data from the fact bank's split files (`patcher facts build`): memory.jsonl and
+    validation.jsonl (every wording an edit trains on: `wordings` training phrasings), and the locality suites
+    train.jsonl (TrainR: train-split facts kept out of the memory) and test.jsonl (TestR). -> rows per file."""
+    from .bank import SPLITS, load_split
+
+    split = {name: load_split(Path(facts_dir) / f"{name}.jsonl") for name in SPLITS}
+    sets = fact_examples(task, split, seed, train_locality_share, wordings)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, examples in sets.items():
+        (out / f"{name}.jsonl").write_text("".join(json.dumps({"input": e.input, "target": e.target},
+                                                              ensure_ascii=False) + "\n" for e in examples))
+    return {name: len(examples) for name, examples in sets.items()}

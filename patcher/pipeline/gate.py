@@ -1,6 +1,8 @@
 """The locality gate: a patch set goes to a reviewer only if it keeps what the model knew and what earlier
-edits fixed. Thresholds live in params.yaml (`gate`). The report is what the reviewer reads (Markdown) and
-what the registry keeps (JSON)."""
+edits fixed. Thresholds live in params.yaml (`gate`), a catalog entry's `gate` on top. Every locality suite is
+checked: its unchanged share (predictions the same as the unpatched model's) and, where the suite has targets,
+its retain ratio (accuracy now / before). The report is what the reviewer reads (Markdown) and what the
+registry keeps (JSON)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -12,8 +14,8 @@ from patcher.engine.config import from_section
 class GateThresholds:
     """params.yaml `gate`."""
 
-    train_retain: float = 0.99       # TrainR at least this (accuracy on training facts kept apart from memory)
-    test_retain: float = 0.99        # TestR at least this (held-out facts)
+    retain: float = 0.99             # each suite with targets: accuracy now / before at least this
+    unchanged: float = 0.99          # each suite: share of predictions still the unpatched model's at least this
     edit_retain: float = 0.99        # ER over every edit of the new patch set (registry edits and new ones)
     max_failed_share: float = 0.5    # share of this run's attempted edits that may fail (they go to review)
 
@@ -84,9 +86,15 @@ def gate(report: dict, thresholds: GateThresholds) -> GateReport:
     failed_share = (m.get("n_failed") or 0) / attempted if attempted else 0.0
     wrong = report.get("registry_wrong", [])
     new_ids = {e["error_id"] for e in report["edits"] if e["status"] == "edited"}
-    checks = [
-        _check("TrainR", m.get("TrainR"), thresholds.train_retain),
-        _check("TestR", m.get("TestR"), thresholds.test_retain),
+    checks = [] if report.get("locality") else [{
+        "name": "locality suites", "value": 0, "threshold": ">= 1", "passed": False,
+        "detail": "no locality suite: nothing shows the patches leave unrelated answers alone; give the catalog "
+                  "entry one (`locality: {NAME: FILE}`)"}]
+    for name, suite in report.get("locality", {}).items():
+        if suite.get("targets"):
+            checks.append(_check(f"{name}: retain", suite.get("retain"), thresholds.retain))
+        checks.append(_check(f"{name}: unchanged", suite.get("unchanged"), thresholds.unchanged))
+    checks += [
         _check("ER (every edit of the patch set)", report.get("registry_ER"), thresholds.edit_retain),
         {"name": "each new patch's own edit holds", "value": f"{len(new_ids) - len(new_ids & set(wrong))}/{len(new_ids)}",
          "threshold": "all", "passed": not (new_ids & set(wrong)), "detail": sorted(new_ids & set(wrong))},
@@ -98,8 +106,7 @@ def gate(report: dict, thresholds: GateThresholds) -> GateReport:
     review = [{"error_id": i, "reason": f"the edit failed (not patched): {reasons.get(i) or 'step limit'}"}
               for i in report.get("failed_ids", [])]
     review += [{"error_id": i, "reason": "wrong in the final patched model (a later edit broke it)"} for i in wrong]
-    changed = [{"set": "train", **c} for c in report.get("train_changed", [])] + \
-              [{"set": "test", **c} for c in report.get("test_changed", [])]
+    changed = [{"set": name, **c} for name, suite in report.get("locality", {}).items() for c in suite.get("changed", [])]
     return GateReport(passed, checks, review, m, report["edits"], changed)
 
 

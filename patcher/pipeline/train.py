@@ -1,53 +1,57 @@
 """The pipeline's train step as a library function: sequential patching of accepted error records on top of
-the current patch set of a production model, with the report the gate and the reviewer read.
+the current patch set of a catalog model, with the report the gate and the reviewer read.
 
-The memory and the locality sets come from the fact bank split the production model was built on (train
-split: memory and TrainR; validation: early stopping; test: TestR). The report holds the five metrics, ER
-over every edit of the resulting patch set, each edit's outputs before, right after and at the end, the
-locality examples whose prediction changed, and the metrics at checkpoints along the stream (the plot).
+The memory, its validation split and the locality suites are the catalog entry's files (pipeline/catalog.py);
+rows without a target take the unpatched model's own answer. The report holds the five metrics (TrainR and
+TestR are the retain ratios of suites named `train` and `test`, the paper's names), each suite's retain ratio
+and unchanged share, ER over every edit of the resulting patch set, each edit's outputs before, right after and
+at the end, the locality examples whose prediction changed, the data's sha256, and the metrics at checkpoints
+along the stream (the plot).
 """
 from __future__ import annotations
 
 import platform
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from patcher.engine.config import EditorConfig, from_section
 from patcher.engine.editor import EditOutcome
 from patcher.engine.patchset import PatchSet
 from patcher.engine.records import ErrorRecord
 
+from .catalog import ModelEntry
+
 
 @dataclass
 class TrainSettings:
     """params.yaml `train`."""
 
-    seed: int = 0                       # the fact bank split seed (memory, locality sets): the models' build seed
     checkpoints: int = 8                # how many points of the metrics-over-the-stream plot
-    editor: dict = field(default_factory=dict)    # EditorConfig overrides (see `patcher config`); device: auto
-    models: dict = field(default_factory=dict)    # per model name: EditorConfig overrides on top of `editor`
+    editor: dict = field(default_factory=dict)    # EditorConfig overrides for every model (see `patcher config`);
+                                                  # a catalog entry's `editor` goes on top; device: auto
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "TrainSettings":
         settings = from_section(cls, data)
-        for name, overrides in {"": settings.editor, **settings.models}.items():
-            unknown = set(overrides or {}) - set(EditorConfig.help())
-            if unknown:
-                raise ValueError(f"train.{'models.' + name if name else 'editor'}: unknown editor settings "
-                                 f"{', '.join(sorted(unknown))} (see `patcher config`)")
+        unknown = set(settings.editor or {}) - set(EditorConfig.help())
+        if unknown:
+            raise ValueError(f"train.editor: unknown editor settings {', '.join(sorted(unknown))} (see `patcher config`)")
         return settings
 
-    def editor_overrides(self, model_name: str) -> dict:
-        """The model's EditorConfig overrides: `editor`, then `models[model_name]`."""
-        return {**self.editor, **(self.models.get(model_name) or {})}
+    def editor_overrides(self, entry: ModelEntry) -> dict:
+        """The model's EditorConfig overrides: `editor`, then the catalog entry's."""
+        return {**self.editor, **entry.editor}
 
-    def editor_config(self, model_name: str, base: PatchSet | None = None) -> tuple[EditorConfig, list[str]]:
-        """-> (the model's editor settings (device auto: CUDA where there is one), notes). An existing patch set
-        keeps one kind of neuron: where its subject layer or activation differs from the settings', its own wins
-        (a patch set changes kind only when it starts over: an empty registry, a new model)."""
-        config = EditorConfig.from_dict({"device": "auto", **self.editor_overrides(model_name)})
+    def editor_config(self, entry: ModelEntry, base: PatchSet | None = None,
+                      overrides: dict | None = None) -> tuple[EditorConfig, list[str]]:
+        """-> (the model's editor settings: `editor`, the catalog entry's, then `overrides` (device auto: CUDA where
+        there is one), notes). An existing patch set keeps one kind of neuron: where its subject layer or activation
+        differs from the settings', its own wins (a patch set changes kind only when it starts over)."""
+        config = entry.editor_config({"device": "auto", **self.editor}, overrides)
         notes = []
+        if base is not None and base.editor_config.get("prompt_format", "text") != config.prompt_format:
+            raise ValueError(f"{entry.name}: the patch set was trained on {base.editor_config.get('prompt_format', 'text')}"
+                             f" prompts, the catalog says {config.prompt_format}: its neurons key on other inputs")
         if base is None or not len(base.neurons):
             return config, notes
         if base.neurons.subject_layer != config.subject_layer:
@@ -68,25 +72,56 @@ def checkpoint_marks(n: int, points: int) -> set[int]:
     return {max(1, round(n * i / points)) for i in range(1, points + 1)} | {n}
 
 
-def train_patches(model_name: str, model_dir: str | Path, records: list[ErrorRecord], base: PatchSet | None,
-                  settings: TrainSettings | None = None, progress: bool = False) -> tuple[PatchSet, dict]:
-    """-> (the patch set: base's edits plus the new ones that succeeded, the train report)."""
+def editor_for_entry(entry: ModelEntry, config: EditorConfig, base: PatchSet | None = None, no_memory: bool = False):
+    """An editor on the entry's model with its memory and validation memory, on top of `base`, and its locality
+    suites (remembering the UNPATCHED model's predictions). Without a memory it refuses unless `no_memory`.
+    -> (editor, {suite: LocalitySet}, data provenance)."""
+    from patcher.engine.editor import Editor
+    from patcher.engine.metrics import LocalitySet
+    from patcher.engine.patchset import weights_sha256
+    from patcher.engine.sequential import build_editor
+    from patcher.engine.suites import examples
+    from patcher.models.base import load_model
+
+    model_dir = entry.model_dir()
+    model, tokenizer = load_model(model_dir)
+    digest = weights_sha256(model_dir)
+    memory, validation, suites = entry.data(config.seed, no_memory)
+    probe = Editor(model, tokenizer, config)                   # the unpatched model's answers for target-less rows
+    (memory_examples, memory_dropped), (val_examples, _) = (examples(probe, rows, model_sha256=digest)
+                                                            if rows else ([], 0) for rows in (memory, validation))
+    editor = build_editor(model, tokenizer, config, memory_examples, val_examples, base)
+    if base is not None:
+        base.check_base(editor.arch, model_dir)
+    locality = {}
+    data = {"model": {"dir": str(model_dir), "sha256": digest}, "locality": {},
+            "memory": memory.describe() if memory else None, "validation": validation.describe() if validation else None}
+    if memory is None:
+        data["no_memory"] = True
+    for name, rows in suites.items():
+        suite_examples, dropped = examples(editor, rows, model_sha256=digest)
+        locality[name] = LocalitySet.build(editor, name, suite_examples, rows.has_targets)
+        data["locality"][name] = {**rows.describe(), "left_out": dropped}
+    if memory is not None:
+        data["memory"]["left_out"] = memory_dropped
+    return editor, locality, data
+
+
+def train_patches(entry: ModelEntry, records: list[ErrorRecord], base: PatchSet | None,
+                  settings: TrainSettings | None = None, progress: bool = False, overrides: dict | None = None,
+                  no_memory: bool = False, path: str = "fast") -> tuple[PatchSet, dict]:
+    """-> (the patch set: base's edits plus the new ones that succeeded, the train report). `overrides`: editor
+    settings over the catalog's; `no_memory`: edit without a memory (recorded in the patch set and report)."""
     import torch
 
     from patcher.engine.metrics import paper_metrics, summarize
     from patcher.engine.sequential import run_stream, to_patchset
-    from patcher.facts.bank import all_facts, split_facts
-    from patcher.facts.sets import editor_on_facts
-    from patcher.models.base import load_model
 
     settings = settings or TrainSettings()
     start = time.perf_counter()
-    model, tokenizer = load_model(model_dir)
-    config, notes = settings.editor_config(model_name, base)
-    editor, train, test = editor_on_facts(model, tokenizer, config, split_facts(all_facts(), seed=settings.seed),
-                                          patches=base)
-    if base is not None:
-        base.check_base(editor.arch, model_dir)
+    config, notes = settings.editor_config(entry, base, overrides)
+    editor, locality, data = editor_for_entry(entry, config, base, no_memory)
+    train, test = locality.get("train"), locality.get("test")
     setup_seconds = time.perf_counter() - start
 
     marks, points, done = checkpoint_marks(len(records), settings.checkpoints), [], []
@@ -96,27 +131,29 @@ def train_patches(model_name: str, model_dir: str | Path, records: list[ErrorRec
         if len(done) in marks:
             points.append({"records": len(done), "edits": sum(o.status != "skipped" for o in done),
                            **paper_metrics(editor, done, train, test, er=_registry_retention(editor)[0]),
+                           **{f"{name} unchanged": suite.unchanged(editor) for name, suite in locality.items()},
                            "neurons": len(editor.neurons)})
 
-    outcomes = run_stream(editor, records, progress=progress, on_outcome=measure)
-    patches = to_patchset(editor, outcomes, model_name, model_dir, base)
+    outcomes = run_stream(editor, records, progress=progress, path=path, on_outcome=measure)
+    patches = to_patchset(editor, outcomes, entry.name, data["model"]["dir"], base)
+    patches.data = data
     metrics = summarize(editor, outcomes, train, test)
     retention, wrong = _registry_retention(editor)
     final = dict(zip(editor.edited, editor.predictions(list(editor.edited.values()))))
     report = {
-        "model": model_name,
+        "model": entry.name,
         "base_edits": len(base.edits) if base is not None else 0,
         "records": len(records),
         "metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)},
+        "locality": {name: {**data["locality"][name], **suite.summary(editor)} for name, suite in locality.items()},
         "registry_ER": retention,                  # over every edit the new patch set holds, old and new
         "registry_wrong": wrong,                   # its edits the final patched model gets wrong
         "failed_ids": metrics["failed_ids"],
         "edits": [{**_outcome_row(o), "final": final.get(o.error_id)} for o in outcomes],
-        "train_changed": metrics.get("train_changed", []),
-        "test_changed": metrics.get("test_changed", []),
         "checkpoints": points,
         "editor": config.to_dict(),
         "editor_notes": notes,
+        "data": data,
         "device": str(editor.device),
         "host": {"machine": platform.machine(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available()
                  else None, "threads": torch.get_num_threads()},

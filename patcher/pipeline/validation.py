@@ -3,8 +3,8 @@ quarantined with its original text and a list of reasons: accepted + quarantined
 
 Lines that are not JSON objects are quarantined before the suite runs; the rest become one DataFrame
 row each (`line` numbers the input) and the suite checks schema, types, text bounds, control characters,
-ids (bounded, safe characters, unique in the batch: the first occurrence is kept), task, known model,
-the model's allowed labels, and RFC 3339 timestamps.
+ids (bounded, safe characters, unique in the batch: the first occurrence is kept), a model of the catalog, the
+task that model does, a classifier's labels (its config.id2label), and RFC 3339 timestamps.
 """
 from __future__ import annotations
 
@@ -21,11 +21,28 @@ RFC3339 = (r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])[Tt ](?:[01]\d|2[0-
            r"(?:[Zz]|[+-]\d{2}:\d{2})$")
 
 
-def known_models() -> dict[str, list[str] | None]:
-    """Production model -> its allowed target labels (None: free text)."""
-    from patcher.facts.claims import LABELS
+@dataclass(frozen=True)
+class Expected:
+    """What a model's records must say: its task, and a classifier's labels (None: free text)."""
 
-    return {"factcheck-minilm": list(LABELS), "facts-smollm2": None}
+    task: str
+    labels: tuple[str, ...] | None = None
+
+
+def expected_of(entry) -> Expected:
+    """A catalog entry's rules (a classifier's labels read from its config.json)."""
+    from .catalog import labels_of
+
+    labels = labels_of(entry.model_dir()) if entry.task == "classification" else None
+    return Expected(entry.task, tuple(labels) if labels else None)
+
+
+def known_models(names: list[str] | None = None, catalog=None) -> dict[str, Expected]:
+    """The catalog's models (or those `names`) -> their rules."""
+    from .catalog import Catalog
+
+    catalog = catalog or Catalog()
+    return {name: expected_of(catalog.entry(name)) for name in (names or catalog.names())}
 
 
 @dataclass
@@ -38,7 +55,7 @@ class Validated:
         return len(self.accepted) + len(self.quarantined)
 
 
-def _suite(gx, models: dict[str, list[str] | None]):
+def _suite(gx, models: dict[str, Expected]):
     from great_expectations.expectations.row_conditions import Column
 
     E = gx.expectations
@@ -67,11 +84,14 @@ def _suite(gx, models: dict[str, list[str] | None]):
     for name in OPTIONAL:
         suite.add_expectation(E.ExpectColumnValuesToBeInSet(
             column=f"{name}_ok", value_set=[True], meta={"reason": f"{name} must be a list of valid texts"}))
-    for model, labels in models.items():
-        if labels:
+    for model, expected in models.items():
+        suite.add_expectation(E.ExpectColumnValuesToBeInSet(
+            column="task", value_set=[expected.task], row_condition=Column("model") == model,
+            meta={"reason": f"task is not {expected.task}, what {model} does"}))
+        if expected.labels:
             suite.add_expectation(E.ExpectColumnValuesToBeInSet(
-                column="target", value_set=labels, row_condition=Column("model") == model,
-                meta={"reason": f"target is not one of {model}'s labels {labels}"}))
+                column="target", value_set=list(expected.labels), row_condition=Column("model") == model,
+                meta={"reason": f"target is not one of {model}'s labels {list(expected.labels)}"}))
     return suite
 
 
@@ -82,7 +102,7 @@ def _texts_ok(value) -> bool:
         isinstance(r, str) and r.strip() and len(r) <= MAX_TEXT and not re.search(CONTROL, r) for r in value)
 
 
-def validate_lines(lines: list[str], models: dict[str, list[str] | None] | None = None,
+def validate_lines(lines: list[str], models: dict[str, Expected] | None = None,
                    docs_dir: str | Path | None = None) -> Validated:
     """Validates raw JSON lines (blank lines are skipped, not counted). With `docs_dir`, great-expectations
     Data Docs of this validation are built there (open its index.html, or the page under validations/)."""
@@ -179,20 +199,18 @@ class BatchValidation:
 
 
 def validate_batches(batches: dict[str, list[str]], model: str, processed: dict[str, str] | None = None,
-                     docs_dir: str | Path | None = None) -> BatchValidation:
+                     docs_dir: str | Path | None = None, expected: Expected | None = None) -> BatchValidation:
     """Validates the batch files of one model's error stream as one suite run. Records of another model, and
     records whose id was already processed (`processed`: id -> where, e.g. "run RUN_ID"), are quarantined
-    too."""
-    labels = known_models()
-    if model not in labels:
-        raise KeyError(f"unknown production model {model!r}; one of {', '.join(labels)}")
+    too. `expected`: the model's rules (default: the catalog's)."""
+    expected = {model: expected} if expected is not None else known_models([model])
     lines, origin = [], []
     for key, batch in batches.items():
         for number, line in enumerate(batch, 1):
             if line.strip():
                 lines.append(line)
                 origin.append((key, number))
-    result = validate_lines(lines, {model: labels[model]}, docs_dir)
+    result = validate_lines(lines, expected, docs_dir)
     out = BatchValidation()
     processed = processed or {}
     by_line = {q["line"]: q for q in result.quarantined}

@@ -3,7 +3,8 @@
 The output is an Optimum-style directory: `model.onnx` (inputs `input_ids`, `attention_mask` and, for BERT,
 `token_type_ids`; output `logits`; dynamic `batch_size` and `sequence_length` axes), `config.json`,
 the tokenizer files, and `export.json` (base model and its sha256, the patch set's edits and neurons, whether
-the patches were merged into the FFN weights or exported as a branch, sha256 of every file).
+the patches were merged into the FFN weights or exported as a branch, the prompt format its inputs are put to
+the model in (engine/prompt.py), sha256 of every file).
 
 Patches are merged where that is exact (GELU FFNs with biases), so the patched model costs what the
 unpatched one does; otherwise (Llama's SwiGLU) the branch's hooks run during tracing and are part of the
@@ -26,6 +27,7 @@ import torch
 from patcher.engine.examples import Example
 from patcher.engine.files import sha256
 from patcher.engine.patchset import load_patched, weights_sha256
+from patcher.engine.prompt import check_prompt_format, prompt_ids
 
 from .onnx_model import ONNX, greedy, onnx_logits, session
 
@@ -67,15 +69,26 @@ def locality_sample(model_dir: str | Path, n: int, seed: int = 0) -> list[Exampl
     return task_examples(task, split_facts(all_facts(), seed=seed)["test"][:n], "prompt", seed) if n else []
 
 
-def _inputs(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
-    enc = tokenizer(texts, return_tensors="pt", padding=True)
+def _inputs(tokenizer, texts: list[str], prompt_format: str = "text") -> dict[str, torch.Tensor]:
+    if prompt_format == "text":
+        enc = tokenizer(texts, return_tensors="pt", padding=True)
+    else:
+        enc = tokenizer.pad({"input_ids": [prompt_ids(tokenizer, t, prompt_format) for t in texts]},
+                            return_tensors="pt")
     return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
 
 
 def export(model_dir: str | Path, patch_dir: str | Path | None, out: str | Path, check: list[Example] = (),
-           tolerance: float = 1e-4, rtol: float = 1e-5, opset: int = 17, version: str | None = None) -> dict:
-    """Writes the directory and checks parity on the patch set's edits plus `check`. -> export.json's data."""
+           tolerance: float = 1e-4, rtol: float = 1e-5, opset: int = 17, version: str | None = None,
+           prompt_format: str | None = None) -> dict:
+    """Writes the directory and checks parity on the patch set's edits plus `check`, their inputs put to the
+    model in `prompt_format` (None: the patch set's editor config's, else 'text'). -> export.json's data."""
     model, tokenizer, patches = load_patched(model_dir, patch_dir, merge=True)
+    if prompt_format is None:
+        prompt_format = (patches.editor_config if patches else {}).get("prompt_format", "text")
+    check_prompt_format(tokenizer, prompt_format)
+    if prompt_format != "text" and model.config.architectures[0].endswith("Classification"):
+        raise ValueError(f"prompt_format {prompt_format!r} is for generation models, not {model_dir}")
     out = Path(out)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -93,7 +106,8 @@ def export(model_dir: str | Path, patch_dir: str | Path | None, out: str | Path,
     model.config.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     examples = [Example(e["input"], e["target"]) for e in (patches.edits if patches else [])] + list(check)
-    parity = check_parity(model, tokenizer, staging / ONNX, [e.input for e in examples], tolerance, rtol)
+    parity = check_parity(model, tokenizer, staging / ONNX, [e.input for e in examples], tolerance, rtol,
+                          prompt_format=prompt_format)
     manifest = {
         "format": "patcher.onnx/1",
         "base_model": patches.base_model if patches else {"name": str(model_dir), "sha256": weights_sha256(model_dir)},
@@ -101,7 +115,7 @@ def export(model_dir: str | Path, patch_dir: str | Path | None, out: str | Path,
             "version": version, "edits": len(patches.edits), "neurons": len(patches),
             "error_ids": patches.error_ids, "layer": patches.layer,
             "how": "branch in the graph" if getattr(model, "_patch_branch", None) is not None else "merged"},
-        "inputs": names, "output": "logits", "opset": opset,
+        "inputs": names, "output": "logits", "opset": opset, "prompt_format": prompt_format,
         "parity": {"max_abs_diff": parity.max_abs_diff, "tolerance": tolerance, "rtol": rtol,
                    "examples": parity.examples},
     }
@@ -113,14 +127,15 @@ def export(model_dir: str | Path, patch_dir: str | Path | None, out: str | Path,
 
 
 def check_parity(model, tokenizer, onnx_path: Path, texts: list[str], tolerance: float = 1e-4, rtol: float = 1e-5,
-                 batch_size: int = 16, max_new_tokens: int = 8) -> Parity:
-    """Raises ExportParityError if logits differ beyond `tolerance` or a prediction differs."""
+                 batch_size: int = 16, max_new_tokens: int = 8, prompt_format: str = "text") -> Parity:
+    """Raises ExportParityError if logits differ beyond `tolerance` or a prediction differs, on `texts` put to
+    the model in `prompt_format`."""
     sess = session(onnx_path)
     worst, mismatches = 0.0, []
     classification = model.config.architectures[0].endswith("Classification")
     for i in range(0, len(texts), batch_size):
         batch = texts[i:i + batch_size]
-        inputs = _inputs(tokenizer, batch)
+        inputs = _inputs(tokenizer, batch, prompt_format)
         ours = onnx_logits(sess, inputs)
         with torch.no_grad():
             theirs = LogitsOnly(model, list(inputs))(*inputs.values()).numpy()
@@ -139,10 +154,10 @@ def check_parity(model, tokenizer, onnx_path: Path, texts: list[str], tolerance:
                 a, b = int(ours[j].argmax()), int(theirs[j].argmax())
             else:
                 a = greedy(lambda ids: onnx_logits(sess, {"input_ids": ids, "attention_mask": np.ones_like(ids)}),
-                           tokenizer, text, max_new_tokens)
+                           tokenizer, text, max_new_tokens, prompt_format=prompt_format)
                 with torch.no_grad():
                     b = greedy(lambda ids: model(input_ids=torch.from_numpy(ids), use_cache=False).logits,
-                               tokenizer, text, max_new_tokens)
+                               tokenizer, text, max_new_tokens, prompt_format=prompt_format)
             if a != b or over[j] > tolerance:
                 mismatches.append({"input": text, "onnx": a, "torch": b, "max_abs_diff": float(diff[j])})
     if mismatches:

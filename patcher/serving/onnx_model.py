@@ -1,11 +1,14 @@
 """The consumer side of an export directory (patcher/serving/export.py): an onnxruntime session, its tokenizer and
-labels, and predictions as a serving system makes them. Needs onnxruntime, numpy and the tokenizer only."""
+labels, and predictions as a serving system makes them, with inputs put to the model as in training (export.json's
+prompt_format). Needs onnxruntime, numpy and the tokenizer only."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import numpy as np
+
+from patcher.engine.prompt import prompt_ids
 
 ONNX = "model.onnx"
 
@@ -22,10 +25,11 @@ def onnx_logits(sess, inputs: dict) -> np.ndarray:
     return sess.run(["logits"], {k: np.asarray(v, dtype=np.int64) for k, v in inputs.items() if k in names})[0]
 
 
-def greedy(step, tokenizer, prompt: str, max_new_tokens: int, stop: str | None = None) -> str:
+def greedy(step, tokenizer, prompt: str, max_new_tokens: int, stop: str | None = None,
+           prompt_format: str = "text") -> str:
     """Greedy answer with `step(input_ids (1, T) int64 array) -> logits (1, T, V)`, full recompute per token;
     ends at EOS, after max_new_tokens, or once the answer contains `stop`."""
-    ids = np.asarray(tokenizer(prompt)["input_ids"], dtype=np.int64)[None]       # (1, T)
+    ids = np.asarray(prompt_ids(tokenizer, prompt, prompt_format), dtype=np.int64)[None]       # (1, T)
     start = ids.shape[1]
     for _ in range(max_new_tokens):
         nxt = int(np.asarray(step(ids))[0, -1].argmax())
@@ -49,6 +53,7 @@ class OnnxModel:
         self.config = json.loads((self.directory / "config.json").read_text())
         self.task = "classification" if self.config["architectures"][0].endswith("Classification") else "generation"
         self.labels = {int(k): v for k, v in self.config.get("id2label", {}).items()}
+        self.prompt_format = self.manifest.get("prompt_format", "text")      # exports before it: text
         self.tokenizer = AutoTokenizer.from_pretrained(self.directory)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -63,6 +68,7 @@ class OnnxModel:
             return [{"label": self.labels[int(p.argmax())],
                      "scores": {self.labels[i]: round(float(s), 6) for i, s in enumerate(p)}} for p in probs]
         step = lambda ids: onnx_logits(self.session, {"input_ids": ids, "attention_mask": np.ones_like(ids)})  # noqa: E731
-        return [{"answer": greedy(step, self.tokenizer, text, max_new_tokens, stop="\n").strip()} for text in texts]
+        return [{"answer": greedy(step, self.tokenizer, text, max_new_tokens, stop="\n",
+                                  prompt_format=self.prompt_format).strip()} for text in texts]
 
     __call__ = forward
