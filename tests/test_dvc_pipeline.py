@@ -1,4 +1,4 @@
-"""`dvc repro` of the project's own dvc.yaml in a temporary copy: validate -> patch -> gate run for real on
+"""`dvc repro` of the project's own dvc.yaml and catalog.yaml in a temporary copy: validate -> patch -> gate run for real on
 factcheck-minilm's real mistakes, a second repro runs nothing, a gate threshold change reruns only the
 gate, and `patcher approve` registers the pending patch set in the registry (DVC remote on SeaweedFS)."""
 import json
@@ -31,10 +31,11 @@ def ran(output: str) -> list[str]:
 def test_repro_noop_param_change_and_approval(tmp_path, factcheck_model, s3_env):
     repo = tmp_path / "project"
     repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", "params.yaml", "catalog.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / "patcher", repo / "patcher", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "data" / "facts", repo / "data" / "facts")
+    shutil.copytree(ROOT / "data" / "catalog" / MODEL, repo / "data" / "catalog" / MODEL)
     (repo / "data" / "errors").mkdir(parents=True)
     for suffix in (".jsonl", ".stats.json"):
         shutil.copy(ROOT / "data" / "errors" / f"{MODEL}{suffix}", repo / "data" / "errors" / f"{MODEL}{suffix}")
@@ -44,12 +45,12 @@ def test_repro_noop_param_change_and_approval(tmp_path, factcheck_model, s3_env)
     params["ingest"]["root"] = s3_env                  # where `patcher approve` publishes the ONNX export
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    env = {**{k: v for k, v in os.environ.items() if k != "PATCHER_CATALOG"}, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     sh("git", "init", "-q", cwd=repo, env=env)
     sh("patcher", "registry", "init", "--repo", ".", "--remote", f"{s3_env}/dvc", cwd=repo, env=env)
     # what earlier stages would build (minutes) is here already: record it as their output, unrun
-    sh("dvc", "commit", "-f", "-q", "facts", "model_factcheck", f"errors@{MODEL}", cwd=repo, env=env)
+    sh("dvc", "commit", "-f", "-q", "facts", f"sets@{MODEL}", "model_factcheck", f"errors@{MODEL}", cwd=repo, env=env)
     sh("git", "add", "-A", cwd=repo, env=env)
     sh("git", "commit", "-qm", "project", cwd=repo, env=env)
 

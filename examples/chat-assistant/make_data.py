@@ -227,7 +227,9 @@ def main(argv=None) -> dict:
         answers[relation] = sorted({f.answer for f in group})
         group = list(group)
         rng.shuffle(group)
-        n_asked = min(ASKED[relation], args.limit or ASKED[relation])
+        # at most 60% of a relation's subjects are asked: the rest are other users' questions of the same shape,
+        # what a memory of production inputs holds (a relation missing from it is one edits may spill into)
+        n_asked = min(ASKED[relation], args.limit or ASKED[relation], int(len(group) * 0.6))
         n_memory = min(args.memory, args.limit or args.memory)
         asked += group[:n_asked]
         memory += group[n_asked:n_asked + n_memory]
