@@ -164,7 +164,7 @@ def cmd_demo(args) -> int:
 
 
 def _section_overrides(items: list[str]) -> dict:
-    """["gate.test_retain=0.995", ...] -> {"gate": {"test_retain": 0.995}} (values parsed as YAML scalars)."""
+    """["gate.retain=0.995", ...] -> {"gate": {"retain": 0.995}} (values parsed as YAML scalars)."""
     import yaml
 
     out: dict = {}

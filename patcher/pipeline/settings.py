@@ -59,7 +59,7 @@ class ExportSettings:
     """params.yaml `export`: each approved version to ONNX (patcher/serving/), published for serving."""
 
     enabled: bool = True               # export and publish under serving/MODEL/vNNNN/ after each approval
-    locality: int = 30                 # fact-bank test facts checked for parity besides the patch set's edits
+    locality: int = 30                 # inputs of the model's locality suites checked for parity besides its edits
     tolerance: float = 1e-4            # parity: |onnx - torch| <= tolerance + rtol x max|logit| per position
     rtol: float = 1e-5
 
