@@ -38,8 +38,10 @@ from patcher.engine.patch import PatchNeurons  # noqa: E402
 from patcher.engine.sequential import to_patchset  # noqa: E402
 from patcher.models.base import load_model  # noqa: E402
 from patcher.models.production import build, model_path  # noqa: E402
-from patcher.serving.export import LogitsOnly, _inputs, export, locality_sample  # noqa: E402
+from patcher.pipeline.catalog import Catalog  # noqa: E402
+from patcher.serving.export import LogitsOnly, _inputs, export  # noqa: E402
 from patcher.serving.onnx_model import ONNX, onnx_logits  # noqa: E402
+from patcher.serving.release import locality_sample  # noqa: E402
 
 
 def ort_session(path: Path, threads: int):
@@ -96,7 +98,7 @@ def runtime_vs_eager(model_dir: Path, onnx_dir: Path, texts: list[str], reps: in
 
 def patched_vs_unpatched(model_dir: Path, work: Path, texts: list[str], reps: int, threads: int,
                          sizes=(100, 1000)) -> list[dict]:
-    check = locality_sample(model_dir, 4)
+    check = locality_sample(Catalog().entry(model_dir.name), 4)
     dirs = {0: work / "onnx-0"}
     hows = {}
     for n in sizes:
@@ -191,10 +193,10 @@ def main(argv=None) -> int:
               "threads": args.threads, "reps": args.reps, "models": {}}
     for name in args.models.split(","):
         model_dir = build(name, out=model_path(name), progress=lambda m: print(m, file=sys.stderr))
-        texts = [e.input for e in locality_sample(model_dir, 64)]
+        texts = [e.input for e in locality_sample(Catalog().entry(name), 64)]
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            export(model_dir, None, work / "onnx-0", locality_sample(model_dir, 4))
+            export(model_dir, None, work / "onnx-0", locality_sample(Catalog().entry(name), 4))
             r = {"runtime_vs_eager": runtime_vs_eager(model_dir, work / "onnx-0", texts, args.reps, args.threads)}
             print(name, json.dumps(r["runtime_vs_eager"]), file=sys.stderr)
             r["patched_vs_unpatched"] = patched_vs_unpatched(model_dir, work, texts, args.reps, args.threads)

@@ -4,7 +4,7 @@ outcome (patcher/pipeline/store.py explains why that makes each batch exactly-on
 lock throughout; a second run started meanwhile waits up to ingest.lock_wait_s, then ends without touching
 anything. Returns a typed outcome (patcher/pipeline/outcome.py) with the run summary.
 
-    patcher pipeline run --model facts-smollm2            # or as the deployment in prefect.yaml
+    patcher pipeline run --model NAME                     # a catalog model; or its deployment in prefect.yaml
 """
 from __future__ import annotations
 

@@ -58,17 +58,6 @@ class Parity:
     mismatches: list[dict]
 
 
-def locality_sample(model_dir: str | Path, n: int, seed: int = 0) -> list[Example]:
-    """The first `n` facts of the fact bank's test split, phrased as the model's task: inputs no edit is
-    about, where the exported graph must agree with PyTorch too."""
-    from patcher.facts.bank import all_facts, split_facts
-    from patcher.facts.mistakes import task_examples
-
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    task = "classification" if config["architectures"][0].endswith("Classification") else "generation"
-    return task_examples(task, split_facts(all_facts(), seed=seed)["test"][:n], "prompt", seed) if n else []
-
-
 def _inputs(tokenizer, texts: list[str], prompt_format: str = "text") -> dict[str, torch.Tensor]:
     if prompt_format == "text":
         enc = tokenizer(texts, return_tensors="pt", padding=True)

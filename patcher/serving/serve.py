@@ -1,7 +1,7 @@
 """The serving consumer: an HTTP service on 127.0.0.1 over the latest published ONNX version of a model
 (patcher/serving/publish.py), that closes the loop by logging user-reported mistakes where the pipeline reads them.
 
-  patcher serve --model facts-smollm2 [--root s3://patcher] [--port 8000]
+  patcher serve --model NAME [--root s3://patcher] [--port 8000]      # a catalog model's latest version
 
   POST /predict   {"inputs": [...]} or {"input": "..."}, optional "max_new_tokens"
                   -> {"model", "version", "predictions": [{"label", "scores"} or {"answer"}]}
