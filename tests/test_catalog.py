@@ -2,6 +2,7 @@
 what is wrong; `patcher edit --model NAME` takes the memory, suites and settings from the entry; an edit without
 a memory is refused unless asked for, and recorded when it is."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,3 +145,20 @@ def test_an_edit_without_memory_is_refused_unless_asked_for_and_then_recorded(us
     assert main([*base, "--out", str(user / "q"), "--memory", str(user / "memory.jsonl"),
                  "--locality", f"regression={user / 'regression.jsonl'}"]) == 0
     assert "regression unchanged" in capsys.readouterr().err
+
+
+def test_prefect_yaml_gets_one_hourly_deployment_per_catalog_model(user, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    from patcher.pipeline.deployments import write_deployments
+
+    assert add(user, "tickets", "--path", "classifier", "--task", "classification", "--memory", "memory.jsonl") == 0
+    prefect_yaml = shutil.copy(Path(__file__).resolve().parent.parent / "prefect.yaml", tmp_path / "prefect.yaml")
+    names = write_deployments(prefect_yaml, Catalog(user / "catalog.yaml"))
+    data = yaml.safe_load(Path(prefect_yaml).read_text())
+    pipelines = [d for d in data["deployments"] if d["entrypoint"] == "flows/pipeline.py:pipeline"]
+    assert names == ["hourly-tickets"] and [d["parameters"]["model"] for d in pipelines] == ["tickets"]
+    assert "train-gpu" in {d["name"] for d in data["deployments"]}                 # the other deployments stay
+    assert "# Prefect deployments of the pipeline" in Path(prefect_yaml).read_text()  # and the comments
