@@ -162,3 +162,24 @@ def test_prefect_yaml_gets_one_hourly_deployment_per_catalog_model(user, tmp_pat
     assert names == ["hourly-tickets"] and [d["parameters"]["model"] for d in pipelines] == ["tickets"]
     assert "train-gpu" in {d["name"] for d in data["deployments"]}                 # the other deployments stay
     assert "# Prefect deployments of the pipeline" in Path(prefect_yaml).read_text()  # and the comments
+
+
+def test_model_and_data_from_s3_checked_by_sha256(user, s3_env, capsys):
+    from patcher.engine.files import sha256
+    from patcher.engine.patchset import weights_sha256
+    from patcher.pipeline.store import upload_dir, write_bytes
+
+    upload_dir(user / "classifier", f"{s3_env}/models/tickets")
+    write_bytes(f"{s3_env}/data/memory.jsonl", (user / "memory.jsonl").read_bytes())
+    digest = weights_sha256(user / "classifier")
+    assert add(user, "tickets", "--path", f"{s3_env}/models/tickets", "--sha256", digest, "--task", "classification",
+               "--memory", f"{s3_env}/data/memory.jsonl") == 0
+    entry = Catalog(user / "catalog.yaml").entry("tickets")
+    assert weights_sha256(entry.model_dir()) == digest and entry.model_dir() != user / "classifier"
+    memory, validation, _ = entry.data()
+    assert {r["input"] for r in memory.rows + validation.rows} == {m.input for m in MEMORY}
+    assert memory.sha256 == sha256(user / "memory.jsonl")                   # recorded in every run's report
+    capsys.readouterr()
+    assert add(user, "other", "--path", f"{s3_env}/models/tickets", "--sha256", "0" * 64, "--task", "classification",
+               "--memory", "memory.jsonl") == 2
+    assert f"the catalog says {'0' * 64}" in capsys.readouterr().err
