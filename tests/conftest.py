@@ -111,3 +111,14 @@ def smollm2_model():
     from patcher.models.production import build, model_path
 
     return build("facts-smollm2", seed=0, out=model_path("facts-smollm2"), progress=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """A temporary Prefect server for the module's flows; -> its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    with prefect_test_harness():
+        yield PREFECT_API_URL.value()

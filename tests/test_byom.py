@@ -21,18 +21,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
-    import os
-
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    with prefect_test_harness():
-        yield PREFECT_API_URL.value()
-
-
-@pytest.fixture(scope="module")
 def users_model(tmp_path_factory):
     """The user's side: their classifier (a small seeded build), their production inputs, their regression
     suite (no targets) and their model's real misclassifications."""

@@ -27,16 +27,6 @@ HOUR = datetime(2026, 11, 24, 10, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    with prefect_test_harness():
-        yield PREFECT_API_URL.value()
-
-
-@pytest.fixture(scope="module")
 def factcheck(factcheck_model):
     return factcheck_model
 
