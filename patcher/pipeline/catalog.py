@@ -28,12 +28,12 @@ from pathlib import Path
 
 from patcher.engine.config import EditorConfig
 from patcher.engine.files import cache_dir
+from patcher.engine.prompt import PROMPT_FORMATS
 from patcher.engine.records import TASKS
 
 from .gate import GateThresholds
 
 DEFAULT = "catalog.yaml"
-PROMPT_FORMATS = ("text", "chat")
 
 
 def catalog_path(path: str | os.PathLike | None = None) -> Path:
