@@ -26,10 +26,14 @@ def _entry(args):
     from .models.base import resolve_model_dir
     from .pipeline.catalog import Catalog, ModelEntry, labels_of
 
+    def here(location: str) -> str:            # a flag's file is relative to where the command runs
+        return location if location.startswith("s3://") else str(Path(location).resolve())
+
     catalog = Catalog(getattr(args, "catalog", None))
-    files = {k: v for k, v in {"memory": getattr(args, "memory", None),
-                               "validation": getattr(args, "val_memory", None)}.items() if v}
-    suites = _suites(getattr(args, "locality", None) or [], getattr(args, "train_locality", None))
+    files = {k: here(v) for k, v in {"memory": getattr(args, "memory", None),
+                                     "validation": getattr(args, "val_memory", None)}.items() if v}
+    suites = {name: here(f) for name, f in
+              _suites(getattr(args, "locality", None) or [], getattr(args, "train_locality", None)).items()}
     if args.model in catalog:
         entry = catalog.entry(args.model)
         return ModelEntry.from_dict(entry.name, {**entry.to_dict(), **files,
