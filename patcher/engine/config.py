@@ -12,8 +12,8 @@ def _f(default, help: str):
 # Where the defaults deviate from the reference implementation, the reference's values (each deviation and what
 # it moved: docs/RESULTS.md). bias_shift, value_gain and shift_guard are at the reference's by default but pinned
 # too: the benchmark applies these over a model's pipeline settings (params.yaml), which change them.
-REFERENCE_SETTINGS = {"activation": "ffn", "check_after": 100, "min_lr": 0.0, "max_neurons_per_edit": 5,
-                      "phrasings": 0, "vocab_candidates": 0, "subject_layer": None,
+REFERENCE_SETTINGS = {"activation": "ffn", "frames": False, "reword": False, "check_after": 100, "min_lr": 0.0,
+                      "max_neurons_per_edit": 5, "phrasings": 0, "vocab_candidates": 0, "subject_layer": None,
                       "retry_without_decay": False, "bias_shift": 0.0, "shift_guard": None, "value_gain": 1.0}
 
 # where each group of EditorConfig starts (`patcher config` prints them as headings)
@@ -64,6 +64,12 @@ class EditorConfig:
     phrasings: int = _f(7, "train each edit on up to this many of the record's `phrasings` too (never its "
                            "`rephrases`), the memory covering the same wordings of other facts: broader keys, "
                            "more generality (0: the input alone)")
+    frames: bool = _f(True, "a record that brings no phrasings gets them, its subject and negatives from the frames "
+                             "of the prompts the editor has seen (its memory set and earlier edits: engine/frames.py)")
+    frame_negatives: int = _f(6, "frames: at most this many other questions about the subject join the memory as "
+                                 "negatives when a record brings none")
+    reword: bool = _f(False, "frames: a record whose frame was never seen in another wording gets rule rewordings of "
+                             "English syntax (engine/rewording.py) that the unpatched model answers alike")
     subject_layer: int | None = _f(None, "decoder-only LMs: each neuron also reads this layer's FFN input as a "
                                          "running max over the prompt, so it fires on its subject in any wording; "
                                          "pass records' `negatives` to keep the subject's other facts (None: off; "

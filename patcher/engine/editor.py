@@ -23,8 +23,10 @@ import torch.nn as nn
 from .arch import adapter_for
 from .config import EditorConfig
 from .examples import Cached, Example
+from .frames import FrameIndex
 from .memory import Memory, TopRows
 from .patch import NewNeurons, PatchBranch, PatchNeurons
+from .rewording import rewordings
 from .subject import shared_text, subject_position
 from .tasks import task_for
 
@@ -139,6 +141,7 @@ class Editor:
         self.val_memory = val_memory.to(self.device) if val_memory is not None else None
         self.edited: dict[str, Cached] = {}                   # error id -> cached edit input
         self.remembered: dict[str, list[str]] = {}            # error id -> the prompts it added to the memory
+        self.frames: FrameIndex | None = FrameIndex() if self.cfg.frames else None   # prompts seen, with targets
         self.outcomes: list[EditOutcome] = []
 
     @staticmethod
@@ -195,11 +198,12 @@ class Editor:
         other wordings of the input the new neurons are trained on as well (at most config.phrasings of
         them; never the `rephrases`, which measure Generality). `negatives`: prompts the new neurons must not
         fire on (e.g. other questions about the same subject), joining the memory before training."""
-        wordings = list(phrasings)[: self.cfg.phrasings]
-        self._check_edit(error_id, wordings, path)                 # before anything about the patch set changes
         start = time.perf_counter()
+        wordings, negatives, subject = self._wordings(input, target, phrasings, negatives)
+        self._check_edit(error_id, wordings, path)                 # before anything about the patch set changes
         c = self.cache([Example(input, target)])[0]
         right, lead, before = self.judge(c)
+        self.seen(input, target)
         if right:
             self.remember(c, input, error_id)
             return self._record(EditOutcome(error_id, input, "skipped", before, before, target, lead=lead,
@@ -215,7 +219,7 @@ class Editor:
         for text, negative in zip(negatives, self.cache([Example(n, target) for n in negatives])):
             self.remember(negative, text, error_id)
         trial, positions, right, lead, after, steps, losses = self._train_and_judge(c, Example(input, target), path,
-                                                                                   extra, wordings)
+                                                                                   extra, wordings, subject)
         keep = right or self.cfg.keep_failed
         if keep:
             self.neurons = trial
@@ -223,6 +227,7 @@ class Editor:
         self.edited[error_id] = c
         for text, seen in zip([input, *wordings], [c, *extra]):
             self.remember(seen, text, error_id)
+            self.seen(text, target)
         seconds = time.perf_counter() - start              # the edit itself; measuring GR below is not part of it
         generalization = None
         if rephrases:
@@ -232,6 +237,38 @@ class Editor:
             steps=steps, seconds=seconds, neurons=len(positions) if keep else 0, shifts_taken_back=taken_back,
             lead=lead, generalization=generalization, losses=losses,
             reason=None if right else f"not right within {self.cfg.max_steps} steps (smallest lead {lead:.3f})"))
+
+    def _wordings(self, input: str, target: str, phrasings, negatives) -> tuple[list[str], list[str], str | None]:
+        """The edit's training wordings, negatives and subject (None: the text its wordings share): the record's,
+        else, with config.frames, what the frames of the prompts seen so far give (engine/frames.py)."""
+        wordings, negatives = list(phrasings)[: self.cfg.phrasings], list(negatives)
+        if wordings or self.frames is None:
+            return wordings, negatives, None
+        match, found, others = self.frames.derive(input, self.cfg.phrasings, self.cfg.frame_negatives)
+        if match is None:
+            return [], negatives, None
+        negatives = negatives or others
+        if not found and self.cfg.reword:
+            found = self._agreeing(input, target, rewordings(input, match.subject))[: self.cfg.phrasings]
+            if found:               # the same rewordings of other subjects in its frame: the shape is not the fact
+                slot = match.values.index(match.subject)
+                negatives = negatives + [r for n, values in match.neighbours[:4]
+                                         for r in rewordings(self.frames.texts[n], values[slot])]
+        return found, negatives, match.subject
+
+    @torch.no_grad()
+    def _agreeing(self, input: str, target: str, candidates: list[str]) -> list[str]:
+        """The candidates on which the unpatched model's answer starts as it does on the input."""
+        if not candidates:
+            return []
+        cached = self.cache([Example(t, target) for t in [input, *candidates]])
+        first = [int(self.arch.tail(c.h[:1]).argmax(-1)) for c in cached]
+        return [t for t, f in zip(candidates, first[1:]) if f == first[0]]
+
+    def seen(self, text: str, target: str) -> None:
+        """A prompt and its target join the frames the next records' wordings come from (config.frames)."""
+        if self.frames is not None:
+            self.frames.add(text, target)
 
     def _check_edit(self, error_id: str, wordings: list[str], path: str) -> None:
         if error_id in self.owners or error_id in self.edited:
@@ -254,12 +291,15 @@ class Editor:
         return (f"{wrong} answer tokens wrong, at most {self.cfg.max_neurons_per_edit} neurons per edit "
                 "(max_neurons_per_edit): not trained")
 
-    def _train_and_judge(self, c: Cached, example: Example, path: str, extra: list[Cached], wordings: list[str]):
+    def _train_and_judge(self, c: Cached, example: Example, path: str, extra: list[Cached], wordings: list[str],
+                         subject: str | None = None):
         """Trains the edit's neurons, then again as _retries says while it is still wrong.
         -> (patch set with them, their positions, right, smallest lead, prediction, steps, losses)."""
-        # the subject key starts at the subject: the text the input shares with its phrasings (else its last token)
-        subject_at = subject_position(self.tokenizer, example.input, shared_text(example.input, wordings),
-                                      self.task.prompt_format, self.task.max_length) \
+        # the subject key starts at the subject: given, else the text the input shares with its phrasings (else
+        # its last token)
+        subject = subject or shared_text(example.input, wordings)
+        subject_at = subject_position(self.tokenizer, example.input, subject, self.task.prompt_format,
+                                      self.task.max_length) \
             if self.cfg.subject_layer is not None else None
         # an earlier edit may have remembered this edit's own wordings (as its negatives): not rows to stay silent on
         skip = self.memory.rows_of([example.input, *wordings]) if self.memory is not None else None

@@ -40,6 +40,8 @@ def build_editor(model, tokenizer, config: EditorConfig, memory: list[Example] =
     cfg = config
     if memory:
         editor.memory = Memory.from_examples(editor.task, list(memory), cfg.memory_size, cfg.seed)
+        for example in memory:
+            editor.seen(example.input, example.target)
     if val_memory:
         editor.val_memory = Memory.from_examples(editor.task, list(val_memory), cfg.memory_size, cfg.seed)
     if patches is not None and edits_in_memory and (patches.edits or patches.remembered):
@@ -59,8 +61,10 @@ def remember_edits(editor: Editor, edits: list[dict], group: int = 64) -> None:
                    for text in (entry.get("remembered") or [entry["input"]])]
         cached = editor.cache([Example(text, entry["target"]) for entry, text in prompts])
         for (entry, text), c in zip(prompts, cached):
-            if text == entry["input"] and entry.get("status") != "skipped":
-                editor.edited.setdefault(entry["error_id"], c)
+            if text == entry["input"]:
+                editor.seen(text, entry["target"])
+                if entry.get("status") != "skipped":
+                    editor.edited.setdefault(entry["error_id"], c)
             if editor.memory is None:
                 editor.memory = Memory.empty(c)
             editor.remember(c, text, entry["error_id"])
