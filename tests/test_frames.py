@@ -91,3 +91,12 @@ def test_rewordings_are_kept_where_the_unpatched_model_answers_alike(tokenizer, 
     assert [t for t in editor.remembered["e0"] if t in candidates] == agreeing
     if agreeing:        # the neighbours' same rewordings joined the memory as negatives
         assert "spain's capital is" in [t.lower() for t in editor.remembered["e0"]]
+
+
+def test_name_twins_seen_in_any_frame_join_the_negatives():
+    frames = index(SEEN + [("Sudan lies in the region of", "Africa")])
+    _, _, negatives = frames.derive("The capital of South Sudan is", 15, 6)
+    # its question about other subjects sharing a word with it: South Korea (its frame), Sudan (another frame)
+    assert negatives[-2:] == ["The capital of South Korea is", "The capital of Sudan is"]
+    _, _, negatives = frames.derive("The capital of Chile is", 15, 6)
+    assert not any("Korea" in n or "Sudan" in n for n in negatives)

@@ -9,7 +9,8 @@ Production prompts come in frames: "The capital of France is" and "The capital o
              another wording), as frames; a frame seen so with at least `min_support` neighbours gives the input
              a new wording, its own values in that frame
   negatives  frames that hold neighbours' values with another target and never with theirs: other questions about
-             such subjects, asked about the input's
+             such subjects, asked about the input's; and its question about name twins: other subjects seen in any of
+             those frames that share a rare word with its subject (New Hampshire: New Jersey, New Mexico)
 Text only: no model runs, so the cost per edit is a few milliseconds over a memory of tens of thousands.
 """
 from __future__ import annotations
@@ -42,6 +43,17 @@ def glued(ops: list[tuple], glue: int) -> list[tuple]:
     return slots
 
 
+def each_question(frames: list[str], question: dict[str, tuple]) -> list[str]:
+    """Frames in turns over the questions they ask (the first of each question, then the second...): a few
+    negatives then cover every other question about the subject, not one question in many wordings."""
+    groups: dict[tuple, list[str]] = {}
+    for f in frames:
+        groups.setdefault(question[f], []).append(f)
+    turns = [group[k] for k in range(max(map(len, groups.values()), default=0)) for group in groups.values()
+             if k < len(group)]
+    return turns
+
+
 @dataclass
 class Match:
     """An input's frame among the seen prompts: its slot values and its neighbours (prompt index, their values)."""
@@ -71,6 +83,7 @@ class FrameIndex:
         self.max_slots, self.candidates = max_slots, candidates          # slots per frame; prompts aligned per input
         self.neighbours, self.min_support = neighbours, min_support      # prompts in its frame; subjects per wording
         self.min_share = min_share           # share of the neighbours a wording needs (at least min_support)
+        self.rare_share = 0.05               # name twins: a shared word held by at most this share of the prompts
         self.glue = glue                     # shared runs shorter than this inside a slot join it, if slots are many
         self.texts: list[str] = []
         self.targets: list[str] = []
@@ -154,18 +167,37 @@ class FrameIndex:
     def frames_of(self, match: Match) -> tuple[list[str], list[str]]:
         """-> (frames asking the neighbours' question in other wordings, frames asking them other questions),
         most neighbours first, each seen with at least min_support neighbours."""
-        same, other = Counter(), Counter()
+        same, other, question = Counter(), Counter(), {}
         for n, values in match.neighbours:
-            found = self._frames_holding(values)
-            found = [(f, self.targets[i] == self.targets[n]) for f, i in found if f != match.frame]
+            found = [(f, i) for f, i in self._frames_holding(values) if f != match.frame]
             # once per neighbour, in the order seen (ties keep it: the same wordings every run)
-            same.update(list(dict.fromkeys(f for f, agrees in found if agrees)))
-            other.update(list(dict.fromkeys(f for f, agrees in found if not agrees)))
+            same.update(list(dict.fromkeys(f for f, i in found if self.targets[i] == self.targets[n])))
+            other.update(list(dict.fromkeys(f for f, i in found if self.targets[i] != self.targets[n])))
+            for f, i in found:          # frames with one answer for the first neighbour seen in them: one question
+                question.setdefault(f, (n, self.targets[i]))
         # a wording most neighbours were asked in: with few labels (classifiers) other questions agree by chance
         needed = max(self.min_support, self.min_share * len(match.neighbours))
         wordings = [f for f, c in same.most_common() if c >= needed and c > other[f]]
-        questions = [f for f, c in other.most_common() if c >= self.min_support and same[f] == 0]
-        return wordings, questions
+        return wordings, each_question([f for f, c in other.most_common() if c >= self.min_support and same[f] == 0],
+                                       question)
+
+    def twins(self, match: Match, frames: list[str], limit: int = 4) -> list[str]:
+        """Other subjects seen in one of `frames` (one slot each) that share a word with the input's subject, a word
+        held by few seen prompts (at most max(8, rare_share of them): not "the" or "of"), at most `limit`."""
+        patterns = [re.compile("(.+?)".join(map(re.escape, parts)) + "$") for f in frames
+                    if len(parts := re.split("\x00\\d+\x00", f)) == 2]
+        out = []
+        for word in dict.fromkeys(t for t, _, _ in tokens(match.subject) if t[0].isalnum()):
+            holding = self.words.get(word, ())
+            if len(holding) > max(8, self.rare_share * len(self)):
+                continue
+            for i in holding:
+                for pattern in patterns:
+                    found = pattern.match(self.texts[i])
+                    if found and found.group(1) != match.subject and \
+                            re.search(r"(?<!\w)" + re.escape(word) + r"(?!\w)", found.group(1), re.IGNORECASE):
+                        out.append(found.group(1))
+        return list(dict.fromkeys(out))[:limit]
 
     def derive(self, text: str, wordings: int, negatives: int) -> tuple[Match | None, list[str], list[str]]:
         """-> (the input's match, up to `wordings` other wordings of it, up to `negatives` other questions about
@@ -174,5 +206,7 @@ class FrameIndex:
         if match is None:
             return None, [], []
         same, other = self.frames_of(match)
-        filled = lambda frames, n: [p for p in dict.fromkeys(fill(f, match.values) for f in frames) if p != text][:n]   # noqa: E731
-        return match, filled(same, wordings), filled(other, negatives)
+        filled = [p for p in dict.fromkeys(fill(f, match.values) for f in same) if p != text][:wordings]
+        questions = [p for p in dict.fromkeys(fill(f, match.values) for f in other) if p != text][:negatives]
+        twins = self.twins(match, [match.frame, *same, *other]) if len(match.values) == 1 else []
+        return match, filled, questions + [fill(match.frame, [t]) for t in twins]
