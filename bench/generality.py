@@ -38,6 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
+import transformers  # noqa: E402
 from sequential import run_editor, warm_up  # noqa: E402
 
 from patcher import EditorConfig  # noqa: E402
@@ -103,6 +104,25 @@ def by_relation(detail: dict) -> dict[str, dict]:
                 "GR": statistics.mean(v["gr"]) if v["gr"] else None} for k, v in sorted(out.items())}
 
 
+@torch.no_grad()
+def firing(editor, records) -> dict:
+    """At the end of a run, each edit's neurons on its held-out rephrasings: right or not, and whether any of its
+    neurons fires there (pre-activation > 0 at a judged position): a miss the key side (did not fire) or the value
+    side (fired, still wrong) makes. -> shares and a few examples of each miss."""
+    rows = []
+    for r in records:
+        columns = [i for i, owner in enumerate(editor.owners) if owner == r.id]
+        if not columns or not r.rephrases:
+            continue
+        for text, c in zip(r.rephrases, editor.cache([Example(p, r.target) for p in r.rephrases])):
+            peak = float(editor.neurons.preactivation(c.q, c.z, c.at)[:, columns].amax())
+            rows.append({"id": r.id, "rephrase": text, "right": editor.judge(c)[0], "peak": round(peak, 3)})
+    wrong = [x for x in rows if not x["right"]]
+    quiet = [x for x in wrong if x["peak"] <= 0]
+    return {"rephrases": len(rows), "wrong": len(wrong), "wrong_not_fired": len(quiet),
+            "not_fired": quiet[:8], "fired_wrong": [x for x in wrong if x["peak"] > 0][:8]}
+
+
 def markdown(result: dict) -> str:
     fmt = lambda v: "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))   # noqa: E731
     cols = ["method", "memory", "seed", "edits", "SR", "GR", "ER", "train_unchanged", "test_unchanged",
@@ -113,6 +133,13 @@ def markdown(result: dict) -> str:
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in result["rows"]]
     relations = sorted({k for r in result["rows"] for k in r["relations"]})
     keys = [f"{r['method']}/{r['memory']}/{r['seed']}" for r in result["rows"]]
+    for r in result["runs"]:
+        if r.get("firing"):
+            f = r["firing"]
+            lines += ["", f"{r['method']}/{r['memory']}/{r['seed']}: {f['wrong']} of {f['rephrases']} held-out "
+                      f"rephrasings wrong at the end, {f['wrong_not_fired']} of them with none of the edit's neurons "
+                      "firing; "
+                      "not fired: " + "; ".join(f"{x['rephrase']!r} ({x['peak']})" for x in f["not_fired"][:4])]
     lines += ["", "GR by relation (edits in brackets):", "", "| relation | " + " | ".join(keys) + " |",
               "|" + "---|" * (len(keys) + 1)]
     for rel in relations:
@@ -120,6 +147,12 @@ def markdown(result: dict) -> str:
         lines.append(f"| {rel} | " + " | ".join("n/a" if c is None else f"{fmt(c['GR'])} ({c['edits']})"
                                                  for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write(out: Path, stem: str, result: dict) -> None:
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(markdown(result))
+    print(markdown(result), file=sys.stderr)
 
 
 def main() -> int:
@@ -136,6 +169,10 @@ def main() -> int:
     ap.add_argument("--tag", default="")
     ap.add_argument("--out-dir", default="docs/results")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--firing", action="store_true", help="at the end of each run: did the edits' neurons fire on "
+                    "the held-out rephrasings they got wrong (key side), or fire and leave them wrong (value side)")
+    ap.add_argument("--merge", nargs="*", default=[], metavar="JSON", help="put these result files' rows first (the "
+                    "same model and records; methods run in separate processes); with --methods '' only combine them")
     args = ap.parse_args()
     started = time.perf_counter()
     base = {**PipelineSettings.load().train.editor_overrides(Catalog().entry(args.model)),
@@ -149,6 +186,21 @@ def main() -> int:
         if not args.per_relation or count[relation_of(r.id)] <= args.per_relation:
             records.append(r)
     bare = [replace(r, phrasings=[], negatives=[]) if relation_of(r.id) in left_out else r for r in records]
+    rows, runs = [], []
+    for path in args.merge:
+        earlier = json.loads(Path(path).read_text())
+        if (earlier["model"], earlier["edits"], earlier["left_out"]) != (args.model, len(records), sorted(left_out)):
+            raise SystemExit(f"{path}: another model, stream or left-out set than this run's")
+        rows, runs = rows + earlier["rows"], runs + earlier["runs"]
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"generality_{args.model}{('_' + args.tag) if args.tag else ''}"
+    meta = {"model": args.model, "edits": len(records), "stream": len(stream), "left_out": sorted(left_out),
+            "per_relation": args.per_relation, "date": time.strftime("%Y-%m-%d"),
+            "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__}}
+    if not runs_of(args):
+        write(out, stem, {**meta, "rows": rows, "runs": runs})
+        return 0
     model, tokenizer = load_model(build(args.model, out=model_path(args.model), progress=lambda m: None))
     split = split_facts(all_facts(), seed=0)
     probe = build_editor(model, tokenizer, EditorConfig(**base))
@@ -163,10 +215,6 @@ def main() -> int:
         facts = {f.id: f for f in all_facts()}
         context["test_subjects"] = [f.subject for f in split["test"]]
         context["record_subjects"] = {r.id: facts[r.id].subject for r in records if r.id in facts}
-    rows, runs = [], []
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"generality_{args.model}{('_' + args.tag) if args.tag else ''}"
     for method, variant, settings in runs_of(args):
         if variant == "full":
             sets, stream_records = {"memory": full["memory"], "validation": full["validation"]}, records
@@ -178,21 +226,17 @@ def main() -> int:
             torch.manual_seed(seed)
             print(f"{method} / {variant} / seed {seed}: memory {len(sets['memory'])} prompts", file=sys.stderr)
             run = {**base, **settings, "seed": seed}
+            editors = []
             points, detail = run_editor(method, run, model, tokenizer, {**sets, **context, "shared": shared},
-                                        train, test, stream_records, (None,) * 4, progress=not args.quiet)
+                                        train, test, stream_records, (None,) * 4, progress=not args.quiet,
+                                        finished=editors.append)
+            if args.firing:
+                detail["firing"] = firing(editors[0], stream_records)
             rows.append({**points[-1], "method": method, "memory": variant, "seed": seed,
                          "relations": by_relation(detail)})
             runs.append({"method": method, "memory": variant, "seed": seed, **detail})
-            import transformers
-            result = {"model": args.model, "edits": len(records), "stream": len(stream), "left_out": sorted(left_out),
-                      "per_relation": args.per_relation, "settings": base, "prompts_cached": prompts,
-                      "run_wall_s": round(time.perf_counter() - started, 1), "date": time.strftime("%Y-%m-%d"),
-                      "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
-                                  "transformers": transformers.__version__},
-                      "rows": rows, "runs": runs}
-            (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-            (out / f"{stem}.md").write_text(markdown(result))
-            print(markdown(result), file=sys.stderr)
+            write(out, stem, {**meta, "settings": base, "prompts_cached": prompts,
+                              "run_wall_s": round(time.perf_counter() - started, 1), "rows": rows, "runs": runs})
     return 0
 
 

@@ -109,8 +109,9 @@ def warm_up(probe, shared: SharedCache, records, phrasings: int) -> dict:
 
 
 def run_editor(name, settings, model, tokenizer, sets, train, test, records, ft, progress=True,
-               checkpoint=lambda rows, detail: None):
-    """-> (a row per checkpoint, the run's detail); `checkpoint` gets both so far at every checkpoint."""
+               checkpoint=lambda rows, detail: None, finished=lambda editor: None):
+    """-> (a row per checkpoint, the run's detail); `checkpoint` gets both so far at every checkpoint, `finished`
+    the editor at the end."""
     config = EditorConfig(**settings)
     editor = make_editor(name, config, model, tokenizer, sets, *ft)
     marks, rows, outcomes, detail = checkpoints(len(records)), [], [], None
@@ -144,6 +145,7 @@ def run_editor(name, settings, model, tokenizer, sets, train, test, records, ft,
             detail = run_detail(name, config, editor, outcomes, moved)
             checkpoint(rows, detail)
     # the last record is a checkpoint: no detail yet only when every record was already right
+    finished(editor)
     return rows, detail or run_detail(name, config, editor, outcomes, locality_moved(editor, train, test))
 
 

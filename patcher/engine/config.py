@@ -68,8 +68,8 @@ class EditorConfig:
                              "of the prompts the editor has seen (its memory set and earlier edits: engine/frames.py)")
     frame_negatives: int = _f(6, "frames: at most this many other questions about the subject join the memory as "
                                  "negatives when a record brings none")
-    reword: bool = _f(False, "frames: a record whose frame was never seen in another wording gets rule rewordings of "
-                             "English syntax (engine/rewording.py) that the unpatched model answers alike")
+    reword: bool = _f(True, "frames: a record whose frame was never seen in another wording gets rule rewordings of "
+                            "English syntax (engine/rewording.py) that the unpatched model answers alike")
     subject_layer: int | None = _f(None, "decoder-only LMs: each neuron also reads this layer's FFN input as a "
                                          "running max over the prompt, so it fires on its subject in any wording; "
                                          "pass records' `negatives` to keep the subject's other facts (None: off; "

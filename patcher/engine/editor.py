@@ -197,7 +197,8 @@ class Editor:
         """Fix one mistake on top of all earlier patches. Not patched again if already right. `phrasings`:
         other wordings of the input the new neurons are trained on as well (at most config.phrasings of
         them; never the `rephrases`, which measure Generality). `negatives`: prompts the new neurons must not
-        fire on (e.g. other questions about the same subject), joining the memory before training."""
+        fire on (e.g. other questions about the same subject), joining the memory before training. A record with
+        no phrasings gets wordings, negatives and its subject from the frames of the prompts seen (config.frames)."""
         start = time.perf_counter()
         wordings, negatives, subject = self._wordings(input, target, phrasings, negatives)
         self._check_edit(error_id, wordings, path)                 # before anything about the patch set changes
