@@ -72,8 +72,8 @@ class EditorConfig:
                             "English syntax (engine/rewording.py) that the unpatched model answers alike")
     subject_layer: int | None = _f(None, "decoder-only LMs: each neuron also reads this layer's FFN input as a "
                                          "running max over the prompt, so it fires on its subject in any wording; "
-                                         "pass records' `negatives` to keep the subject's other facts (None: off; "
-                                         "fast path only; exports as a branch)")
+                                         "records' `negatives` (or the frames') keep the subject's other facts "
+                                         "(None: off; fast path only; exports as a branch)")
     bias_shift: float = _f(0.0, "raise each trained neuron's bias by this, moving its threshold from the edge of its "
                                 "training wordings into the gap the memory loss opened (0: off; a later wrong edit "
                                 "takes the shift back where it alone makes a neuron fire)")
