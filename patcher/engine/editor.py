@@ -200,9 +200,9 @@ class Editor:
         fire on (e.g. other questions about the same subject), joining the memory before training. A record with
         no phrasings gets wordings, negatives and its subject from the frames of the prompts seen (config.frames)."""
         start = time.perf_counter()
-        wordings, negatives, subject = self._wordings(input, target, phrasings, negatives)
-        self._check_edit(error_id, wordings, path)                 # before anything about the patch set changes
         c = self.cache([Example(input, target)])[0]
+        wordings, negatives, subject = self._wordings(c, input, target, phrasings, negatives)
+        self._check_edit(error_id, wordings, path)                 # before anything about the patch set changes
         right, lead, before = self.judge(c)
         self.seen(input, target)
         if right:
@@ -239,7 +239,8 @@ class Editor:
             lead=lead, generalization=generalization, losses=losses,
             reason=None if right else f"not right within {self.cfg.max_steps} steps (smallest lead {lead:.3f})"))
 
-    def _wordings(self, input: str, target: str, phrasings, negatives) -> tuple[list[str], list[str], str | None]:
+    def _wordings(self, c: Cached, input: str, target: str, phrasings,
+                  negatives) -> tuple[list[str], list[str], str | None]:
         """The edit's training wordings, negatives and subject (None: the text its wordings share): the record's,
         else, with config.frames, what the frames of the prompts seen so far give (engine/frames.py)."""
         wordings, negatives = list(phrasings)[: self.cfg.phrasings], list(negatives)
@@ -250,7 +251,7 @@ class Editor:
             return [], negatives, None
         negatives = negatives or others
         if not found and self.cfg.reword:
-            found = self._agreeing(input, target, rewordings(input, match.subject))[: self.cfg.phrasings]
+            found = self._agreeing(c, target, rewordings(input, match.subject))[: self.cfg.phrasings]
             if found:               # the same rewordings of other subjects in its frame: the shape is not the fact
                 slot = match.values.index(match.subject)
                 negatives = negatives + [r for n, values in match.neighbours[:4]
@@ -258,12 +259,12 @@ class Editor:
         return found, negatives, match.subject
 
     @torch.no_grad()
-    def _agreeing(self, input: str, target: str, candidates: list[str]) -> list[str]:
-        """The candidates on which the unpatched model's answer starts as it does on the input."""
+    def _agreeing(self, c: Cached, target: str, candidates: list[str]) -> list[str]:
+        """The candidates on which the unpatched model's answer starts as it does on the input (cached as c)."""
         if not candidates:
             return []
-        cached = self.cache([Example(t, target) for t in [input, *candidates]])
-        first = [int(self.arch.tail(c.h[:1]).argmax(-1)) for c in cached]
+        cached = [c, *self.cache([Example(t, target) for t in candidates])]
+        first = [int(self.arch.tail(x.h[:1]).argmax(-1)) for x in cached]
         return [t for t, f in zip(candidates, first[1:]) if f == first[0]]
 
     def seen(self, text: str, target: str) -> None:

@@ -29,6 +29,11 @@ def tokens(text: str) -> list[tuple[str, int, int]]:
     return [(m.group().lower(), m.start(), m.end()) for m in TOKEN.finditer(text)]
 
 
+def words(text: str) -> list[str]:
+    """The distinct lower-cased words of a text (no punctuation), in order: what the index is keyed by."""
+    return list(dict.fromkeys(t for t, _, _ in tokens(text) if t[0].isalnum() or t[0] == "_"))
+
+
 def glued(ops: list[tuple], glue: int) -> list[tuple]:
     """The differing spans of difflib opcodes, those separated by fewer than `glue` equal tokens joined into one."""
     slots = []
@@ -49,9 +54,8 @@ def each_question(frames: list[str], question: dict[str, tuple]) -> list[str]:
     groups: dict[tuple, list[str]] = {}
     for f in frames:
         groups.setdefault(question[f], []).append(f)
-    turns = [group[k] for k in range(max(map(len, groups.values()), default=0)) for group in groups.values()
-             if k < len(group)]
-    return turns
+    return [group[k] for k in range(max(map(len, groups.values()), default=0)) for group in groups.values()
+            if k < len(group)]
 
 
 @dataclass
@@ -97,7 +101,7 @@ class FrameIndex:
         i = len(self.texts)
         self.texts.append(text)
         self.targets.append(target)
-        for word in {t for t, _, _ in tokens(text) if t[0].isalnum() or t[0] == "_"}:
+        for word in words(text):
             self.words.setdefault(word, []).append(i)
 
     def __len__(self) -> int:
@@ -149,7 +153,7 @@ class FrameIndex:
         """(frame, prompt index) of every seen prompt that holds all `values` as whole words, each once."""
         posting = None
         for value in values:
-            for word in {t for t, _, _ in tokens(value) if t[0].isalnum() or t[0] == "_"}:
+            for word in words(value):
                 ids = set(self.words.get(word, ()))
                 posting = ids if posting is None else posting & ids
         out = []
@@ -187,7 +191,7 @@ class FrameIndex:
         patterns = [re.compile("(.+?)".join(map(re.escape, parts)) + "$") for f in frames
                     if len(parts := re.split("\x00\\d+\x00", f)) == 2]
         out = []
-        for word in dict.fromkeys(t for t, _, _ in tokens(match.subject) if t[0].isalnum()):
+        for word in words(match.subject):
             holding = self.words.get(word, ())
             if len(holding) > max(8, self.rare_share * len(self)):
                 continue
