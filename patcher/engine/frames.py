@@ -29,6 +29,11 @@ def tokens(text: str) -> list[tuple[str, int, int]]:
     return [(m.group().lower(), m.start(), m.end()) for m in TOKEN.finditer(text)]
 
 
+def whole(text: str, flags: int = 0) -> re.Pattern:
+    """`text` as whole words: not inside a longer word."""
+    return re.compile(r"(?<!\w)" + re.escape(text) + r"(?!\w)", flags)
+
+
 def words(text: str) -> list[str]:
     """The distinct lower-cased words of a text (no punctuation), in order: what the index is keyed by."""
     return list(dict.fromkeys(t for t, _, _ in tokens(text) if t[0].isalnum() or t[0] == "_"))
@@ -112,8 +117,7 @@ class FrameIndex:
         spans), one that at least min_support prompts share, with the most tokens matched; its neighbours are the
         seen prompts in that frame."""
         mine = tokens(text)
-        words = {t for t, _, _ in mine}
-        shared = Counter(i for w in words for i in self.words.get(w, ()))
+        shared = Counter(i for w in words(text) for i in self.words.get(w, ()))
         best: dict[str, list] = {}                    # frame -> [matched tokens, values, neighbours]
         for i, _ in shared.most_common(self.candidates):
             if self.texts[i] == text:
@@ -160,7 +164,7 @@ class FrameIndex:
         for i in sorted(posting or ()):
             frame = self.texts[i]
             for k, value in enumerate(values):
-                found = list(re.finditer(r"(?<!\w)" + re.escape(value) + r"(?!\w)", frame))
+                found = list(whole(value).finditer(frame))
                 if len(found) != 1:
                     break
                 frame = frame[:found[0].start()] + SLOT.format(k) + frame[found[0].end():]
@@ -199,7 +203,7 @@ class FrameIndex:
                 for pattern in patterns:
                     found = pattern.match(self.texts[i])
                     if found and found.group(1) != match.subject and \
-                            re.search(r"(?<!\w)" + re.escape(word) + r"(?!\w)", found.group(1), re.IGNORECASE):
+                            whole(word, re.IGNORECASE).search(found.group(1)):
                         out.append(found.group(1))
         return list(dict.fromkeys(out))[:limit]
 
