@@ -27,7 +27,7 @@ from flows.register import register
 from flows.report import publish
 from flows.train import train
 from flows.validate import validate
-from patcher.engine.records import stamp, utc_now
+from patcher.engine.records import split_lines, stamp, utc_now
 from patcher.pipeline.approval import ApprovalRecord
 from patcher.pipeline.catalog import Catalog
 from patcher.pipeline.outcome import Outcome, RunResult, Status
@@ -147,6 +147,8 @@ def pipeline(model: str, root: str | None = None, approval: str | None = None,
         lap("ingest")
         if not got["batches"]:
             settle(Outcome.nothing_new())
+            if got["stray"]:
+                summary["stray_errors"] = got["stray"]
             return RunResult(outcome, summary)
         # ids the live version holds count as processed too: a run that registered but crashed before the
         # ledger write must not edit them again
@@ -198,7 +200,7 @@ def pipeline(model: str, root: str | None = None, approval: str | None = None,
                 settle(Outcome.rejected_by(decision))
             if review:
                 records = {json.loads(x)["id"]: json.loads(x) for x in
-                           s3_tasks.read_text(checked["accepted_uri"]).splitlines() if x.strip()}
+                           split_lines(s3_tasks.read_bytes(checked["accepted_uri"])) if x.strip()}
                 # an earlier edit a new patch broke is not among this run's records: its id says which
                 s3_tasks.write_jsonl(layout.review(run_id), [{**records.get(r["error_id"], {"id": r["error_id"]}),
                                                               "reason": r["reason"], "run_id": run_id} for r in review])

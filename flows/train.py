@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 
 from flows import s3_tasks
 from patcher.engine.patchset import PatchSet
-from patcher.engine.records import parse_record
+from patcher.engine.records import parse_record, split_lines
 from patcher.pipeline.catalog import Catalog
 from patcher.pipeline.train import TrainSettings, train_patches
 
@@ -21,7 +21,7 @@ def train(model: str, accepted_uri: str, out_uri: str, base_uri: str | None = No
           settings: dict | None = None) -> str:
     """Writes OUT/patches/ and OUT/train_report.json. -> the report's URI."""
     log = get_run_logger()
-    lines = s3_tasks.read_text(accepted_uri).splitlines()
+    lines = split_lines(s3_tasks.read_bytes(accepted_uri))
     records = [parse_record(line, f"{accepted_uri}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
     entry = Catalog().entry(model)
     with tempfile.TemporaryDirectory() as tmp:

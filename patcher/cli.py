@@ -111,18 +111,24 @@ def cmd_eval(args) -> int:
     from .engine.examples import Example
     from .engine.metrics import LocalitySet
     from .engine.patchset import PatchSet
-    from .engine.records import read_records
-    from .engine.sequential import build_editor, check_task
+    from .engine.records import RecordError, read_records
+    from .engine.sequential import build_editor
     from .engine.suites import examples, read_rows
     from .models.base import load_model, resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
     model, tokenizer = load_model(model_dir)
     patches = PatchSet.load(args.patches)
-    editor = build_editor(model, tokenizer, _config(args), patches=patches, edits_in_memory=False)   # reads only
+    config = _config(args)
+    for note in patches.own_kind(config):                     # its neurons read what they were trained on
+        print(f"eval: {note}", file=sys.stderr)
+    editor = build_editor(model, tokenizer, config, patches=patches, edits_in_memory=False)   # reads only
     patches.check_base(editor.arch, model_dir)
     records = read_records(args.errors)
-    check_task(editor, records)
+    wrong_task = [r.id for r in records if r.task != editor.task.name]
+    if wrong_task:
+        raise RecordError(str(args.errors), wrong_task[0], [f"task is not {editor.task.name}, what the model does "
+                                                            f"({len(wrong_task)} records)"])
     cached = editor.cache([Example(r.input, r.target) for r in records])
     rephrased = editor.cache([Example(p, r.target) for r in records for p in r.rephrases])
     result = {
@@ -343,11 +349,9 @@ def cmd_errors_generate(args) -> int:
         Path(args.out).with_suffix(".stats.json").write_text(json.dumps(stats, indent=1) + "\n")
         print(f"{len(records)} real mistakes of {args.model} -> {args.out}", file=sys.stderr)
     if args.batches or args.s3:
-        from datetime import datetime, timezone
+        from .facts.stream import batches, hours_ago
 
-        from .facts.stream import batches
-
-        files, damaged = batches(records, datetime.now(timezone.utc), hours=args.hours,
+        files, damaged = batches(records, hours_ago(args.hours), hours=args.hours,
                                  damaged_share=args.damaged, seed=args.seed)
         texts = {key: "".join(line + "\n" for line in lines) for key, lines in files.items()}
         if args.batches:
@@ -368,6 +372,7 @@ def cmd_errors_generate(args) -> int:
 def cmd_errors_put(args) -> int:
     from datetime import datetime, timezone
 
+    from .engine.records import split_lines
     from .pipeline.settings import PipelineSettings
     from .pipeline.store import Layout, write_bytes
 
@@ -376,15 +381,16 @@ def cmd_errors_put(args) -> int:
     now = datetime.now(timezone.utc)
     uri = f"{Layout(root, args.model).errors}/{now:%Y/%m/%d/%H}/{args.name or Path(args.inp).stem}-{now:%M%S}.jsonl"
     write_bytes(uri, data, content_type="application/x-ndjson")
-    print(f"{sum(1 for line in data.splitlines() if line.strip())} lines -> {uri}")
+    print(f"{sum(1 for line in split_lines(data) if not isinstance(line, str) or line.strip())} lines -> {uri}")
     return 0
 
 
 def cmd_validate(args) -> int:
+    from .engine.records import split_lines
     from .pipeline.catalog import Catalog
     from .pipeline.validation import known_models, validate_lines
 
-    lines = Path(args.inp).read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = split_lines(Path(args.inp).read_bytes())
     result = validate_lines(lines, known_models([args.model] if args.model else None, Catalog(args.catalog)))
     for path, rows in ((args.accepted, result.accepted), (args.quarantine, result.quarantined)):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -672,8 +678,9 @@ def _data_commands(sub) -> None:
     eg.add_argument("--out", help="error records, JSON lines")
     eg.add_argument("--batches", help="also write them as hourly batches (YYYY/MM/DD/HH/*.jsonl) under this "
                                       "directory, with damaged lines mixed in")
-    eg.add_argument("--s3", help="the same hourly batches under an S3 prefix, e.g. s3://patcher/errors "
-                                 "(standard AWS settings: AWS_ENDPOINT_URL, keys from the environment)")
+    eg.add_argument("--s3", help="the same hourly batches under an S3 prefix: the pipeline reads ROOT/errors/MODEL, "
+                                 "e.g. s3://patcher/errors/facts-smollm2 (standard AWS settings: AWS_ENDPOINT_URL, "
+                                 "keys from the environment)")
     eg.add_argument("--hours", type=int, default=1, help="hours the batches span")
     eg.add_argument("--damaged", type=float, default=0.1, help="share of damaged lines in the batches")
     eg.add_argument("--model-dir", help="the built model (default: `patcher models path NAME`, built if missing)")

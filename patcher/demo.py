@@ -42,12 +42,10 @@ def clear_prefix(uri: str) -> int:
 def seed_errors(model: str, root: str, edits: int, seed: int = 0) -> dict:
     """The model's real mistakes on the fact bank's edit split, as one hour of batch files under
     ROOT/errors/MODEL/. -> counts."""
-    from datetime import datetime, timezone
-
     from .engine.editor import Editor
     from .facts.bank import all_facts, split_facts
     from .facts.mistakes import find_mistakes
-    from .facts.stream import batches
+    from .facts.stream import batches, hours_ago
     from .models.base import load_model
     from .models.production import build
     from .pipeline.catalog import Catalog
@@ -58,7 +56,7 @@ def seed_errors(model: str, root: str, edits: int, seed: int = 0) -> dict:
     loaded, tokenizer = load_model(model_dir)
     records = find_mistakes(Editor(loaded, tokenizer), split_facts(all_facts(), seed=seed)["edit"], model,
                             limit=edits, seed=seed)
-    files, damaged = batches(records, datetime.now(timezone.utc), hours=1, seed=seed)
+    files, damaged = batches(records, hours_ago(1), hours=1, seed=seed)
     put_files(f"{root}/errors/{model}", {k: "".join(line + "\n" for line in v) for k, v in files.items()})
     return {"mistakes": len(records), "lines": sum(map(len, files.values())), "damaged": len(damaged),
             "files": sorted(files)}

@@ -1,6 +1,7 @@
 """Patch sets on disk: `patches.safetensors` (keys, biases, values; subject_keys with a subject key) plus
-`manifest.json` (base model and its hash, layer, activation, subject_layer, and per edit: the error it fixes, its
-neurons, its input/target and metrics).
+`manifest.json` (base model and its hash, the weights file's sha256, layer, activation, subject_layer, and per edit:
+the error it fixes, its neurons, its input/target and metrics). Every load checks the weights against that sha256:
+a patch set corrupted on disk, in a cache or a remote fails loudly (CorruptPatchSet) instead of serving noise.
 
 A patch set only ever holds the delta; it loads onto the base model as a branch, or merges into the FFN
 weights where that is exact. Rollback removes one edit's neurons and leaves every other output unchanged.
@@ -23,6 +24,10 @@ from .patch import PatchBranch, PatchNeurons, can_merge, merge_into
 
 FORMAT = "patcher.engine.patchset/1"
 WEIGHTS, MANIFEST = "patches.safetensors", "manifest.json"
+
+
+class CorruptPatchSet(ValueError):
+    """A patch set whose weights are not what its manifest recorded."""
 
 
 def now() -> str:
@@ -93,6 +98,7 @@ class PatchSet:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / WEIGHTS)
         manifest = {
             "format": FORMAT,
+            "weights_sha256": sha256(tmp / WEIGHTS),
             "base_model": self.base_model,
             "architecture": self.architecture,
             "layer": self.layer,
@@ -129,7 +135,7 @@ class PatchSet:
         m = json.loads(manifest_path.read_text())
         if m.get("format") != FORMAT:
             raise ValueError(f"{manifest_path}: format {m.get('format')!r}, expected {FORMAT!r}")
-        t = load_file(patch_dir / WEIGHTS)
+        t = _checked_weights(patch_dir, m.get("weights_sha256"))
         owners = [n["error_id"] for n in m["neurons"]]
         if t["keys"].shape[0] != len(owners):
             raise ValueError(f"{patch_dir}: {t['keys'].shape[0]} neurons in {WEIGHTS}, {len(owners)} in {MANIFEST}")
@@ -153,6 +159,22 @@ class PatchSet:
                         self.architecture, self.layer, [e for e in self.edits if e["error_id"] != error_id],
                         self.editor_config, now(), self.remembered, self.data)
 
+    def own_kind(self, config) -> list[str]:
+        """Sets an EditorConfig's kind of neuron (subject layer, activation) to this patch set's own, which wins over
+        settings (one patch set holds one kind). -> a note per setting overruled."""
+        if not len(self.neurons):
+            return []
+        notes = []
+        if self.neurons.subject_layer != config.subject_layer:
+            notes.append(f"subject_layer {self.neurons.subject_layer} (the patch set's own; the settings ask for "
+                         f"{config.subject_layer})")
+            config.subject_layer = self.neurons.subject_layer
+        if config.activation not in ("auto", self.neurons.activation):
+            notes.append(f"activation {self.neurons.activation} (the patch set's own; the settings ask for "
+                         f"{config.activation})")
+            config.activation = self.neurons.activation
+        return notes
+
     # --- onto a model ---------------------------------------------------------------------------------------
     def check_base(self, arch: Arch, model_dir: str | os.PathLike | None) -> None:
         if arch.name != self.architecture:
@@ -173,6 +195,24 @@ class PatchSet:
             merge_into(arch, neurons)
             return None
         return PatchBranch(arch, neurons)
+
+
+def _checked_weights(patch_dir: Path, expected: str | None) -> dict[str, torch.Tensor]:
+    """The weights file's tensors, if its sha256 is the manifest's (older manifests have none: then finite values
+    at least), else CorruptPatchSet naming the file."""
+    path = patch_dir / WEIGHTS
+    digest = sha256(path) if path.exists() else None
+    if expected is not None and digest != expected:
+        raise CorruptPatchSet(f"{path} is corrupt: sha256 {(digest or 'missing')[:12]}, its manifest says "
+                              f"{expected[:12]}; fetch this version again (`patcher registry get`, `dvc pull`)")
+    try:
+        tensors = load_file(path)
+    except Exception as error:  # noqa: BLE001 (safetensors' own error types vary by version)
+        raise CorruptPatchSet(f"{path} is not a readable safetensors file: {error}") from None
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CorruptPatchSet(f"{path} is corrupt: non-finite values in {', '.join(broken)}")
+    return tensors
 
 
 def load_patched(model_dir, patch_dir=None, merge: bool = True):

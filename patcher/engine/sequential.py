@@ -14,7 +14,7 @@ from .editor import Editor, EditOutcome
 from .examples import Example, SharedCache
 from .memory import Memory
 from .patchset import PatchSet, module_name, now, weights_sha256
-from .records import ErrorRecord, RecordError
+from .records import ErrorRecord
 
 
 def set_threads(config: EditorConfig, task: str) -> int:
@@ -70,21 +70,33 @@ def remember_edits(editor: Editor, edits: list[dict], group: int = 64) -> None:
             editor.remember(c, text, entry["error_id"])
 
 
-def check_task(editor: Editor, records: list[ErrorRecord]) -> None:
-    for r in records:
-        if r.task != editor.task.name:
-            raise RecordError(f"record {r.id}", r.id, [f"task {r.task!r}, but the model does {editor.task.name}"])
+def refused(record: ErrorRecord, reason: str) -> EditOutcome:
+    """The outcome of a record the editor could not take: failed, with the reason a reviewer reads."""
+    return EditOutcome(record.id, record.input, "failed", "", "", record.target, reason=reason)
 
 
 def run_stream(editor: Editor, records: list[ErrorRecord], progress: bool = True, path: str = "fast",
-               on_outcome=None) -> list[EditOutcome]:
-    """Applies the records in order as sequential edits. The bar shows edits done and the running SR."""
-    check_task(editor, records)
+               on_outcome=None, hold=None) -> list[EditOutcome]:
+    """Applies the records in order as sequential edits. The bar shows edits done and the running SR. A record
+    the editor cannot take (another task, an error while editing it) fails alone with the reason, and the rest go
+    on (they go to review, the batch is never blocked); running out of memory is the machine's failure, raised.
+    `hold(record)`: a reason not to edit a record but leave it to a person (failed, "held for review: ...")."""
     outcomes: list[EditOutcome] = []
     bar = tqdm(records, desc="editing", unit="edit", disable=not progress, dynamic_ncols=True)
     for record in bar:
-        outcome = editor.edit(record.id, record.input, record.target, record.rephrases, record.phrasings, path=path,
-                              negatives=record.negatives)
+        held = hold(record) if hold is not None else None
+        if record.task != editor.task.name:
+            outcome = refused(record, f"task {record.task!r}, but the model does {editor.task.name}")
+        elif held:
+            outcome = refused(record, f"held for review: {held}")
+        else:
+            try:
+                outcome = editor.edit(record.id, record.input, record.target, record.rephrases, record.phrasings,
+                                      path=path, negatives=record.negatives)
+            except (MemoryError, torch.OutOfMemoryError):
+                raise
+            except Exception as error:  # noqa: BLE001 (one record's failure must not block the others)
+                outcome = refused(record, f"editing raised {type(error).__name__}: {error}")
         outcomes.append(outcome)
         attempted = [o for o in outcomes if o.status != "skipped"]
         if attempted:

@@ -45,6 +45,11 @@ def damage(record: dict, kind: str, rng: random.Random, previous_id: str | None)
     return json.dumps(r, ensure_ascii=False)
 
 
+def hours_ago(hours: int) -> datetime:
+    """The start of a stream of `hours` hourly batches that ends now: no logged_at lies in the future."""
+    return datetime.now(timezone.utc) - timedelta(hours=hours)
+
+
 def batches(records: list[ErrorRecord], start: datetime, hours: int = 1, per_batch: int = 50,
             damaged_share: float = 0.1, seed: int = 0) -> tuple[dict[str, list[str]], dict[tuple[str, int], str]]:
     """Spreads the records over `hours` hourly prefixes, `per_batch` lines per file, stamping logged_at

@@ -26,7 +26,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from patcher.engine.patchset import MANIFEST, WEIGHTS, PatchSet
+from patcher.engine.patchset import MANIFEST, WEIGHTS, CorruptPatchSet, PatchSet
 from patcher.engine.records import stamp
 
 from .store import version_name
@@ -162,7 +162,8 @@ class Registry:
         return json.loads(self.git("show", f"{v['tag']}:registry/{model}/{name}"))
 
     def fetch(self, model: str, out: str | Path, version: int | str | None = None, stage: str | None = None) -> Path:
-        """The version's patch set (weights from the DVC remote or cache) into `out`. -> out."""
+        """The version's patch set (weights from the DVC remote or cache) into `out`, checked against the sha256
+        its manifest recorded (DVC does not re-hash what it copies: a corrupt cache or remote would pass). -> out."""
         from dvc.repo.artifacts import Artifacts
 
         v = self.resolve(model, version, stage)
@@ -170,6 +171,12 @@ class Registry:
         if out.exists():
             shutil.rmtree(out)
         Artifacts.get(str(self.repo), model, version=f"v{v['number']}.0.0", out=str(out))
+        try:
+            PatchSet.load(out)
+        except CorruptPatchSet as error:
+            shutil.rmtree(out)
+            raise RegistryError(f"{model} version {v['number']} ({v['tag']}) is corrupt in the DVC cache or remote: "
+                                f"{error}") from None
         return out
 
     def diff(self, model: str, a: int | str, b: int | str) -> dict:

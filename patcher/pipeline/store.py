@@ -111,7 +111,7 @@ def read_bytes(uri: str, s3=None) -> bytes:
 
 
 def read_text(uri: str, s3=None) -> str:
-    return read_bytes(uri, s3).decode("utf-8", errors="replace")
+    return read_bytes(uri, s3).decode("utf-8")          # strict: what the pipeline wrote, or a loud failure
 
 
 def write_bytes(uri: str, data: bytes, s3=None, content_type: str = "application/octet-stream") -> None:
@@ -156,6 +156,19 @@ def list_objects(uri: str, s3=None) -> dict[str, str]:
     except s3.exceptions.NoSuchBucket:
         return {}
     return found
+
+
+def stray_errors(root: str, models: list[str], s3=None) -> list[str]:
+    """Top-level entries under ROOT/errors/ that are no model's folder (batches put where no pipeline looks)."""
+    s3 = s3 or client()
+    bucket, prefix = _bucket_key(f"{root.rstrip('/')}/errors")
+    try:
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/", Delimiter="/", MaxKeys=1000)
+    except s3.exceptions.NoSuchBucket:
+        return []
+    names = [p["Prefix"][len(prefix) + 1:].rstrip("/") for p in listed.get("CommonPrefixes", [])]
+    names += [o["Key"][len(prefix) + 1:] for o in listed.get("Contents", [])]
+    return sorted(f"s3://{bucket}/{prefix}/{n}" for n in names if n not in models)
 
 
 _TYPES = {".json": "application/json", ".jsonl": "application/x-ndjson", ".html": "text/html; charset=utf-8",

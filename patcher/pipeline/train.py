@@ -48,21 +48,10 @@ class TrainSettings:
         there is one), notes). An existing patch set keeps one kind of neuron: where its subject layer or activation
         differs from the settings', its own wins (a patch set changes kind only when it starts over)."""
         config = entry.editor_config({"device": "auto", **self.editor}, overrides)
-        notes = []
         if base is not None and base.editor_config.get("prompt_format", "text") != config.prompt_format:
             raise ValueError(f"{entry.name}: the patch set was trained on {base.editor_config.get('prompt_format', 'text')}"
                              f" prompts, the catalog says {config.prompt_format}: its neurons key on other inputs")
-        if base is None or not len(base.neurons):
-            return config, notes
-        if base.neurons.subject_layer != config.subject_layer:
-            notes.append(f"subject_layer {base.neurons.subject_layer} (the patch set's own; the settings ask for "
-                         f"{config.subject_layer})")
-            config.subject_layer = base.neurons.subject_layer
-        if config.activation not in ("auto", base.neurons.activation):
-            notes.append(f"activation {base.neurons.activation} (the patch set's own; the settings ask for "
-                         f"{config.activation})")
-            config.activation = base.neurons.activation
-        return config, notes
+        return config, base.own_kind(config) if base is not None else []
 
 
 def checkpoint_marks(n: int, points: int) -> set[int]:
@@ -75,7 +64,7 @@ def checkpoint_marks(n: int, points: int) -> set[int]:
 def editor_for_entry(entry: ModelEntry, config: EditorConfig, base: PatchSet | None = None, no_memory: bool = False):
     """An editor on the entry's model with its memory and validation memory, on top of `base`, and its locality
     suites (remembering the UNPATCHED model's predictions). Without a memory it refuses unless `no_memory`.
-    -> (editor, {suite: LocalitySet}, data provenance)."""
+    -> (editor, {suite: LocalitySet}, data provenance, the answers those examples hold (`known_answers`))."""
     from patcher.engine.editor import Editor
     from patcher.engine.metrics import LocalitySet
     from patcher.engine.patchset import weights_sha256
@@ -104,7 +93,34 @@ def editor_for_entry(entry: ModelEntry, config: EditorConfig, base: PatchSet | N
         data["locality"][name] = {**rows.describe(), "left_out": dropped}
     if memory is not None:
         data["memory"]["left_out"] = memory_dropped
-    return editor, locality, data
+    known = known_answers([("memory", memory_examples), ("validation memory", val_examples)] +
+                          [(f"locality suite {name}", suite.examples) for name, suite in locality.items()])
+    return editor, locality, data, known
+
+
+def claim_key(text: str) -> str:
+    """A text as a claim: case, spacing and closing punctuation aside ("Paris is the capital of France." and
+    "paris is the capital of france" are one claim)."""
+    return " ".join(text.casefold().split()).rstrip(" .!?;:")
+
+
+def known_answers(sources: list[tuple[str, list]]) -> dict[str, tuple[str, str]]:
+    """{claim: (its answer, where it is from)} over examples whose answer the owner gave or the model gives."""
+    known: dict[str, tuple[str, str]] = {}
+    for where, examples in sources:
+        for e in examples:
+            known.setdefault(claim_key(e.input), (e.target, where))
+    return known
+
+
+def suspicious(record: ErrorRecord, known: dict[str, tuple[str, str]]) -> list[str]:
+    """Why a correction looks like poisoning: it gives another answer to a claim the memory or a locality suite
+    holds (a correction of a real mistake is about an input the model got wrong, not one its data answers). Such a
+    record is not edited but held for a person: one poisoned record neither trains nor blocks the batch."""
+    answer, where = known.get(claim_key(record.input), (None, None))
+    if answer is None or claim_key(answer) == claim_key(record.target):
+        return []
+    return [f"contradicts the {where}: {record.input!r} -> {answer!r}"]
 
 
 def train_patches(entry: ModelEntry, records: list[ErrorRecord], base: PatchSet | None,
@@ -120,8 +136,11 @@ def train_patches(entry: ModelEntry, records: list[ErrorRecord], base: PatchSet 
     settings = settings or TrainSettings()
     start = time.perf_counter()
     config, notes = settings.editor_config(entry, base, overrides)
-    editor, locality, data = editor_for_entry(entry, config, base, no_memory)
+    editor, locality, data, known = editor_for_entry(entry, config, base, no_memory)
     train, test = locality.get("train"), locality.get("test")
+    # locality examples the base patch set moved already: the report tells them from this run's changes
+    earlier = {name: {c["input"] for c in suite.changed(editor)} for name, suite in locality.items()} \
+        if base is not None and len(base.neurons) else {}
     setup_seconds = time.perf_counter() - start
 
     marks, points, done = checkpoint_marks(len(records), settings.checkpoints), [], []
@@ -134,7 +153,9 @@ def train_patches(entry: ModelEntry, records: list[ErrorRecord], base: PatchSet 
                            **{f"{name} unchanged": suite.unchanged(editor) for name, suite in locality.items()},
                            "neurons": len(editor.neurons)})
 
-    outcomes = run_stream(editor, records, progress=progress, path=path, on_outcome=measure)
+    flags = {r.id: suspicious(r, known) for r in records}
+    outcomes = run_stream(editor, records, progress=progress, path=path, on_outcome=measure,
+                          hold=lambda r: "; ".join(flags[r.id]))
     patches = to_patchset(editor, outcomes, entry.name, data["model"]["dir"], base)
     patches.data = data
     metrics = summarize(editor, outcomes, train, test)
@@ -145,11 +166,13 @@ def train_patches(entry: ModelEntry, records: list[ErrorRecord], base: PatchSet 
         "base_edits": len(base.edits) if base is not None else 0,
         "records": len(records),
         "metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)},
-        "locality": {name: {**data["locality"][name], **suite.summary(editor)} for name, suite in locality.items()},
+        "locality": {name: _locality_summary(suite, editor, data["locality"][name], earlier.get(name, set()))
+                     for name, suite in locality.items()},
         "registry_ER": retention,                  # over every edit the new patch set holds, old and new
         "registry_wrong": wrong,                   # its edits the final patched model gets wrong
         "failed_ids": metrics["failed_ids"],
-        "edits": [{**_outcome_row(o), "final": final.get(o.error_id)} for o in outcomes],
+        "edits": [{**_outcome_row(o), "final": final.get(o.error_id), "source": r.source,
+                   "suspicious": flags[r.id]} for o, r in zip(outcomes, records)],
         "checkpoints": points,
         "editor": config.to_dict(),
         "editor_notes": notes,
@@ -161,6 +184,12 @@ def train_patches(entry: ModelEntry, records: list[ErrorRecord], base: PatchSet 
         "neurons": len(patches),
     }
     return patches, report
+
+
+def _locality_summary(suite, editor, data: dict, earlier: set[str]) -> dict:
+    summary = {**data, **suite.summary(editor)}
+    summary["changed"] = [{**c, "predates": c["input"] in earlier} for c in summary["changed"]]
+    return summary
 
 
 def _registry_retention(editor) -> tuple[float | None, list[str]]:

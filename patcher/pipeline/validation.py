@@ -4,21 +4,29 @@ quarantined with its original text and a list of reasons: accepted + quarantined
 Lines that are not JSON objects are quarantined before the suite runs; the rest become one DataFrame
 row each (`line` numbers the input) and the suite checks schema, types, text bounds, control characters,
 ids (bounded, safe characters, unique in the batch: the first occurrence is kept), a model of the catalog, the
-task that model does, a classifier's labels (its config.id2label), and RFC 3339 timestamps.
+task that model does, a classifier's labels (its config.id2label), RFC 3339 timestamps of real dates not in the
+future, and the reporter's `source`. Lines that are not UTF-8 are quarantined with their bytes (base64).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from patcher.engine.records import ID_PATTERN, MAX_TEXT, OPTIONAL, REQUIRED
+from patcher.engine.records import (
+    CLOCK_SKEW_S,
+    ID_PATTERN,
+    MAX_TEXT,
+    OPTIONAL,
+    REQUIRED,
+    RFC3339,
+    SOURCE_PATTERN,
+    load_json,
+    logged_at_problem,
+)
 
 TEXT = ("model", "input", "prediction", "target")
 CONTROL = r"[\x00-\x08\x0a-\x1f\x7f]"
-RFC3339 = (r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])[Tt ](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d+)?"
-           r"(?:[Zz]|[+-]\d{2}:\d{2})$")
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,7 @@ def _suite(gx, models: dict[str, Expected]):
         suite.add_expectation(E.ExpectColumnValuesToMatchRegex(column=name, regex=r"\S",
                                                                meta={"reason": f"{name} is empty"}))
         suite.add_expectation(E.ExpectColumnValueLengthsToBeBetween(
-            column=name, min_value=1, max_value=MAX_TEXT, meta={"reason": f"{name} longer than {MAX_TEXT}"}))
+            column=name, max_value=MAX_TEXT, meta={"reason": f"{name} longer than {MAX_TEXT}"}))
         suite.add_expectation(E.ExpectColumnValuesToNotMatchRegex(
             column=name, regex=CONTROL, meta={"reason": f"{name} contains control characters"}))
     suite.add_expectation(E.ExpectColumnValuesToMatchRegex(
@@ -80,7 +88,13 @@ def _suite(gx, models: dict[str, Expected]):
     suite.add_expectation(E.ExpectColumnValuesToBeInSet(
         column="model", value_set=sorted(models), meta={"reason": f"model is not {' or '.join(sorted(models))}"}))
     suite.add_expectation(E.ExpectColumnValuesToMatchRegex(
-        column="logged_at", regex=RFC3339, meta={"reason": "logged_at is not an RFC 3339 timestamp"}))
+        column="logged_at", regex=RFC3339.pattern, meta={"reason": "logged_at is not an RFC 3339 timestamp"}))
+    suite.add_expectation(E.ExpectColumnValuesToBeInSet(
+        column="logged_at_ok", value_set=[True],
+        meta={"reason": f"logged_at is not a real date, or more than {CLOCK_SKEW_S} s in the future"}))
+    suite.add_expectation(E.ExpectColumnValuesToMatchRegex(
+        column="source", regex=SOURCE_PATTERN.pattern,
+        meta={"reason": "source must be 1-128 of letters, digits and . _ : @ -"}))
     for name in OPTIONAL:
         suite.add_expectation(E.ExpectColumnValuesToBeInSet(
             column=f"{name}_ok", value_set=[True], meta={"reason": f"{name} must be a list of valid texts"}))
@@ -102,9 +116,10 @@ def _texts_ok(value) -> bool:
         isinstance(r, str) and r.strip() and len(r) <= MAX_TEXT and not re.search(CONTROL, r) for r in value)
 
 
-def validate_lines(lines: list[str], models: dict[str, Expected] | None = None,
+def validate_lines(lines: list[str | dict], models: dict[str, Expected] | None = None,
                    docs_dir: str | Path | None = None) -> Validated:
-    """Validates raw JSON lines (blank lines are skipped, not counted). With `docs_dir`, great-expectations
+    """Validates JSON lines (patcher.engine.records.split_lines: text, or the quarantine entry of a line that is not
+    UTF-8; blank lines are skipped, not counted). With `docs_dir`, great-expectations
     Data Docs of this validation are built there (open its index.html, or the page under validations/)."""
     import logging
 
@@ -117,18 +132,25 @@ def validate_lines(lines: list[str], models: dict[str, Expected] | None = None,
     out = Validated()
     rows, raw = [], {}
     for number, line in enumerate(lines, 1):
+        if isinstance(line, dict):                          # not UTF-8: split_lines kept its bytes
+            out.quarantined.append({"line": number, **line})
+            continue
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
-        except json.JSONDecodeError as e:
-            out.quarantined.append({"line": number, "record": line, "reasons": [f"not valid JSON ({e.msg})"]})
+            data = load_json(line)
+        except ValueError as e:
+            out.quarantined.append({"line": number, "record": line, "reasons": [str(e)]})
             continue
         if not isinstance(data, dict):
             out.quarantined.append({"line": number, "record": line, "reasons": ["not a JSON object"]})
             continue
-        unknown = sorted(set(data) - set(REQUIRED) - set(OPTIONAL))
+        unknown = sorted(set(data) - set(REQUIRED) - set(OPTIONAL) - {"source"})
         row = {name: data.get(name) for name in REQUIRED}
+        row["source"] = data.get("source")
+        # a date the pattern allows but the calendar does not (Feb 30, year 0), or one from the future
+        row["logged_at_ok"] = not isinstance(row["logged_at"], str) or not RFC3339.match(row["logged_at"]) or \
+            logged_at_problem(row["logged_at"]) is None
         row.update({f"{name}_ok": _texts_ok(data.get(name)) for name in OPTIONAL})
         row.update(line=number, unknown=", ".join(unknown))
         rows.append(row)
@@ -198,7 +220,7 @@ class BatchValidation:
         return {"received": len(self.accepted) + q, "accepted": len(self.accepted), "quarantined": q}
 
 
-def validate_batches(batches: dict[str, list[str]], model: str, processed: dict[str, str] | None = None,
+def validate_batches(batches: dict[str, list[str | dict]], model: str, processed: dict[str, str] | None = None,
                      docs_dir: str | Path | None = None, expected: Expected | None = None) -> BatchValidation:
     """Validates the batch files of one model's error stream as one suite run. Records of another model, and
     records whose id was already processed (`processed`: id -> where, e.g. "run RUN_ID"), are quarantined
@@ -207,7 +229,7 @@ def validate_batches(batches: dict[str, list[str]], model: str, processed: dict[
     lines, origin = [], []
     for key, batch in batches.items():
         for number, line in enumerate(batch, 1):
-            if line.strip():
+            if isinstance(line, dict) or line.strip():
                 lines.append(line)
                 origin.append((key, number))
     result = validate_lines(lines, expected, docs_dir)
