@@ -1,8 +1,10 @@
 """The edit-management loop, one model per run: ingest -> validate -> train -> gate -> approve -> register
 -> export (ONNX, published for serving), then one conditional write of the ledger that records the whole
 outcome (patcher/pipeline/store.py explains why that makes each batch exactly-once). The run holds the model's
-lock throughout; a second run started meanwhile waits up to ingest.lock_wait_s, then ends without touching
-anything. Returns a typed outcome (patcher/pipeline/outcome.py) with the run summary.
+lock throughout, renewing its lease; a second run started meanwhile waits up to ingest.lock_wait_s, then ends
+without touching anything. A run that finds a dead run's lock marks that run crashed in Prefect, and one that
+finds the registry ahead of the ledger adopts the registered version first (flows/recover.py). Flow runs are
+named MODEL-RUN_ID. Returns a typed outcome (patcher/pipeline/outcome.py) with the run summary.
 
     patcher pipeline run --model NAME                     # a catalog model; or its deployment in prefect.yaml
 """
@@ -17,12 +19,14 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.exceptions import FlowPauseTimeout
+from prefect.runtime import flow_run
 
 from flows import s3_tasks
 from flows.approve import approve
 from flows.export import export_version
 from flows.gate import gate_step
 from flows.ingest import ingest
+from flows.recover import adopt_registered, mark_crashed
 from flows.register import register
 from flows.report import publish
 from flows.train import train
@@ -34,12 +38,30 @@ from patcher.pipeline.outcome import Outcome, RunResult, Status
 from patcher.pipeline.registry import live_base
 from patcher.pipeline.settings import PipelineSettings
 from patcher.pipeline.store import Layout, Lock, LockHeld, version_name
+from patcher.serving.publish import latest
 
 
 def new_run_id() -> str:
-    from prefect.runtime import flow_run
-
     return f"{utc_now():%Y%m%dT%H%M%SZ}-{(flow_run.id or uuid.uuid4().hex)[:8]}"
+
+
+def name_run(model: str, run_id: str) -> None:
+    """The flow run is named after its model and run id (the UI lists paused runs by name)."""
+    from prefect import get_client
+
+    if flow_run.id:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, name=f"{model}-{run_id}")
+
+
+def publish_adopted(layout: Layout, state, settings: PipelineSettings, summary: dict) -> None:
+    """Serving gets an adopted version unless it serves it already."""
+    pointer = latest(layout.root, layout.model)
+    if not settings.export.enabled or (pointer or {}).get("version") == version_name(state.version):
+        return
+    exported = export_version(layout.root, layout.model, version_name(state.version), state.patches,
+                              asdict(settings.export), return_state=True)
+    summary["adopted"]["export"] = exported.result() if exported.is_completed() else {"error": exported.message}
 
 
 def gpu_worker_online(pool: str = "gpu") -> bool:
@@ -122,12 +144,16 @@ def pipeline(model: str, root: str | None = None, approval: str | None = None,
     run = layout.run(run_id)
     summary = {"run_id": run_id, "model": model, "started_at": stamp(), "outcome": None, "seconds": {},
                "counts": {}, "where": {}}
-    lock = Lock(layout, run_id, settings.ingest.lock_ttl_s, settings.ingest.lock_wait_s)
+    name_run(model, run_id)
+    lock = Lock(layout, run_id, settings.ingest.lock_ttl_s, settings.ingest.lock_wait_s,
+                about={"flow_run_id": str(flow_run.id) if flow_run.id else None})
     try:
         s3_tasks.s3_task(name="acquire-lock")(lock.acquire)()
     except LockHeld as held:
         log.warning("not running: %s", held)
         return RunResult(Outcome.skipped(), {**summary, "outcome": str(Outcome.skipped()), "reason": str(held)})
+    if lock.broken:
+        summary["crashed_runs"] = mark_crashed(lock.broken, run_id)
     report_uri, outcome = None, None
 
     def settle(result: Outcome) -> None:
@@ -143,6 +169,12 @@ def pipeline(model: str, root: str | None = None, approval: str | None = None,
             clock = time.perf_counter()
 
         state, etag = s3_tasks.load_state(layout)
+        adopted = adopt_registered(layout, state, settings.register.repo, run_id)
+        if adopted:          # recorded at once: whatever this run does next, the ledger names the live version
+            lock.check()
+            etag = s3_tasks.commit_state(layout, state, etag)
+            summary["adopted"] = {"version": adopted["number"], "tag": adopted["tag"]}
+            publish_adopted(layout, state, settings, summary)
         got = ingest(layout.root, model, asdict(state))
         lap("ingest")
         if not got["batches"]:
@@ -176,6 +208,7 @@ def pipeline(model: str, root: str | None = None, approval: str | None = None,
             lap("approve")
             review = list(gated["review"])
             if decision["approved"]:
+                lock.check()                # a run whose lock was broken must not make a version
                 version = register(layout.root, model, run_id, state.version + 1, decision, settings.register.repo)
                 state.version, state.patches = version["number"], version["uri"]
                 summary["version"] = state.version
@@ -209,6 +242,7 @@ def pipeline(model: str, root: str | None = None, approval: str | None = None,
         state.records.update({i: run_id for i in checked["accepted_ids"]})
         state.runs.append({"run_id": run_id, "at": stamp(), "outcome": summary["outcome"], "version": state.version,
                            **summary["counts"]})
+        lock.check()
         s3_tasks.commit_state(layout, state, etag)
         summary["where"] |= {"run": run, "ledger": layout.state}
         if "error" in summary.get("export", {}):

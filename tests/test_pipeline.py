@@ -126,6 +126,8 @@ def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck,
     # ids v2 holds are not edited twice
     store.write_json(layout.state, {})
     fourth = run(root, registry.repo).summary
+    assert fourth["adopted"] == {"version": 2, "tag": f"{MODEL}@v2.0.0"}, fourth     # the ledger names v2 again
+    assert store.load_state(layout)[0].runs[0]["outcome"].startswith(f"adopted {MODEL}@v2.0.0 from the registry")
     held = {e["error_id"] for e in manifest2["edits"]}
     reasons = {json.loads(r["record"])["id"]: r["reasons"] for k in [*files, key]
                for r in jsonl(f"{layout.quarantine}/{k}") if r["reasons"][0].startswith("id already processed")}
@@ -269,6 +271,33 @@ def test_a_held_lock_keeps_a_second_run_out(s3_env, prefect_api):
         assert result.summary["outcome"] == "skipped: another run holds the lock"
         assert store.load_state(layout) == (store.State(), None)
     assert str(run(root).outcome) == "nothing to edit: every record quarantined"
+
+
+def test_a_killed_runs_lock_is_broken_and_its_flow_run_marked_crashed(s3_env, prefect_api):
+    """A run SIGKILLed mid-way left its lock (its lease far from over) and its flow run "Running": the next run
+    breaks the lock at once (its process is gone), marks that flow run Crashed and names itself MODEL-RUN_ID."""
+    import socket
+
+    from prefect import get_client
+    from prefect.states import Running
+
+    from flows.pipeline import pipeline
+
+    root, layout = s3_env, Layout(s3_env, MODEL)
+    with get_client(sync_client=True) as client:
+        killed = client.create_flow_run(pipeline, name="killed", parameters={"model": MODEL})
+        client.set_flow_run_state(killed.id, Running(), force=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    store.write_json(layout.lock, {"run_id": "killed-run", "flow_run_id": str(killed.id), "host": socket.gethostname(),
+                                   "pid": int(gone.stdout), "acquired_at": "2026-12-01T00:00:00Z",
+                                   "renewed_at": "2026-12-01T00:00:00Z", "expires_at": "2999-01-01T00:00:00Z"})
+    state = pipeline(model=MODEL, root=root, approval="auto", return_state=True)
+    result = state.result()
+    assert result.outcome.status is Status.NOTHING_NEW and result.summary["crashed_runs"] == [str(killed.id)]
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(killed.id).state.type.value == "CRASHED"
+        assert client.read_flow_run(state.state_details.flow_run_id).name == f"{MODEL}-{result.summary['run_id']}"
+    assert "lock.json" not in store.list_objects(layout.uri("pipeline", MODEL))
 
 
 def test_train_runs_as_the_gpu_deployment_when_a_worker_serves_the_pool(s3_env, prefect_api, factcheck, mistakes):

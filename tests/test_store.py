@@ -1,13 +1,17 @@
 """The pipeline's S3 state on a real S3 server: the ledger is written only over the version read, the lock
-admits one run at a time and is broken only when expired, and only batch-shaped keys count as batches."""
+admits one run at a time, is renewed while its run lives and broken only when its run is dead, and only
+batch-shaped keys count as batches."""
 import json
+import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from patcher.pipeline import store
-from patcher.pipeline.store import Layout, Lock, LockHeld, State, StateConflict
+from patcher.pipeline.store import Layout, Lock, LockHeld, LockLost, State, StateConflict
 
 
 def test_ledger_commit_is_conditional(s3_env):
@@ -42,6 +46,32 @@ def test_lock_one_holder_waits_and_breaks_only_expired(s3_env):
     with Lock(layout, "run-d"):
         assert json.loads(store.read_text(layout.lock))["run_id"] == "run-d"
     assert "lock.json" not in store.list_objects(layout.uri("pipeline", "factcheck-minilm"))     # released
+
+
+def test_a_live_run_keeps_its_lock_and_a_dead_one_loses_it(s3_env):
+    layout = Layout(s3_env, "facts-smollm2")
+    live = Lock(layout, "live", ttl_s=1.5).acquire()       # renewed every 0.5 s while it lives (a paused run too)
+    time.sleep(3.5)
+    with pytest.raises(LockHeld, match="live"):
+        Lock(layout, "second").acquire()
+    assert json.loads(store.read_text(layout.lock))["renewed_at"] > json.loads(store.read_text(layout.lock))["acquired_at"]
+    live.check()
+    live.release()
+    assert "lock.json" not in store.list_objects(layout.uri("pipeline", "facts-smollm2"))
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    body = {"run_id": "killed", "host": socket.gethostname(), "pid": int(dead.stdout), "acquired_at": "2026-01-01T00:00:00Z",
+            "renewed_at": "2026-01-01T00:00:00Z", "expires_at": "2999-01-01T00:00:00Z"}
+    store.write_json(layout.lock, body)                   # a SIGKILLed run's lock, its lease far from over
+    start = time.monotonic()
+    with Lock(layout, "next") as lock:                     # broken at once: its process is gone
+        assert time.monotonic() - start < 5 and json.loads(store.read_text(layout.lock))["run_id"] == "next"
+        lock.s3.delete_object(Bucket=lock.bucket, Key=lock.key)      # someone breaks it anyway
+        Lock(layout, "usurper").acquire()
+        time.sleep(1.0)
+        assert not lock.renew()
+        with pytest.raises(LockLost, match="run usurper holds it now"):
+            lock.check()
 
 
 def test_new_batches_skip_processed_and_other_keys(s3_env):

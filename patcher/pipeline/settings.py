@@ -17,7 +17,7 @@ class IngestSettings:
     """params.yaml `ingest`."""
 
     root: str = "s3://patcher"         # the pipeline's S3 root (layout: patcher/pipeline/store.py)
-    lock_ttl_s: float = 6 * 3600       # a run's lock expires after this (a crashed run's lock is then broken)
+    lock_ttl_s: float = 300.0          # the lease of a run's lock, renewed while the run lives: a dead run's expires
     lock_wait_s: float = 0.0           # how long a second run waits for the lock before it gives up
 
     @classmethod

@@ -17,8 +17,9 @@ Exactly once: a run records nothing in the ledger until its outcome is final, an
 (processed batches, record ids, the new version) in one conditional PUT of state.json (If-Match on the
 ETag it read). A crash before that leaves the ledger as it was, so the next run does the same batches again
 and nothing twice; a version prefix that no ledger names is never read. The lock (a create-only PUT,
-If-None-Match: *) keeps a second run from working on the same model at the same time; a lock past its
-expiry (a crashed run) is broken with a conditional DELETE.
+If-None-Match: *) keeps a second run from working on the same model at the same time; its holder renews its
+lease while it lives, and a dead run's lock (lease run out, or its process gone from this host) is broken with
+a conditional DELETE. A run whose lock was broken anyway stops before writing the ledger (Lock.check).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -285,15 +287,38 @@ def new_batches(layout: Layout, state: State, s3=None) -> tuple[list[tuple[str, 
 
 # --- the lock ------------------------------------------------------------------------------------------
 
-class Lock:
-    """A create-only lock object. Waits up to `wait_s` for a running holder; breaks a lock past its expiry."""
+class LockLost(RuntimeError):
+    """The run's lock was broken or taken while it ran: it must not write the ledger."""
 
-    def __init__(self, layout: Layout, run_id: str, ttl_s: float = 6 * 3600, wait_s: float = 0.0,
-                 poll_s: float = 2.0, s3=None):
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # another user's live process
+        return True
+    return True
+
+
+class Lock:
+    """A create-only lock object with a lease. The holder renews it every third of `ttl_s` from a heartbeat
+    thread while its run lives (paused for approval too), so only a dead run's lock expires; a lock past its
+    expiry, or held by a process of this host that no longer exists, is broken. Waits up to `wait_s` for a live
+    holder. A holder whose lock was broken or taken meanwhile finds out at `check()` (LockLost)."""
+
+    def __init__(self, layout: Layout, run_id: str, ttl_s: float = 300.0, wait_s: float = 0.0,
+                 poll_s: float = 2.0, s3=None, about: dict | None = None):
         self.layout, self.run_id, self.ttl_s, self.wait_s, self.poll_s = layout, run_id, ttl_s, wait_s, poll_s
+        self.about = about or {}                 # more for the lock's body, e.g. the holder's flow run id
+        self.broken: list[dict] = []             # the dead holders whose locks acquire() broke
         self.s3 = s3 or client()
         self.bucket, self.key = _bucket_key(layout.lock)
         self.etag: str | None = None
+        self.acquired_at: str | None = None
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     def _holder(self) -> tuple[dict | None, str | None]:
         try:
@@ -304,15 +329,29 @@ class Lock:
                 return None, None
             raise
 
+    def _body(self) -> bytes:
+        now = utc_now()
+        return json.dumps({**self.about, "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
+                           "acquired_at": self.acquired_at, "renewed_at": stamp(now),
+                           "expires_at": stamp(now + timedelta(seconds=self.ttl_s))}).encode()
+
+    def _breakable(self, holder: dict) -> str | None:
+        """Why the holder's lock may be broken: its lease ran out, or its process is gone."""
+        if datetime.fromisoformat(holder["expires_at"].replace("Z", "+00:00")) < utc_now():
+            return f"its lease ran out at {holder['expires_at']}"
+        if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))):
+            return f"its process {holder.get('pid')} on this host is gone"
+        return None
+
     def acquire(self) -> "Lock":
         ensure_bucket(self.s3, self.bucket)
         deadline = time.monotonic() + self.wait_s
         while True:
-            body = {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                    "acquired_at": stamp(), "expires_at": stamp(utc_now() + timedelta(seconds=self.ttl_s))}
             try:
-                self.etag = self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=json.dumps(body).encode(),
+                self.acquired_at = stamp()
+                self.etag = self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(),
                                                ContentType="application/json", IfNoneMatch="*")["ETag"]
+                self._start_heartbeat()
                 return self
             except Exception as e:  # noqa: BLE001
                 if not _is(e, "PreconditionFailed", "ConditionalRequestConflict", "412"):
@@ -320,20 +359,59 @@ class Lock:
             holder, etag = self._holder()
             if holder is None:
                 continue
-            if datetime.fromisoformat(holder["expires_at"].replace("Z", "+00:00")) < utc_now():
-                try:          # a crashed run's lock: delete exactly that one, then try again
+            why = self._breakable(holder)
+            if why:
+                try:          # a dead run's lock: delete exactly that one, then try again
                     self.s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag)
+                    self.broken.append({**holder, "why": why})
                 except Exception as e:  # noqa: BLE001
                     if not _is(e, "PreconditionFailed", "412"):
                         raise
                 continue
             if time.monotonic() >= deadline:
                 raise LockHeld(f"run {holder['run_id']} (host {holder['host']}, pid {holder['pid']}) holds "
-                               f"{self.layout.lock} since {holder['acquired_at']}, until {holder['expires_at']}")
+                               f"{self.layout.lock} since {holder['acquired_at']}, renewed until {holder['expires_at']}")
             time.sleep(self.poll_s)
 
+    def renew(self) -> bool:
+        """Extends the lease if this run still holds the lock (a conditional PUT over its own ETag). -> whether
+        it does; a lock found broken or taken sets `lost`. Transient S3 failures raise (the heartbeat retries)."""
+        try:
+            self.etag = self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(),
+                                           ContentType="application/json", IfMatch=self.etag)["ETag"]
+            return True
+        except Exception as e:  # noqa: BLE001
+            if not _is(e, "PreconditionFailed", "412", "NoSuchKey", "404"):
+                raise
+        holder, _ = self._holder()
+        self.lost = (f"{self.layout.lock} was broken while run {self.run_id} held it"
+                     + (f"; run {holder['run_id']} holds it now" if holder else ""))
+        return False
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+        self._heartbeat = threading.Thread(target=self._beat, name=f"lock-heartbeat-{self.run_id}", daemon=True)
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(max(self.ttl_s / 3, 0.05)):
+            try:
+                if not self.renew():
+                    return
+            except Exception:  # noqa: BLE001 (S3 unreachable for now: the next beat tries again)
+                continue
+
+    def check(self) -> None:
+        """Raises LockLost if the lock was broken or taken since this run acquired it."""
+        if self.lost:
+            raise LockLost(self.lost)
+
     def release(self) -> None:
-        if self.etag is None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+            self._heartbeat = None
+        if self.etag is None or self.lost:
             return
         try:
             self.s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
