@@ -504,7 +504,10 @@ def cmd_serve(args) -> int:
     from .serving.serve import ServeSettings, serve
 
     root = args.root or PipelineSettings.load(args.params).ingest.root
-    serve(ServeSettings(args.model, root, poll_s=args.poll), args.host, args.port)
+    limits = {k: getattr(args, k) for k in ("feedback_per_minute", "max_request_bytes", "max_input_chars", "max_batch",
+                                            "max_running") if getattr(args, k) is not None}   # the rest: defaults
+    serve(ServeSettings(args.model, root, poll_s=args.poll, open_feedback=args.open_feedback, **limits),
+          args.host, args.port)
     return 0
 
 
@@ -767,6 +770,14 @@ def _serving_commands(sub) -> None:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--poll", type=float, default=5.0, help="seconds between looks for a new version")
+    sv.add_argument("--open-feedback", action="store_true",
+                    help="accept /feedback without a token (source feedback:anonymous); default: only the "
+                         "tokens in PATCHER_FEEDBACK_TOKENS (name:token,...), none set: /feedback refused")
+    sv.add_argument("--feedback-per-minute", type=int, help="/feedback requests per token a minute (default 30)")
+    sv.add_argument("--max-request-bytes", type=int, help="largest request body (default 262144)")
+    sv.add_argument("--max-input-chars", type=int, help="longest /predict input in characters (default 4000)")
+    sv.add_argument("--max-batch", type=int, help="most inputs per /predict request (default 64)")
+    sv.add_argument("--max-running", type=int, help="model runs at once, the rest wait (default 2)")
     sv.set_defaults(func=cmd_serve)
 
     ex = sub.add_parser("export", help="ONNX export of a patched model, checked against PyTorch")

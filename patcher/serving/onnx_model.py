@@ -11,6 +11,19 @@ import numpy as np
 from patcher.engine.prompt import prompt_ids
 
 ONNX = "model.onnx"
+MAX_TOKENS = 2048        # a CPU service's ceiling on one input: attention costs the square of the length
+TOKENS_PER_RUN = 2048    # padded tokens per onnxruntime run: its activations (what its memory arena keeps) are
+                         # bounded, 4 inputs of 512 tokens or a whole batch of short ones
+
+
+def max_tokens(config: dict, tokenizer) -> int:
+    """The longest input the model takes, in tokens: its position embeddings', the tokenizer's where it names
+    one (a tokenizer without a limit says ~1e30), at most MAX_TOKENS."""
+    positions = [config[k] for k in ("max_position_embeddings", "n_positions") if config.get(k)]
+    if "roberta" in config.get("model_type", ""):      # RoBERTa's positions start after the padding index
+        positions = [n - (config.get("pad_token_id") or 1) - 1 for n in positions]
+    named = [int(tokenizer.model_max_length)] if (tokenizer.model_max_length or 0) < 1e6 else []
+    return min([MAX_TOKENS, *positions, *named])
 
 
 def session(onnx_path: str | Path):
@@ -26,10 +39,11 @@ def onnx_logits(sess, inputs: dict) -> np.ndarray:
 
 
 def greedy(step, tokenizer, prompt: str, max_new_tokens: int, stop: str | None = None,
-           prompt_format: str = "text") -> str:
+           prompt_format: str = "text", max_length: int | None = None) -> str:
     """Greedy answer with `step(input_ids (1, T) int64 array) -> logits (1, T, V)`, full recompute per token;
-    ends at EOS, after max_new_tokens, or once the answer contains `stop`."""
-    ids = np.asarray(prompt_ids(tokenizer, prompt, prompt_format), dtype=np.int64)[None]       # (1, T)
+    ends at EOS, after max_new_tokens, or once the answer contains `stop`. A prompt over `max_length` tokens is
+    truncated (prompt_ids)."""
+    ids = np.asarray(prompt_ids(tokenizer, prompt, prompt_format, max_length), dtype=np.int64)[None]    # (1, T)
     start = ids.shape[1]
     for _ in range(max_new_tokens):
         nxt = int(np.asarray(step(ids))[0, -1].argmax())
@@ -58,17 +72,24 @@ class OnnxModel:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.session = session(self.directory / ONNX)
+        self.max_length = max_tokens(self.config, self.tokenizer)     # inputs are truncated to it
 
     def forward(self, texts: list[str], max_new_tokens: int = 8) -> list[dict]:
         if self.task == "classification":
-            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=512, return_tensors="np")
-            logits = onnx_logits(self.session, dict(enc))                         # (B, C)
-            probs = np.exp(logits - logits.max(-1, keepdims=True))
-            probs /= probs.sum(-1, keepdims=True)
-            return [{"label": self.labels[int(p.argmax())],
-                     "scores": {self.labels[i]: round(float(s), 6) for i, s in enumerate(p)}} for p in probs]
+            return self._classify(texts)
         step = lambda ids: onnx_logits(self.session, {"input_ids": ids, "attention_mask": np.ones_like(ids)})  # noqa: E731
+        room = max(1, self.max_length - max_new_tokens)            # the prompt and the answer fit the positions
         return [{"answer": greedy(step, self.tokenizer, text, max_new_tokens, stop="\n",
-                                  prompt_format=self.prompt_format).strip()} for text in texts]
+                                  prompt_format=self.prompt_format, max_length=room).strip()} for text in texts]
+
+    def _classify(self, texts: list[str]) -> list[dict]:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        rows = max(1, TOKENS_PER_RUN // enc["input_ids"].shape[1])
+        logits = np.concatenate([onnx_logits(self.session, {k: v[i:i + rows] for k, v in enc.items()})
+                                 for i in range(0, len(texts), rows)])                         # (B, C)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        return [{"label": self.labels[int(p.argmax())],
+                 "scores": {self.labels[i]: round(float(s), 6) for i, s in enumerate(p)}} for p in probs]
 
     __call__ = forward

@@ -2,12 +2,33 @@
 (patcher/serving/publish.py), that closes the loop by logging user-reported mistakes where the pipeline reads them.
 
   patcher serve --model NAME [--root s3://patcher] [--port 8000]      # a catalog model's latest version
+  PATCHER_FEEDBACK_TOKENS=support-team:TOKEN,app:TOKEN2 patcher serve ...   # who may post /feedback
 
   POST /predict   {"inputs": [...]} or {"input": "..."}, optional "max_new_tokens"
                   -> {"model", "version", "predictions": [{"label", "scores"} or {"answer"}]}
-  GET  /health    -> {"model", "version", "task", "loaded_at", "published_at", "requests", "swaps", ...}
-  POST /feedback  {"input", "output", "correct", optional "rephrases", "phrasings"} -> the error record, written as one
+  GET  /health    -> {"model", "version", "task", "loaded_at", "published_at", "requests", "swaps",
+                  "feedback": {"auth", "accepted", "refused": {reason: count}}, ...}
+  POST /feedback  Authorization: Bearer TOKEN; {"input", "output", "correct", optional "rephrases", "phrasings"}
+                  -> 201, the error record (its `source` is feedback:NAME, the token's owner), written as one
                   batch file under ROOT/errors/MODEL/YYYY/MM/DD/HH/ (the pipeline's input)
+
+Trust: what /feedback accepts is trained into the model, so only holders of a token may post it. Tokens come
+from the environment alone (PATCHER_FEEDBACK_TOKENS, comma-separated name:token pairs; never logged), are
+compared in constant time, and each name has its own token bucket (`feedback_per_minute`, the same burst).
+Without tokens /feedback is refused, unless the service was started with --open-feedback (records then say
+feedback:anonymous and share one bucket).
+
+Bounds: a request body is at most `max_request_bytes` (refused from Content-Length, or while it is read,
+before anything parses it), /predict takes 1-`max_batch` inputs of at most `max_input_chars` characters,
+inputs are truncated to the model's longest input in tokens and run a bounded number of tokens at a time
+(onnx_model.py), and at most `max_running` requests run the model at once: the memory a burst leaves the
+process holding is bounded. Refusals are JSON {"detail": reason}, and never echo the input:
+
+  401  /feedback without a valid token (WWW-Authenticate: Bearer)
+  403  /feedback while no token is configured and feedback is not open
+  413  a body over max_request_bytes, an input over max_input_chars
+  422  a malformed request, a lone surrogate in a text (not valid Unicode), a record the pipeline would reject
+  429  /feedback over its client's rate (Retry-After: seconds)
 
 Hot swap: a watcher thread reads serving/MODEL/latest every `poll_s`; a new version is downloaded, verified
 against its checksums and loaded next to the current one, then a single reference assignment makes it
@@ -17,14 +38,21 @@ stays.
 """
 from __future__ import annotations
 
+import hmac
 import itertools
 import logging
+import math
+import os
+import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from patcher.engine.records import ErrorRecord, RecordError, parse_record, stamp, utc_now
@@ -33,6 +61,11 @@ from patcher.pipeline.store import Layout, write_text
 from .onnx_model import OnnxModel
 
 log = logging.getLogger("patcher.serving.serve")
+
+TOKENS_ENV = "PATCHER_FEEDBACK_TOKENS"
+CLIENT_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")      # it becomes the record's source, feedback:NAME
+SURROGATE = re.compile("[\ud800-\udfff]")                   # JSON's \ud800 escape parses to one; UTF-8 has none
+REFUSALS = {401: "unauthorized", 403: "disabled", 413: "too_large", 422: "invalid", 429: "rate_limited"}
 
 
 @dataclass
@@ -45,6 +78,115 @@ class ServeSettings:
     poll_s: float = 5.0                 # how often to look for a newly published version
     max_batch: int = 64                 # inputs per /predict request at most
     max_new_tokens: int = 16            # generation: the longest answer a request may ask for
+    max_request_bytes: int = 256 * 1024  # a request body at most (64 inputs of 4000 characters fit)
+    max_input_chars: int = 4000         # characters per /predict input at most
+    max_running: int = 2                # model runs at once, the rest wait: each run uses every core already, and
+                                        # each concurrent one adds its activations to what the process keeps
+    open_feedback: bool = False         # /feedback without a token (source feedback:anonymous); off: tokens only
+    feedback_per_minute: int = 30       # /feedback requests per client (token name) a minute, and its burst
+
+
+def feedback_tokens(value: str) -> dict[str, str]:
+    """PATCHER_FEEDBACK_TOKENS ('name:token,name2:token2') -> {name: token}; a bad entry is named by its place,
+    never by its text (it holds a secret)."""
+    tokens = {}
+    for place, entry in enumerate((e.strip() for e in value.split(",")), 1):
+        if not entry:
+            continue
+        name, _, token = entry.partition(":")
+        if not CLIENT_NAME.match(name) or not token.strip():
+            raise ValueError(f"{TOKENS_ENV}: entry {place} is not name:token (a name of 1-64 letters, digits "
+                             f"and . _ @ -, then a token)")
+        if name in tokens:
+            raise ValueError(f"{TOKENS_ENV}: {name!r} is named twice")
+        tokens[name] = token.strip()
+    return tokens
+
+
+class Refused(Exception):
+    """A /feedback request the gate turns away: its HTTP status, the reason and headers."""
+
+    def __init__(self, status: int, reason: str, headers: dict | None = None):
+        super().__init__(reason)
+        self.status, self.reason, self.headers = status, reason, headers
+
+
+class Bucket:
+    """A token bucket: `per_minute` requests a minute, as many at once."""
+
+    def __init__(self, per_minute: int):
+        self.capacity, self.rate = float(per_minute), per_minute / 60.0
+        self.level, self.at = self.capacity, time.monotonic()
+
+    def take(self) -> float:
+        """Takes one request. -> 0, or the seconds until one is there (nothing taken)."""
+        now = time.monotonic()
+        self.level, self.at = min(self.capacity, self.level + (now - self.at) * self.rate), now
+        if self.level >= 1:
+            self.level -= 1
+            return 0.0
+        return (1 - self.level) / self.rate
+
+
+class FeedbackGate:
+    """Who may post /feedback (a token's owner, or anyone when open) and how often; one bucket per name, so
+    memory is bounded by the configured names, not by the clients."""
+
+    def __init__(self, tokens: dict[str, str], open_feedback: bool, per_minute: int):
+        if per_minute < 1:
+            raise ValueError(f"feedback_per_minute must be at least 1, got {per_minute}")
+        self._tokens = {name: token.encode() for name, token in tokens.items()}
+        self.open, self.per_minute = open_feedback, per_minute
+        self._buckets = {name: Bucket(per_minute) for name in [*tokens, "anonymous"]}
+        self._lock = threading.Lock()
+        self.accepted = 0
+        self.refused = {reason: 0 for reason in REFUSALS.values()}
+
+    @property
+    def auth(self) -> str:
+        return "open" if self.open else "tokens" if self._tokens else "disabled"
+
+    def who(self, authorization: str | None) -> str:
+        """The client's name from `Authorization: Bearer TOKEN` ('anonymous' when open and none is given)."""
+        if not self._tokens and not self.open:
+            raise Refused(403, f"feedback is disabled: set {TOKENS_ENV} (name:token,...) to accept it from "
+                               f"token holders")
+        scheme, _, given = (authorization or "").strip().partition(" ")
+        if not authorization and self.open:
+            return "anonymous"
+        if scheme.lower() != "bearer" or not given.strip():
+            raise Refused(401, f"feedback needs `Authorization: Bearer TOKEN`: a token from {TOKENS_ENV}",
+                          {"WWW-Authenticate": "Bearer"})
+        given_bytes, match = given.strip().encode(), None
+        for name, token in self._tokens.items():      # every one compared: the time says nothing of which matched
+            if hmac.compare_digest(given_bytes, token):
+                match = name
+        if match is None:
+            raise Refused(401, f"the bearer token is not one of {TOKENS_ENV}",
+                          {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return match
+
+    def admit(self, authorization: str | None) -> str:
+        """-> the client's name, or raises Refused (401, 403, 429)."""
+        name = self.who(authorization)
+        with self._lock:
+            wait = self._buckets[name].take()
+        if wait:
+            retry = math.ceil(wait)
+            raise Refused(429, f"feedback from {name} is over {self.per_minute} a minute: retry in {retry} s",
+                          {"Retry-After": str(retry)})
+        return name
+
+    def count(self, status: int) -> None:
+        if status == 201:
+            self.accepted += 1
+        elif status >= 400:
+            reason = REFUSALS.get(status, str(status))
+            self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def health(self) -> dict:
+        return {"auth": self.auth, "clients": len(self._tokens), "per_minute": self.per_minute,
+                "accepted": self.accepted, "refused": dict(self.refused)}
 
 
 class Service:
@@ -56,11 +198,20 @@ class Service:
         self.settings = settings
         self.layout = Layout(settings.root, settings.model)
         self.cache = Path(settings.cache_dir) if settings.cache_dir else cache_dir() / "serving"
+        tokens = feedback_tokens(os.environ.get(TOKENS_ENV, ""))        # the environment only: never argv
+        self.gate = FeedbackGate(tokens, settings.open_feedback, settings.feedback_per_minute)
+        if self.gate.open:
+            log.warning("%s: /feedback is open: anyone who reaches this port can post corrections that are "
+                        "trained into the model", settings.model)
+        log.info("%s: /feedback %s (%s)", settings.model, self.gate.auth, ", ".join(tokens) or "no tokens")
         self.current: OnnxModel | None = None
         self.pointer: dict | None = None
         self.loaded_at: str | None = None
         self.swaps = 0
         self._requests = itertools.count(1)      # next() is atomic: no lock on the request path
+        if settings.max_running < 1:
+            raise ValueError(f"max_running must be at least 1, got {settings.max_running}")
+        self._running = threading.BoundedSemaphore(settings.max_running)
         self.requests = 0
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -103,18 +254,21 @@ class Service:
     def predict(self, texts: list[str], max_new_tokens: int) -> dict:
         model = self.current                  # this request's model, whatever a swap does meanwhile
         self.requests = next(self._requests)
-        return {"model": self.settings.model, "version": model.version,
-                "predictions": model(texts, max_new_tokens=max_new_tokens)}
+        with self._running:
+            predictions = model(texts, max_new_tokens=max_new_tokens)
+        return {"model": self.settings.model, "version": model.version, "predictions": predictions}
 
     def feedback(self, text: str, output: str, correct: str, rephrases: list[str] = (),
-                 phrasings: list[str] = ()) -> ErrorRecord:
-        """A user-reported mistake -> a checked error record in ROOT/errors/MODEL/ (raises RecordError)."""
+                 phrasings: list[str] = (), client: str = "anonymous") -> ErrorRecord:
+        """A mistake reported by `client` (a token's name) -> a checked error record in ROOT/errors/MODEL/, its
+        source feedback:CLIENT (raises RecordError)."""
         model = self.current
         now = utc_now()
         rid = f"feedback-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
         record = parse_record({"id": rid, "model": self.settings.model, "task": model.task, "input": text,
                                "prediction": output, "target": correct, "logged_at": stamp(now),
-                               "rephrases": list(rephrases), "phrasings": list(phrasings)}, "feedback")
+                               "rephrases": list(rephrases), "phrasings": list(phrasings),
+                               "source": f"feedback:{client}"}, "feedback")
         if model.task == "classification" and correct not in model.labels.values():
             raise RecordError("feedback", rid, [f"correct must be one of {sorted(model.labels.values())}, "
                                                 f"got {correct!r}"])
@@ -126,7 +280,7 @@ class Service:
         return {"model": self.settings.model, "version": self.current.version if self.current else None,
                 "task": self.current.task if self.current else None, "loaded_at": self.loaded_at,
                 "published_at": (self.pointer or {}).get("published_at"), "requests": self.requests,
-                "swaps": self.swaps, "last_error": self.last_error}
+                "swaps": self.swaps, "last_error": self.last_error, "feedback": self.gate.health()}
 
 
 class PredictRequest(BaseModel):
@@ -143,8 +297,82 @@ class FeedbackRequest(BaseModel):
     phrasings: list[str] = []
 
 
+def check_texts(texts: dict[str, str], max_chars: int | None = None) -> None:
+    """{field: text}: 413 for a text over `max_chars`, 422 for one that is not valid Unicode (it cannot be
+    tokenized or written as UTF-8); the reason names the field, never the text."""
+    for name, text in texts.items():
+        if max_chars is not None and len(text) > max_chars:
+            raise HTTPException(413, f"{name} is {len(text)} characters, more than {max_chars}")
+        if SURROGATE.search(text):
+            raise HTTPException(422, f"{name} contains a lone surrogate (not valid Unicode)")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 before the app parses it, from its
+    Content-Length or, without one (chunked), once the bytes read pass the limit."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    def reason(self, size: int | None) -> str:
+        said = f"{size} bytes, " if size else ""
+        return f"the request body is {said}more than the {self.limit} bytes this service takes"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            return await JSONResponse({"detail": self.reason(int(length))}, 413)(scope, receive, send)
+        seen = 0
+
+        async def bounded():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:                 # raised inside the app's body read: the route answers 413
+                raise HTTPException(413, self.reason(None))
+            return message
+
+        await self.app(scope, bounded, send)
+
+
+class CountFeedback:
+    """ASGI middleware: every /feedback answer, whoever refused it (this app, BodyLimit, validation), is counted
+    in the gate by its status (/health)."""
+
+    def __init__(self, app, gate: FeedbackGate):
+        self.app, self.gate = app, gate
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/feedback":
+            return await self.app(scope, receive, send)
+
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                self.gate.count(message["status"])
+            await send(message)
+
+        await self.app(scope, receive, counted)
+
+
 def create_app(service: Service) -> FastAPI:
-    app = FastAPI(title=f"patcher serve: {service.settings.model}")
+    settings = service.settings
+    app = FastAPI(title=f"patcher serve: {settings.model}")
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(CountFeedback, gate=service.gate)           # the outer one: it sees BodyLimit's 413s too
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer echoes the input: a 256 KiB echo, or a 500 when it is not valid Unicode
+        return JSONResponse({"detail": [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                                        for e in error.errors()]}, 422)
+
+    def feedback_client(authorization: str | None = Header(None)) -> str:
+        try:
+            return service.gate.admit(authorization)
+        except Refused as refused:
+            raise HTTPException(refused.status, refused.reason, refused.headers) from None
 
     @app.get("/health")
     def health() -> dict:
@@ -153,17 +381,22 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/predict")
     def predict(request: PredictRequest) -> dict:        # sync: FastAPI runs it in its thread pool
         texts = request.inputs if request.inputs is not None else [request.input] if request.input is not None else []
-        if not texts or len(texts) > service.settings.max_batch or not all(t.strip() for t in texts):
-            raise HTTPException(422, f"give `input` or 1-{service.settings.max_batch} non-empty `inputs`")
-        if request.max_new_tokens > service.settings.max_new_tokens:
-            raise HTTPException(422, f"max_new_tokens is at most {service.settings.max_new_tokens}")
+        if not texts or len(texts) > settings.max_batch or not all(t.strip() for t in texts):
+            raise HTTPException(422, f"give `input` or 1-{settings.max_batch} non-empty `inputs`")
+        names = [f"inputs[{i}]" for i in range(len(texts))] if request.inputs is not None else ["input"]
+        check_texts(dict(zip(names, texts)), settings.max_input_chars)
+        if request.max_new_tokens > settings.max_new_tokens:
+            raise HTTPException(422, f"max_new_tokens is at most {settings.max_new_tokens}")
         return service.predict(texts, request.max_new_tokens)
 
     @app.post("/feedback", status_code=201)
-    def feedback(request: FeedbackRequest) -> dict:
+    def feedback(request: FeedbackRequest, client: str = Depends(feedback_client)) -> dict:
+        check_texts({"input": request.input, "output": request.output, "correct": request.correct,
+                     **{f"rephrases[{i}]": t for i, t in enumerate(request.rephrases)},
+                     **{f"phrasings[{i}]": t for i, t in enumerate(request.phrasings)}})
         try:
             record = service.feedback(request.input, request.output, request.correct, request.rephrases,
-                                          request.phrasings)
+                                      request.phrasings, client=client)
         except RecordError as error:
             raise HTTPException(422, str(error)) from None
         return {"recorded": record.to_dict(), "where": service.layout.errors}
@@ -196,4 +429,3 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) ->
         uvicorn.run(create_app(service), host=host, port=port, log_level="info")
     finally:
         service.stop()
-
