@@ -1,15 +1,16 @@
 """What every run leaves in Prefect: a Markdown summary (counts, outcome, metrics, timings, where things
-are), the metrics along the edit stream as a table and as a plot (SVG in S3, shown as an image artifact)."""
+are), the metrics along the edit stream as a table and as a plot. The plot's artifact holds the SVG itself (a
+data: URI) and its numbers, so it lasts as long as the run's artifacts; a copy of the SVG goes to S3 beside the
+run's files."""
 from __future__ import annotations
 
 import json
 
-from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import s3_tasks
-from patcher.pipeline import store
 from patcher.pipeline.gate import fmt
-from patcher.pipeline.plot import metrics_svg
+from patcher.pipeline.plot import metrics_markdown, metrics_svg
 
 
 def summary_markdown(summary: dict) -> str:
@@ -43,8 +44,9 @@ def publish(summary: dict, report_uri: str | None) -> None:
     if not points:
         return
     create_table_artifact(points, key="edit-metrics", description="metrics along this run's edit stream")
+    title = f"{summary['model']}: metrics over this run's edits"
     svg_uri = report_uri.rsplit("/", 1)[0] + "/metrics.svg"
-    s3_tasks.write_text(svg_uri, metrics_svg(points, f"{summary['model']}: metrics over this run's edits"),
-                        content_type="image/svg+xml")
-    create_image_artifact(store.presigned(svg_uri), key="edit-metrics-plot",
-                          description=f"{svg_uri} (link valid 7 days)")
+    s3_tasks.write_text(svg_uri, metrics_svg(points, title), content_type="image/svg+xml")
+    # no link to S3: a presigned URL expires, and the server may move
+    create_markdown_artifact(metrics_markdown(points, title), key="edit-metrics-plot",
+                             description=f"metrics along this run's edit stream (the SVG also at {svg_uri})")

@@ -332,7 +332,7 @@ def test_train_runs_as_the_gpu_deployment_when_a_worker_serves_the_pool(s3_env, 
     assert not gpu_worker_online()
 
 
-def test_serving_closes_the_loop(s3_env, prefect_api, factcheck, mistakes, tmp_path):
+def test_serving_closes_the_loop(s3_env, prefect_api, factcheck, mistakes, tmp_path, monkeypatch):
     """`patcher serve` answers from the published unpatched model; users report its mistakes via /feedback;
     the pipeline ingests them, patches, exports and publishes v0001; the service switches to it under a steady
     load of requests, none failing, and now answers those inputs right."""
@@ -345,12 +345,13 @@ def test_serving_closes_the_loop(s3_env, prefect_api, factcheck, mistakes, tmp_p
     root = s3_env
     export(factcheck, None, tmp_path / "v0000")
     publish(tmp_path / "v0000", root, MODEL, "v0000")
+    monkeypatch.setenv("PATCHER_FEEDBACK_TOKENS", "support:t0ken-for-tests")
     service = Service(ServeSettings(MODEL, root, cache_dir=str(tmp_path / "cache"), poll_s=0.2)).start()
     server, url = in_thread(service)
     reported = mistakes[:4]
     texts = [r.input for r in reported]
     try:
-        with httpx.Client(base_url=url, timeout=60) as http:
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": "Bearer t0ken-for-tests"}) as http:
             assert http.get("/health").json()["version"] == "v0000"
             before = http.post("/predict", json={"inputs": texts}).json()
             assert [p["label"] for p in before["predictions"]] == [r.prediction for r in reported]   # its mistakes
@@ -359,6 +360,7 @@ def test_serving_closes_the_loop(s3_env, prefect_api, factcheck, mistakes, tmp_p
                 answer = http.post("/feedback", json={"input": r.input, "output": p["label"], "correct": r.target,
                                                       "rephrases": r.rephrases})
                 assert answer.status_code == 201 and answer.json()["recorded"]["target"] == r.target
+                assert answer.json()["recorded"]["source"] == "feedback:support"
             bad = http.post("/feedback", json={"input": "Paris is in Peru.", "output": "SUPPORTED", "correct": "MAYBE"})
             assert bad.status_code == 422 and "correct must be one of" in bad.json()["detail"]
             assert http.post("/predict", json={"inputs": []}).status_code == 422

@@ -1,7 +1,9 @@
 """A dependency-free SVG line chart of the edit metrics over a stream (checkpoints of the train report):
-rendered by browsers, the Prefect UI's image artifacts and GitHub alike."""
+rendered by browsers, the Prefect UI's image artifacts and GitHub alike; and the same chart as self-contained
+Markdown (the SVG inline as a data: URI, its numbers as a table) for an artifact that outlives any link."""
 from __future__ import annotations
 
+import base64
 from html import escape
 
 COLORS = {"SR": "#1f77b4", "GR": "#ff7f0e", "ER": "#2ca02c", "TrainR": "#d62728", "TestR": "#9467bd"}
@@ -45,3 +47,20 @@ def metrics_svg(points: list[dict], title: str, x: str = "records", series=tuple
                    f'stroke-width="2"/><text x="{width - right + 36}" y="{y + 4}">{escape(name)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def metrics_markdown(points: list[dict], title: str, x: str = "records", series=tuple(COLORS)) -> str:
+    """The chart as Markdown that needs nothing else: the SVG embedded (a data: URI, which the Prefect UI's
+    Markdown renders for images) above its numbers as a table, which reads where images do not."""
+    svg = base64.b64encode(metrics_svg(points, title, x, series).encode()).decode()
+    shown = [s for s in series if any(p.get(s) is not None for p in points)]
+    extra = [k for k in ("edits", "neurons") if any(k in p for p in points)]
+    columns = [x, *extra, *shown]
+    rows = ["| " + " | ".join(_number(p.get(c)) for c in columns) + " |" for p in points]
+    alt = title.replace("[", "(").replace("]", ")")
+    return "\n".join([f"![{alt}](data:image/svg+xml;base64,{svg})", "",
+                      "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows]) + "\n"
+
+
+def _number(v) -> str:
+    return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
