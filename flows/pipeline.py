@@ -113,7 +113,7 @@ def decide(gated: dict, settings: PipelineSettings) -> dict:
     if not gated["passed"]:
         return ApprovalRecord.gate_failed().to_dict()
     a = settings.approve
-    state = approve(gated["markdown"], a.policy, a.timeout_s, a.poll_s, return_state=True)
+    state = approve(gated["summary"], a.policy, a.timeout_s, a.poll_s, return_state=True)
     if state.is_completed():
         return state.result()
     error = state.result(raise_on_failure=False)
@@ -175,9 +175,9 @@ def pipeline(model: str, root: str | None = None, approval: str | None = None,
             etag = s3_tasks.commit_state(layout, state, etag)
             summary["adopted"] = {"version": adopted["number"], "tag": adopted["tag"]}
             publish_adopted(layout, state, settings, summary)
-        got = ingest(layout.root, model, asdict(state))
+        got = ingest(layout.root, model)
         lap("ingest")
-        if not got["batches"]:
+        if not got["keys"]:
             settle(Outcome.nothing_new())
             if got["stray"]:
                 summary["stray_errors"] = got["stray"]
@@ -186,7 +186,8 @@ def pipeline(model: str, root: str | None = None, approval: str | None = None,
         # ledger write must not edit them again
         base_uri, held = live_version(layout, run, state, settings)
         processed = {**held, **{i: f"run {r}" for i, r in state.records.items()}}
-        checked = validate(layout.root, model, run_id, got["batches"], processed)
+        s3_tasks.write_json(f"{run}/processed.json", processed)
+        checked = validate(layout.root, model, run_id, got["keys"], f"{run}/processed.json")
         lap("validate")
         summary["counts"] = {k: checked[k] for k in ("received", "accepted", "quarantined")}
         summary["where"] |= {"quarantine": layout.quarantine, "data docs": checked["docs_uri"]}

@@ -48,7 +48,7 @@ def adopt_registered(layout: Layout, state: State, repo: str | None, run_id: str
     versions = registry.versions(layout.model)
     if not versions or versions[-1]["number"] <= state.version:
         return None
-    version = versions[-1]
+    version, was = versions[-1], state.version
     uri = layout.version(version["number"])
     if "manifest.json" not in s3_tasks.list_objects(uri):
         with tempfile.TemporaryDirectory() as tmp:
@@ -59,6 +59,6 @@ def adopt_registered(layout: Layout, state: State, repo: str | None, run_id: str
     state.records.update({i: f"registry {version['tag']}" for i in version.get("error_ids", [])})
     state.runs.append({"run_id": run_id, "at": version.get("registered_at"), "version": version["number"],
                        "outcome": f"adopted {version['tag']} from the registry ({version.get('note') or version['action']})"})
-    get_run_logger().warning("the ledger was at version %d, the registry at %s (%s): adopted", state.version,
+    get_run_logger().warning("the ledger was at version %d, the registry at %s (%s): adopted", was,
                              version["tag"], version.get("note") or version["action"])
     return version

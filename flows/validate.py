@@ -3,21 +3,26 @@ beside their batch file's key, each with its original text and reasons; accepted
 prefix; the Data Docs of the validation go there too."""
 from __future__ import annotations
 
+import json
 import tempfile
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact
 
 from flows import s3_tasks
+from patcher.engine.records import split_lines
 from patcher.pipeline import store
 from patcher.pipeline.store import Layout
 from patcher.pipeline.validation import validate_batches
 
 
 @flow(name="validate")
-def validate(root: str, model: str, run_id: str, batches: dict, processed: dict) -> dict:
+def validate(root: str, model: str, run_id: str, keys: list[str], processed_uri: str) -> dict:
+    """`keys`: the batch files under errors/MODEL/; `processed_uri`: {id: where} of the ids already processed."""
     layout = Layout(root, model)
     run = layout.run(run_id)
+    batches = {key: split_lines(s3_tasks.read_bytes(f"{layout.errors}/{key}")) for key in keys}
+    processed = json.loads(s3_tasks.read_text(processed_uri))
     with tempfile.TemporaryDirectory() as docs:
         result = validate_batches(batches, model, processed, docs_dir=docs)
         s3_tasks.upload_dir(docs, f"{run}/data-docs")
