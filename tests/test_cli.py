@@ -73,6 +73,16 @@ def test_edit_then_edit_on_top_then_eval(workdir):
     assert json.loads(proc.stdout)["ER"] == 1.0
 
 
+def test_eval_reads_a_patch_set_with_its_own_subject_layer(workdir):
+    w = workdir
+    run("edit", "--model", str(w / "model"), "--errors", str(w / "errors.jsonl"), "--out", str(w / "v1"),
+        "--memory", str(w / "memory.jsonl"), "--set", "subject_layer=0", "--quiet")
+    proc = run("eval", "--model", str(w / "model"), "--patches", str(w / "v1"), "--errors", str(w / "errors.jsonl"),
+               "--out", str(w / "eval.json"))           # no --set: the patch set's own subject layer, said so
+    assert json.loads((w / "eval.json").read_text())["ER"] == 1.0
+    assert "subject_layer 0 (the patch set's own; the settings ask for None)" in proc.stderr
+
+
 def test_bad_record_is_named_and_nothing_written(workdir):
     w = workdir
     bad = record("e9", "the capital of peru is", "lima")

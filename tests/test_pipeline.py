@@ -273,6 +273,24 @@ def test_a_held_lock_keeps_a_second_run_out(s3_env, prefect_api):
     assert str(run(root).outcome) == "nothing to edit: every record quarantined"
 
 
+def test_a_batch_larger_than_a_flow_parameter_goes_through(s3_env, prefect_api):
+    """Prefect refuses flow-run parameters over 512 KB: batch contents must not travel as parameters."""
+    root, layout = s3_env, Layout(s3_env, MODEL)
+    line = json.dumps({"id": "x", "note": "y" * 1000})                     # unknown field: quarantined
+    store.write_text(f"{layout.errors}/2026/11/24/10/batch-0000.jsonl",
+                     "".join(line.replace('"x"', f'"big-{i}"') + "\n" for i in range(700)))
+    result = run(root)
+    assert str(result.outcome) == "nothing to edit: every record quarantined", result.summary
+    assert result.summary["counts"] == {"received": 700, "accepted": 0, "quarantined": 700}
+
+
+def test_nothing_new_says_where_stray_batches_sit(s3_env, prefect_api):
+    store.write_text(f"{s3_env}/errors/2026/11/24/10/batch-0000.jsonl", "{}\n")     # in no model's folder
+    result = run(s3_env)
+    assert result.outcome.status is Status.NOTHING_NEW
+    assert result.summary["stray_errors"] == [f"{s3_env}/errors/2026"]
+
+
 def test_a_killed_runs_lock_is_broken_and_its_flow_run_marked_crashed(s3_env, prefect_api):
     """A run SIGKILLed mid-way left its lock (its lease far from over) and its flow run "Running": the next run
     breaks the lock at once (its process is gone), marks that flow run Crashed and names itself MODEL-RUN_ID."""

@@ -74,6 +74,15 @@ def test_a_live_run_keeps_its_lock_and_a_dead_one_loses_it(s3_env):
             lock.check()
 
 
+def test_batches_outside_any_models_folder_are_named(s3_env):
+    store.write_text(f"{s3_env}/errors/2026/11/24/10/a.jsonl", "{}\n")            # README's old example put them here
+    store.write_text(f"{s3_env}/errors/facts-smollm2/2026/11/24/10/b.jsonl", "{}\n")
+    store.write_text(f"{s3_env}/errors/notes.txt", "x")
+    bucket = s3_env.removeprefix("s3://")
+    assert store.stray_errors(s3_env, ["facts-smollm2", "factcheck-minilm"]) == [
+        f"s3://{bucket}/errors/2026", f"s3://{bucket}/errors/notes.txt"]
+
+
 def test_new_batches_skip_processed_and_other_keys(s3_env):
     layout = Layout(s3_env, "facts-smollm2")
     for key in ("2026/11/24/10/a.jsonl", "2026/11/24/11/b.jsonl", "notes.txt", "2026/11/24/x.jsonl"):
