@@ -11,6 +11,7 @@ from patcher.engine.config import EditorConfig
 from patcher.engine.patchset import CorruptPatchSet, PatchSet
 from patcher.engine.records import ErrorRecord, RecordError, load_json, parse_record, read_records, split_lines
 from patcher.engine.sequential import run_stream, to_patchset
+from patcher.engine.suites import Rows
 from patcher.pipeline.train import claim_key, known_answers, suspicious
 from patcher.pipeline.validation import Expected, validate_lines
 
@@ -108,12 +109,18 @@ def test_a_record_that_cannot_be_edited_fails_alone(make_model, tokenizer, monke
 
 
 def test_corrections_that_contradict_known_answers_are_flagged():
-    known = known_answers([("memory", [FACTS[0]]), ("locality suite test", [FACTS[1]])])
+    def rows(*pairs):
+        return Rows("f.jsonl", "0" * 64, [{"input": i, "target": t} for i, t in pairs])
+
+    known = known_answers([("memory", rows((FACTS[0].input, "paris"), (FACTS[2].input, None))),
+                           ("locality suite test", rows((FACTS[1].input, "madrid"))), ("validation memory", None)])
     assert claim_key("The capital of  France is.") == claim_key(FACTS[0].input)
     poison = ErrorRecord("p", "m", "generation", "The capital of France is", "x", "berlin", "2026-01-01T00:00:00Z")
     assert suspicious(poison, known) == ["contradicts the memory: 'The capital of France is' -> 'paris'"]
     agreeing = ErrorRecord("q", "m", "generation", FACTS[1].input, "x", "Madrid.", "2026-01-01T00:00:00Z")
     assert suspicious(agreeing, known) == []
+    unanswered = ErrorRecord("r", "m", "generation", FACTS[2].input, "x", "rome", "2026-01-01T00:00:00Z")
+    assert suspicious(unanswered, known) == []          # the model's own answer is what a mistake contradicts
 
 
 def test_a_corrupt_patch_set_never_loads(tmp_path, make_model, tokenizer):

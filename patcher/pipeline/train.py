@@ -93,8 +93,8 @@ def editor_for_entry(entry: ModelEntry, config: EditorConfig, base: PatchSet | N
         data["locality"][name] = {**rows.describe(), "left_out": dropped}
     if memory is not None:
         data["memory"]["left_out"] = memory_dropped
-    known = known_answers([("memory", memory_examples), ("validation memory", val_examples)] +
-                          [(f"locality suite {name}", suite.examples) for name, suite in locality.items()])
+    known = known_answers([("memory", memory), ("validation memory", validation)] +
+                          [(f"locality suite {name}", rows) for name, rows in suites.items()])
     return editor, locality, data, known
 
 
@@ -104,12 +104,14 @@ def claim_key(text: str) -> str:
     return " ".join(text.casefold().split()).rstrip(" .!?;:")
 
 
-def known_answers(sources: list[tuple[str, list]]) -> dict[str, tuple[str, str]]:
-    """{claim: (its answer, where it is from)} over examples whose answer the owner gave or the model gives."""
+def known_answers(sources: list[tuple[str, object]]) -> dict[str, tuple[str, str]]:
+    """{claim: (its answer, where it is from)} over the rows (suites.Rows) whose owner wrote the answer: a row
+    without one takes the model's own, which every real mistake contradicts."""
     known: dict[str, tuple[str, str]] = {}
-    for where, examples in sources:
-        for e in examples:
-            known.setdefault(claim_key(e.input), (e.target, where))
+    for where, rows in sources:
+        for r in (rows.rows if rows is not None else []):
+            if r["target"] is not None:
+                known.setdefault(claim_key(r["input"]), (r["target"], where))
     return known
 
 
