@@ -515,7 +515,11 @@ def cmd_s3(args) -> int:
     from patcher.pipeline import s3
 
     if args.s3_command == "up":
-        state = s3.up(args.port)
+        try:
+            state = s3.up(args.port)
+        except s3.S3PortTaken as e:                 # the clients' endpoint is taken: say by whom, move nowhere
+            print(f"patcher s3: error: {e}", file=sys.stderr)
+            return 2
         print(f"S3 on {state['endpoint_url']} (pid {state['pid']}, data {state['data_dir']}); patcher commands "
               f"use it when AWS_ENDPOINT_URL is unset")
     elif args.s3_command == "down":
@@ -795,7 +799,8 @@ def _serving_commands(sub) -> None:
 
     s3p = sub.add_parser("s3", help="the embedded S3 server (SeaweedFS on 127.0.0.1)")
     s3p.add_argument("s3_command", choices=["up", "down", "status"])
-    s3p.add_argument("--port", type=int, default=8333, help="S3 port for `up`")
+    s3p.add_argument("--port", type=int, help="S3 port for `up` (default: the one the last `up` recorded, "
+                     "else 8333, else a free one)")
     s3p.set_defaults(func=cmd_s3)
 
 
