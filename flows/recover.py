@@ -56,7 +56,9 @@ def adopt_registered(layout: Layout, state: State, repo: str | None, run_id: str
         for name in ("gate_report.json", "approval.json"):
             s3_tasks.write_json(f"{uri}/{name}", registry.read(layout.model, name, version["number"]))
     state.version, state.patches = version["number"], uri
-    state.records.update({i: f"registry {version['tag']}" for i in version.get("error_ids", [])})
+    note = version.get("note") or ""
+    by = note.removeprefix("run ") if note.startswith("run ") else version["tag"]     # the run that made it
+    state.records.update({i: by for i in version.get("error_ids", [])})
     state.runs.append({"run_id": run_id, "at": version.get("registered_at"), "version": version["number"],
                        "outcome": f"adopted {version['tag']} from the registry ({version.get('note') or version['action']})"})
     get_run_logger().warning("the ledger was at version %d, the registry at %s (%s): adopted", was,

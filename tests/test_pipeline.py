@@ -131,7 +131,7 @@ def test_damaged_batches_rerun_and_a_later_batch(s3_env, prefect_api, factcheck,
     held = {e["error_id"] for e in manifest2["edits"]}
     reasons = {json.loads(r["record"])["id"]: r["reasons"] for k in [*files, key]
                for r in jsonl(f"{layout.quarantine}/{k}") if r["reasons"][0].startswith("id already processed")}
-    assert held <= set(reasons) and all(reasons[i] == [f"id already processed (registry {MODEL}@v2.0.0)"]
+    assert held <= set(reasons) and all(reasons[i] == [f"id already processed (run {third['run_id']})"]
                                         for i in held)
     latest = PatchSet.load(registry.fetch(MODEL, tmp_path / "latest"))
     assert len(latest.edits) == len({e["error_id"] for e in latest.edits}) >= len(held), fourth["outcome"]
