@@ -14,6 +14,7 @@ import json
 import tempfile
 import time
 import uuid
+from contextvars import ContextVar
 from dataclasses import asdict
 from pathlib import Path
 
@@ -45,13 +46,24 @@ def new_run_id() -> str:
     return f"{utc_now():%Y%m%dT%H%M%SZ}-{(flow_run.id or uuid.uuid4().hex)[:8]}"
 
 
+RUN_NAME: ContextVar[str | None] = ContextVar("run_name", default=None)
+
+
 def name_run(model: str, run_id: str) -> None:
-    """The flow run is named after its model and run id (the UI lists paused runs by name)."""
+    """The flow run is named MODEL-RUN_ID, and each step's run MODEL-RUN_ID-STEP (`step`): the UI lists runs,
+    paused approvals among them, by name."""
     from prefect import get_client
 
+    RUN_NAME.set(f"{model}-{run_id}")
     if flow_run.id:
         with get_client(sync_client=True) as client:
-            client.update_flow_run(flow_run.id, name=f"{model}-{run_id}")
+            client.update_flow_run(flow_run.id, name=RUN_NAME.get())
+
+
+def step(subflow):
+    """A step's flow, its run named after this run (name_run)."""
+    name = RUN_NAME.get()
+    return subflow.with_options(flow_run_name=f"{name}-{subflow.name}") if name else subflow
 
 
 def publish_adopted(layout: Layout, state, settings: PipelineSettings, summary: dict) -> None:
@@ -59,8 +71,8 @@ def publish_adopted(layout: Layout, state, settings: PipelineSettings, summary: 
     pointer = latest(layout.root, layout.model)
     if not settings.export.enabled or (pointer or {}).get("version") == version_name(state.version):
         return
-    exported = export_version(layout.root, layout.model, version_name(state.version), state.patches,
-                              asdict(settings.export), return_state=True)
+    exported = step(export_version)(layout.root, layout.model, version_name(state.version), state.patches,
+                                    asdict(settings.export), return_state=True)
     summary["adopted"]["export"] = exported.result() if exported.is_completed() else {"error": exported.message}
 
 
@@ -86,12 +98,13 @@ def run_train(deployment: str, pool: str, **parameters) -> tuple[str, str]:
     if gpu_worker_online(pool):
         from prefect.deployments import run_deployment
 
-        child = run_deployment(name=deployment, parameters=parameters, as_subflow=True)
+        child = run_deployment(name=deployment, parameters=parameters, as_subflow=True,
+                               flow_run_name=f"{RUN_NAME.get()}-train" if RUN_NAME.get() else None)
         if not child.state or not child.state.is_completed():
             raise RuntimeError(f"train run {child.id} of {deployment} ended {child.state_type}: "
                                f"{child.state.message if child.state else ''}")
         return f"{parameters['out_uri']}/train_report.json", f"deployment {deployment}"
-    return train(**parameters), "in-process"
+    return step(train)(**parameters), "in-process"
 
 
 def live_version(layout: Layout, run: str, state, settings: PipelineSettings) -> tuple[str | None, dict]:
@@ -113,7 +126,7 @@ def decide(gated: dict, settings: PipelineSettings) -> dict:
     if not gated["passed"]:
         return ApprovalRecord.gate_failed().to_dict()
     a = settings.approve
-    state = approve(gated["summary"], a.policy, a.timeout_s, a.poll_s, return_state=True)
+    state = step(approve)(gated["summary"], a.policy, a.timeout_s, a.poll_s, return_state=True)
     if state.is_completed():
         return state.result()
     error = state.result(raise_on_failure=False)
@@ -175,7 +188,7 @@ def pipeline(model: str, root: str | None = None, approval: str | None = None,
             etag = s3_tasks.commit_state(layout, state, etag)
             summary["adopted"] = {"version": adopted["number"], "tag": adopted["tag"]}
             publish_adopted(layout, state, settings, summary)
-        got = ingest(layout.root, model)
+        got = step(ingest)(layout.root, model)
         lap("ingest")
         if not got["keys"]:
             settle(Outcome.nothing_new())
@@ -187,7 +200,7 @@ def pipeline(model: str, root: str | None = None, approval: str | None = None,
         base_uri, held = live_version(layout, run, state, settings)
         processed = {**held, **{i: f"run {r}" for i, r in state.records.items()}}
         s3_tasks.write_json(f"{run}/processed.json", processed)
-        checked = validate(layout.root, model, run_id, got["keys"], f"{run}/processed.json")
+        checked = step(validate)(layout.root, model, run_id, got["keys"], f"{run}/processed.json")
         lap("validate")
         summary["counts"] = {k: checked[k] for k in ("received", "accepted", "quarantined")}
         summary["where"] |= {"quarantine": layout.quarantine, "data docs": checked["docs_uri"]}
@@ -199,7 +212,7 @@ def pipeline(model: str, root: str | None = None, approval: str | None = None,
                                           settings=asdict(settings.train))
             summary["train_ran"] = where
             lap("train")
-            gated = gate_step(report_uri, asdict(entry.gate_thresholds(settings.gate)))
+            gated = step(gate_step)(report_uri, asdict(entry.gate_thresholds(settings.gate)))
             summary["metrics"] = gated["metrics"]
             summary["gate_passed"] = gated["passed"]
             lap("gate")
@@ -210,7 +223,7 @@ def pipeline(model: str, root: str | None = None, approval: str | None = None,
             review = list(gated["review"])
             if decision["approved"]:
                 lock.check()                # a run whose lock was broken must not make a version
-                version = register(layout.root, model, run_id, state.version + 1, decision, settings.register.repo)
+                version = step(register)(layout.root, model, run_id, state.version + 1, decision, settings.register.repo)
                 state.version, state.patches = version["number"], version["uri"]
                 summary["version"] = state.version
                 summary["where"]["patch set"] = state.patches
@@ -219,8 +232,8 @@ def pipeline(model: str, root: str | None = None, approval: str | None = None,
                 settle(Outcome.approved_as(state.version))
                 lap("register")
                 if settings.export.enabled:
-                    exported = export_version(layout.root, model, version_name(state.version), state.patches,
-                                              asdict(settings.export), return_state=True)
+                    exported = step(export_version)(layout.root, model, version_name(state.version), state.patches,
+                                                    asdict(settings.export), return_state=True)
                     if exported.is_completed():
                         summary["export"] = exported.result()
                         summary["where"]["serving"] = summary["export"]["pointer"]["uri"]

@@ -297,6 +297,7 @@ def test_a_killed_runs_lock_is_broken_and_its_flow_run_marked_crashed(s3_env, pr
     import socket
 
     from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
     from prefect.states import Running
 
     from flows.pipeline import pipeline
@@ -314,7 +315,11 @@ def test_a_killed_runs_lock_is_broken_and_its_flow_run_marked_crashed(s3_env, pr
     assert result.outcome.status is Status.NOTHING_NEW and result.summary["crashed_runs"] == [str(killed.id)]
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(killed.id).state.type.value == "CRASHED"
-        assert client.read_flow_run(state.state_details.flow_run_id).name == f"{MODEL}-{result.summary['run_id']}"
+        name = f"{MODEL}-{result.summary['run_id']}"
+        assert client.read_flow_run(state.state_details.flow_run_id).name == name
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(
+            any_=[state.state_details.flow_run_id])))
+        assert [c.name for c in children] == [f"{name}-ingest"]                   # each step named after its run
     assert "lock.json" not in store.list_objects(layout.uri("pipeline", MODEL))
 
 
