@@ -2,6 +2,7 @@
 admits one run at a time, is renewed while its run lives and broken only when its run is dead, and only
 batch-shaped keys count as batches."""
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -62,6 +63,9 @@ def test_a_live_run_keeps_its_lock_and_a_dead_one_loses_it(s3_env):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     body = {"run_id": "killed", "host": socket.gethostname(), "pid": int(dead.stdout), "acquired_at": "2026-01-01T00:00:00Z",
             "renewed_at": "2026-01-01T00:00:00Z", "expires_at": "2999-01-01T00:00:00Z"}
+    store.write_json(layout.lock, {**body, "pid": os.getpid(), "started": "1"})     # its pid reused since
+    with Lock(layout, "after-reuse"):
+        assert json.loads(store.read_text(layout.lock))["run_id"] == "after-reuse"
     store.write_json(layout.lock, body)                   # a SIGKILLed run's lock, its lease far from over
     start = time.monotonic()
     with Lock(layout, "next") as lock:                     # broken at once: its process is gone

@@ -33,6 +33,8 @@ import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from . import processes
+
 DEFAULT_PORT = 8333
 _GRPC_ROLES = ("master", "volume", "filer", "s3", "admin", "worker", "msg_broker", "msg_agent", "mq", "client")
 
@@ -340,31 +342,16 @@ def STATE_DIR() -> Path:   # noqa: N802 (a path that follows $PATCHER_CACHE at c
     return cache_dir() / "s3"
 
 
-def _started(pid: int) -> str | None:
-    """When the process started (ticks since boot; with its pid, who it is); None: gone or exited."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        if fields[0] in ("Z", "X") and len(os.listdir(f"/proc/{pid}/task")) <= 1:   # a zombie's last thread
-            return None                                                             # holds its sockets to the end
-    except OSError:
-        return None
-    return fields[19]
-
-
 def _running(state: dict) -> bool:
     """The recorded server is still that process: a recorded pid may name another one after a crash."""
-    try:
-        os.kill(state["pid"], 0)
-    except (KeyError, ProcessLookupError, PermissionError):
+    if "pid" not in state or not processes.alive(state["pid"]):
         return False
-    if not Path("/proc/self/stat").exists():         # no /proc here: the pid is all there is
-        return True
     if "started" not in state:                        # recorded by an older `up`: weed's command line will do
         try:
             return b"weed" in Path(f"/proc/{state['pid']}/cmdline").read_bytes()
         except OSError:
-            return False
-    return _started(state["pid"]) == state["started"]
+            return not Path("/proc/self/stat").exists()
+    return processes.is_same(state["pid"], state["started"])
 
 
 def _boot_id() -> str:
@@ -432,7 +419,7 @@ def up(port: int | None = None) -> dict:
             port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else _free_pair()
         server = EmbeddedS3(STATE_DIR() / "data", access, secret, s3_port=port).start()
         state = {"pid": server.process.pid, "endpoint_url": server.endpoint_url, "data_dir": str(server.data_dir),
-                 "ports": server.ports, "started": _started(server.process.pid), "boot_id": _boot_id()}
+                 "ports": server.ports, "started": processes.started(server.process.pid), "boot_id": _boot_id()}
         server.process = None               # leave it running after this process exits
         _write_private(STATE_DIR() / "state.json", json.dumps(state, indent=1) + "\n")
         return state

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from patcher.engine.records import stamp, utc_now
 
+from . import processes
 from .s3 import client, ensure_bucket, parse_uri
 
 BATCH_KEY = re.compile(r"^\d{4}/\d{2}/\d{2}/\d{2}/[^/]+\.jsonl$")
@@ -291,16 +292,6 @@ class LockLost(RuntimeError):
     """The run's lock was broken or taken while it ran: it must not write the ledger."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:          # another user's live process
-        return True
-    return True
-
-
 class Lock:
     """A create-only lock object with a lease. The holder renews it every third of `ttl_s` from a heartbeat
     thread while its run lives (paused for approval too), so only a dead run's lock expires; a lock past its
@@ -332,14 +323,15 @@ class Lock:
     def _body(self) -> bytes:
         now = utc_now()
         return json.dumps({**self.about, "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                           "acquired_at": self.acquired_at, "renewed_at": stamp(now),
+                           "started": processes.started(os.getpid()), "acquired_at": self.acquired_at, "renewed_at": stamp(now),
                            "expires_at": stamp(now + timedelta(seconds=self.ttl_s))}).encode()
 
     def _breakable(self, holder: dict) -> str | None:
         """Why the holder's lock may be broken: its lease ran out, or its process is gone."""
         if datetime.fromisoformat(holder["expires_at"].replace("Z", "+00:00")) < utc_now():
             return f"its lease ran out at {holder['expires_at']}"
-        if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))):
+        if holder.get("host") == socket.gethostname() and not processes.is_same(int(holder.get("pid", 0)),
+                                                                                 holder.get("started")):
             return f"its process {holder.get('pid')} on this host is gone"
         return None
 
