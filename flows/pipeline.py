@@ -165,8 +165,6 @@ def pipeline(model: str, root: str | None = None, approval: str | None = None,
     except LockHeld as held:
         log.warning("not running: %s", held)
         return RunResult(Outcome.skipped(), {**summary, "outcome": str(Outcome.skipped()), "reason": str(held)})
-    if lock.broken:
-        summary["crashed_runs"] = mark_crashed(lock.broken, run_id)
     report_uri, outcome = None, None
 
     def settle(result: Outcome) -> None:
@@ -174,6 +172,8 @@ def pipeline(model: str, root: str | None = None, approval: str | None = None,
         outcome, summary["outcome"] = result, str(result)
 
     try:
+        if lock.broken:
+            summary["crashed_runs"] = mark_crashed(lock.broken, run_id)
         clock = time.perf_counter()
 
         def lap(step: str) -> None:

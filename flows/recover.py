@@ -15,7 +15,8 @@ from patcher.pipeline.store import Layout, State
 
 
 def mark_crashed(holders: list[dict], by: str) -> list[str]:
-    """The flow runs (and their unfinished subflow runs) of dead lock holders -> Crashed. -> their ids."""
+    """The flow runs (and their unfinished subflow runs) of dead lock holders -> Crashed, as far as this Prefect
+    server knows them (best effort: the run goes on either way). -> their ids."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
     from prefect.states import Crashed
 
@@ -25,13 +26,17 @@ def mark_crashed(holders: list[dict], by: str) -> list[str]:
             flow_run_id = holder.get("flow_run_id")
             if not flow_run_id:
                 continue
-            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
-            for run in [client.read_flow_run(flow_run_id), *children]:
-                if run.state is not None and not run.state.is_final():
-                    client.set_flow_run_state(run.id, Crashed(message=f"its process died ({holder['why']}); found "
-                                                                      f"by run {by}"), force=True)
-                    marked.append(str(run.id))
+            try:
+                children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+                for run in [client.read_flow_run(flow_run_id), *children]:
+                    if run.state is not None and not run.state.is_final():
+                        client.set_flow_run_state(run.id, Crashed(message=f"its process died ({holder['why']}); "
+                                                                          f"found by run {by}"), force=True)
+                        marked.append(str(run.id))
+            except Exception as error:  # noqa: BLE001 (e.g. a run of another Prefect server: nothing to mark here)
+                get_run_logger().warning("could not mark dead run %s's flow run %s crashed: %s", holder["run_id"],
+                                         flow_run_id, error)
     if marked:
         get_run_logger().warning("marked %d flow runs of dead run %s as crashed", len(marked),
                                  ", ".join(h["run_id"] for h in holders))
@@ -50,7 +55,8 @@ def adopt_registered(layout: Layout, state: State, repo: str | None, run_id: str
         return None
     version, was = versions[-1], state.version
     uri = layout.version(version["number"])
-    if "manifest.json" not in s3_tasks.list_objects(uri):
+    if not {"manifest.json", "patches.safetensors", "gate_report.json", "approval.json"} <= \
+            set(s3_tasks.list_objects(uri)):             # missing, or half copied by the run that died
         with tempfile.TemporaryDirectory() as tmp:
             s3_tasks.upload_dir(registry.fetch(layout.model, Path(tmp) / "p", version["number"]), uri)
         for name in ("gate_report.json", "approval.json"):

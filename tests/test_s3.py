@@ -128,7 +128,7 @@ def test_only_the_s3_api_with_keys_is_reachable(cache, tmp_path):
     keyed.create_bucket(Bucket=bucket)
     keyed.put_object(Bucket=bucket, Key="serving/latest", Body=secret)
     for _ in range(100):                                # the admin server comes up after the S3 API
-        listening = {port for port, pids in s3._listeners().items() if state["pid"] in pids}
+        listening = {port for port, pids in s3.listeners().items() if state["pid"] in pids}
         if {port + grpc for port in state["ports"].values() for grpc in (0, 10000)} <= listening:
             break
         time.sleep(0.1)

@@ -57,6 +57,9 @@ def test_a_live_run_keeps_its_lock_and_a_dead_one_loses_it(s3_env):
         Lock(layout, "second").acquire()
     assert json.loads(store.read_text(layout.lock))["renewed_at"] > json.loads(store.read_text(layout.lock))["acquired_at"]
     live.check()
+    store.write_bytes(layout.lock, live._body())          # a renewal that went through but whose answer was lost
+    assert live.renew() and not live.lost                 # its retry's condition fails on its own body: still ours
+    live.check()
     live.release()
     assert "lock.json" not in store.list_objects(layout.uri("pipeline", "facts-smollm2"))
 

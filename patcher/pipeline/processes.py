@@ -1,5 +1,6 @@
 """Who a process is, beyond its pid: a pid is reused once its process is gone, so a record of "pid P is the
-server / holds the lock" also keeps the process's start time, and a check compares both."""
+server / holds the lock" also keeps the process's start time, and a check compares both; and which machine
+(boot and pid namespace: containers sharing a host name see other pids) a pid means anything on."""
 from __future__ import annotations
 
 import os
@@ -35,3 +36,19 @@ def is_same(pid: int, when_started: str | None) -> bool:
     """Whether pid is still the process that started at `when_started` (None recorded: any live one)."""
     now = started(pid)
     return now is not None and (when_started is None or now == when_started)
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def machine() -> str:
+    """This boot of this machine and this process's pid namespace: where a recorded pid can be looked up."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{boot_id()}/{namespace}"

@@ -49,9 +49,9 @@ def parse_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def client(endpoint_url: str | None = None):
+def client(endpoint_url: str | None = None, max_attempts: int | None = None, read_timeout: float = 30):
     """A boto3 S3 client from the standard AWS configuration; retries with backoff on throttling and
-    connection errors (AWS_MAX_ATTEMPTS attempts, default 8). With no AWS_ENDPOINT_URL and no keys in the
+    connection errors (`max_attempts`, else AWS_MAX_ATTEMPTS attempts, default 8). With no AWS_ENDPOINT_URL and no keys in the
     environment it talks to the embedded server started by `patcher s3 up`, with the keys that command
     generated (never printed), also while that server restarts."""
     import boto3
@@ -65,8 +65,9 @@ def client(endpoint_url: str | None = None):
         if "AWS_ACCESS_KEY_ID" not in os.environ and (saved := _saved_keys()):
             keys = {"aws_access_key_id": saved[0], "aws_secret_access_key": saved[1]}
     return boto3.client("s3", endpoint_url=endpoint_url, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-                        config=Config(retries={"max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", 8)),
-                                               "mode": "adaptive"}, connect_timeout=5, read_timeout=30), **keys)
+                        config=Config(retries={"max_attempts": max_attempts or int(os.environ.get("AWS_MAX_ATTEMPTS", 8)),
+                                               "mode": "adaptive"}, connect_timeout=5, read_timeout=read_timeout),
+                        **keys)
 
 
 def export_settings() -> None:
@@ -135,7 +136,7 @@ def _free_pair() -> int:
             return port
 
 
-def _listeners() -> dict[int, set[int]]:
+def listeners() -> dict[int, set[int]]:
     """{TCP port: pids} of the listening sockets whose processes this user can see (Linux /proc)."""
     inodes = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -160,7 +161,7 @@ def _listeners() -> dict[int, set[int]]:
 
 def _holder(port: int) -> str:
     """Who listens on the port, as far as /proc tells."""
-    pids = _listeners().get(port)
+    pids = listeners().get(port)
     if not pids:
         return "a process this user cannot see" if pids is not None else "a socket that is not listening"
     pid = min(pids)
@@ -354,13 +355,6 @@ def _running(state: dict) -> bool:
     return processes.is_same(state["pid"], state["started"])
 
 
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
 def _read_state() -> dict | None:
     try:
         return json.loads((STATE_DIR() / "state.json").read_text())
@@ -378,7 +372,7 @@ def _recorded() -> dict | None:
     """The embedded server the clients were given: running, or down since this boot without `patcher s3 down`
     (crashed or restarting: it comes back on the same endpoint)."""
     state = _read_state()
-    if state and "pid" in state and (state.get("boot_id") == _boot_id() or _running(state)):
+    if state and "pid" in state and (state.get("boot_id") == processes.boot_id() or _running(state)):
         return state
     return None
 
@@ -419,7 +413,7 @@ def up(port: int | None = None) -> dict:
             port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else _free_pair()
         server = EmbeddedS3(STATE_DIR() / "data", access, secret, s3_port=port).start()
         state = {"pid": server.process.pid, "endpoint_url": server.endpoint_url, "data_dir": str(server.data_dir),
-                 "ports": server.ports, "started": processes.started(server.process.pid), "boot_id": _boot_id()}
+                 "ports": server.ports, "started": processes.started(server.process.pid), "boot_id": processes.boot_id()}
         server.process = None               # leave it running after this process exits
         _write_private(STATE_DIR() / "state.json", json.dumps(state, indent=1) + "\n")
         return state

@@ -295,25 +295,31 @@ class LockLost(RuntimeError):
 class Lock:
     """A create-only lock object with a lease. The holder renews it every third of `ttl_s` from a heartbeat
     thread while its run lives (paused for approval too), so only a dead run's lock expires; a lock past its
-    expiry, or held by a process of this host that no longer exists, is broken. Waits up to `wait_s` for a live
-    holder. A holder whose lock was broken or taken meanwhile finds out at `check()` (LockLost)."""
+    expiry, or held by a process of this machine that no longer exists, is broken. Waits up to `wait_s` for a
+    live holder. `check()` renews at once and raises LockLost if the lock was broken or taken meanwhile, or if
+    the lease ran out while S3 could not be reached."""
 
     def __init__(self, layout: Layout, run_id: str, ttl_s: float = 300.0, wait_s: float = 0.0,
                  poll_s: float = 2.0, s3=None, about: dict | None = None):
         self.layout, self.run_id, self.ttl_s, self.wait_s, self.poll_s = layout, run_id, ttl_s, wait_s, poll_s
-        self.about = about or {}                 # more for the lock's body, e.g. the holder's flow run id
         self.broken: list[dict] = []             # the dead holders whose locks acquire() broke
         self.s3 = s3 or client()
+        self.quick = s3 or client(max_attempts=2, read_timeout=10)   # renewals: an answer well within the lease
         self.bucket, self.key = _bucket_key(layout.lock)
+        # who holds it: this run, in this process (pid and start time), on this machine; plus e.g. the flow run
+        self.me = {**(about or {}), "run_id": run_id, "host": socket.gethostname(), "machine": processes.machine(),
+                   "pid": os.getpid(), "started": processes.started(os.getpid())}
         self.etag: str | None = None
         self.acquired_at: str | None = None
         self.lost: str | None = None
+        self._lease_until = 0.0                  # monotonic time the last renewed lease runs out
+        self._renewing = threading.Lock()        # the heartbeat and check() renew one at a time
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
-    def _holder(self) -> tuple[dict | None, str | None]:
+    def _holder(self, s3=None) -> tuple[dict | None, str | None]:
         try:
-            obj = self.s3.get_object(Bucket=self.bucket, Key=self.key)
+            obj = (s3 or self.s3).get_object(Bucket=self.bucket, Key=self.key)
             return json.loads(obj["Body"].read()), obj["ETag"]
         except Exception as e:  # noqa: BLE001
             if _is(e, "NoSuchKey", "404"):
@@ -322,27 +328,34 @@ class Lock:
 
     def _body(self) -> bytes:
         now = utc_now()
-        return json.dumps({**self.about, "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                           "started": processes.started(os.getpid()), "acquired_at": self.acquired_at, "renewed_at": stamp(now),
+        return json.dumps({**self.me, "acquired_at": self.acquired_at, "renewed_at": stamp(now),
                            "expires_at": stamp(now + timedelta(seconds=self.ttl_s))}).encode()
 
+    def _mine(self, holder: dict | None) -> bool:
+        """A body this lock wrote (a PUT whose answer was lost and whose retry then failed its own condition)."""
+        return holder is not None and all(holder.get(k) == self.me[k] for k in ("run_id", "machine", "pid", "started"))
+
     def _breakable(self, holder: dict) -> str | None:
-        """Why the holder's lock may be broken: its lease ran out, or its process is gone."""
+        """Why the holder's lock may be broken: its lease ran out, or its process is gone from this machine."""
         if datetime.fromisoformat(holder["expires_at"].replace("Z", "+00:00")) < utc_now():
             return f"its lease ran out at {holder['expires_at']}"
-        if holder.get("host") == socket.gethostname() and not processes.is_same(int(holder.get("pid", 0)),
-                                                                                 holder.get("started")):
-            return f"its process {holder.get('pid')} on this host is gone"
+        here = holder.get("machine", self.me["machine"]) == self.me["machine"] and holder.get("host") == self.me["host"]
+        if here and not processes.is_same(int(holder.get("pid", 0)), holder.get("started")):
+            return f"its process {holder.get('pid')} on this machine is gone"
         return None
+
+    def _held(self, etag: str) -> "Lock":
+        self.etag, self._lease_until = etag, time.monotonic() + self.ttl_s
+        return self
 
     def acquire(self) -> "Lock":
         ensure_bucket(self.s3, self.bucket)
         deadline = time.monotonic() + self.wait_s
+        self.acquired_at = stamp()
         while True:
             try:
-                self.acquired_at = stamp()
-                self.etag = self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(),
-                                               ContentType="application/json", IfNoneMatch="*")["ETag"]
+                self._held(self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(),
+                                              ContentType="application/json", IfNoneMatch="*")["ETag"])
                 self._start_heartbeat()
                 return self
             except Exception as e:  # noqa: BLE001
@@ -351,6 +364,9 @@ class Lock:
             holder, etag = self._holder()
             if holder is None:
                 continue
+            if self._mine(holder):                # our own create, retried after its answer was lost
+                self._held(etag)._start_heartbeat()
+                return self
             why = self._breakable(holder)
             if why:
                 try:          # a dead run's lock: delete exactly that one, then try again
@@ -367,18 +383,24 @@ class Lock:
 
     def renew(self) -> bool:
         """Extends the lease if this run still holds the lock (a conditional PUT over its own ETag). -> whether
-        it does; a lock found broken or taken sets `lost`. Transient S3 failures raise (the heartbeat retries)."""
-        try:
-            self.etag = self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(),
-                                           ContentType="application/json", IfMatch=self.etag)["ETag"]
-            return True
-        except Exception as e:  # noqa: BLE001
-            if not _is(e, "PreconditionFailed", "412", "NoSuchKey", "404"):
-                raise
-        holder, _ = self._holder()
-        self.lost = (f"{self.layout.lock} was broken while run {self.run_id} held it"
-                     + (f"; run {holder['run_id']} holds it now" if holder else ""))
-        return False
+        it does; a lock found broken or taken sets `lost`. Transient S3 failures raise."""
+        with self._renewing:
+            if self.lost:
+                return False
+            try:
+                self._held(self.quick.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(),
+                                                 ContentType="application/json", IfMatch=self.etag)["ETag"])
+                return True
+            except Exception as e:  # noqa: BLE001
+                if not _is(e, "PreconditionFailed", "412", "NoSuchKey", "404"):
+                    raise
+            holder, etag = self._holder(self.quick)
+            if self._mine(holder):                # our renewal went through; its answer did not
+                self._held(etag)
+                return True
+            self.lost = (f"{self.layout.lock} was broken while run {self.run_id} held it"
+                         + (f"; run {holder['run_id']} holds it now" if holder else ""))
+            return False
 
     def _start_heartbeat(self) -> None:
         self._stop.clear()
@@ -394,22 +416,31 @@ class Lock:
                 continue
 
     def check(self) -> None:
-        """Raises LockLost if the lock was broken or taken since this run acquired it."""
+        """Renews now; raises LockLost if the lock was broken or taken since this run acquired it, or if S3
+        cannot be reached and the last lease has run out (another run may hold it by now)."""
+        try:
+            self.renew()
+        except Exception as error:  # noqa: BLE001
+            if time.monotonic() > self._lease_until:
+                self.lost = f"{self.layout.lock}: the lease ran out while S3 could not be reached ({error})"
         if self.lost:
             raise LockLost(self.lost)
 
     def release(self) -> None:
         self._stop.set()
         if self._heartbeat is not None:
-            self._heartbeat.join()
+            self._heartbeat.join(timeout=60)       # a renewal in flight: two quick attempts at most
             self._heartbeat = None
         if self.etag is None or self.lost:
             return
-        try:
-            self.s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
-        except Exception as e:  # noqa: BLE001
-            if not _is(e, "PreconditionFailed", "412", "NoSuchKey"):
-                raise
+        with self._renewing:
+            holder, etag = self._holder()
+            if self._mine(holder):                 # delete exactly our own body, whatever ETag we last saw
+                try:
+                    self.s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag)
+                except Exception as e:  # noqa: BLE001
+                    if not _is(e, "PreconditionFailed", "412", "NoSuchKey"):
+                        raise
         self.etag = None
 
     def __enter__(self) -> "Lock":
