@@ -69,7 +69,7 @@ def test_a_users_classifier_through_the_whole_loop(users_model, s3_env, prefect_
     assert s["export"]["parity"]["examples"] > len(errors)       # the edits and the regression suite's inputs
 
     # serving: the published v0001 answers the edited inputs right; a user reports one more mistake
-    monkeypatch.setenv("PATCHER_FEEDBACK_TOKENS", "helpdesk:t0ken-for-tests")
+    monkeypatch.setenv("PATCHER_FEEDBACK_TOKENS", "helpdesk:t0ken-for-the-tests")
     service = Service(ServeSettings(MODEL, root, cache_dir=str(tmp_path / "cache"), poll_s=0.2)).start()
     server, url = in_thread(service)
     try:
@@ -83,7 +83,7 @@ def test_a_users_classifier_through_the_whole_loop(users_model, s3_env, prefect_
             said = http.post("/predict", json={"inputs": [text]}).json()["predictions"][0]["label"]
             wanted = next(label for label in labels.values() if label != said)
             reply = http.post("/feedback", json={"input": text, "output": said, "correct": wanted},
-                              headers={"Authorization": "Bearer t0ken-for-tests"})
+                              headers={"Authorization": "Bearer t0ken-for-the-tests"})
             assert reply.status_code == 201, reply.text
     finally:
         server.should_exit = True

@@ -368,13 +368,13 @@ def test_serving_closes_the_loop(s3_env, prefect_api, factcheck, mistakes, tmp_p
     root = s3_env
     export(factcheck, None, tmp_path / "v0000")
     publish(tmp_path / "v0000", root, MODEL, "v0000")
-    monkeypatch.setenv("PATCHER_FEEDBACK_TOKENS", "support:t0ken-for-tests")
+    monkeypatch.setenv("PATCHER_FEEDBACK_TOKENS", "support:t0ken-for-the-tests")
     service = Service(ServeSettings(MODEL, root, cache_dir=str(tmp_path / "cache"), poll_s=0.2)).start()
     server, url = in_thread(service)
     reported = mistakes[:4]
     texts = [r.input for r in reported]
     try:
-        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": "Bearer t0ken-for-tests"}) as http:
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": "Bearer t0ken-for-the-tests"}) as http:
             assert http.get("/health").json()["version"] == "v0000"
             before = http.post("/predict", json={"inputs": texts}).json()
             assert [p["label"] for p in before["predictions"]] == [r.prediction for r in reported]   # its mistakes

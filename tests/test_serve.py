@@ -14,7 +14,7 @@ from patcher.serving.export import export
 from patcher.serving.onnx_model import OnnxModel
 from patcher.serving.serve import ServeSettings, Service, create_app, in_thread
 
-TOKENS = "support-team:s3cr3t-support-0001, app:s3cr3t-app-0002"
+TOKENS = "support-team:s3cr3t-support-0001, app:s3cr3t-app-000002"
 SUPPORT = {"Authorization": "Bearer s3cr3t-support-0001"}
 REPORT = {"input": "the capital of peru is", "output": "L0", "correct": "L1"}
 JSON = {"content-type": "application/json"}
@@ -63,7 +63,7 @@ def test_feedback_needs_a_bearer_token_from_the_environment(make_service, caplog
     caplog.set_level("DEBUG")
     service = make_service()
     http = client(service)
-    for headers in ({}, {"Authorization": "Bearer s3cr3t-support-000"}, {"Authorization": "Basic s3cr3t-app-0002"},
+    for headers in ({}, {"Authorization": "Bearer s3cr3t-support-000"}, {"Authorization": "Basic s3cr3t-app-000002"},
                     {"Authorization": "Bearer"}, {"Authorization": "Bearer s3cr3t-support-0001x"}):
         answer = http.post("/feedback", json=REPORT, headers=headers)
         assert answer.status_code == 401, (headers, answer.text)
@@ -78,12 +78,22 @@ def test_feedback_needs_a_bearer_token_from_the_environment(make_service, caplog
 def test_token_list_errors_name_the_entry_not_the_secret():
     from patcher.serving.serve import feedback_tokens
 
-    assert feedback_tokens(" a:x1, b.c@d:y:2 ,") == {"a": "x1", "b.c@d": "y:2"}
+    assert feedback_tokens(" a:x1-long-enough-token, b.c@d:y:2-long-enough-token ,") == {
+        "a": "x1-long-enough-token", "b.c@d": "y:2-long-enough-token"}
     assert feedback_tokens("") == {}
-    for bad in ("no-colon-s3cr3t", "a:s3cr3t,a:s3cr3t2", "bad name:s3cr3t", "a:  ", ":s3cr3t"):
+    for bad in ("no-colon-s3cr3t", "a:s3cr3t-long-enough,a:s3cr3t-long-enough2", "bad name:s3cr3t", "a:  ", ":s3cr3t",
+                "a:s3cr3t-short"):
         with pytest.raises(ValueError, match="PATCHER_FEEDBACK_TOKENS") as error:
             feedback_tokens(bad)
         assert "s3cr3t" not in str(error.value)
+
+
+def test_guessing_tokens_is_rate_limited(make_service):
+    http = client(make_service(feedback_per_minute=3))
+    guesses = [http.post("/feedback", json=REPORT, headers={"Authorization": f"Bearer guess-{i:012d}"}).status_code
+               for i in range(4)]
+    assert guesses == [401, 401, 401, 429]
+    assert http.post("/feedback", json={**REPORT, "correct": "NOT-A-LABEL"}, headers=SUPPORT).status_code == 422
 
 
 def test_feedback_is_rate_limited_per_token(make_service):
@@ -94,7 +104,7 @@ def test_feedback_is_rate_limited_per_token(make_service):
     over = http.post("/feedback", json=wrong, headers=SUPPORT)
     assert over.status_code == 429 and "support-team" in over.json()["detail"]
     assert 1 <= int(over.headers["retry-after"]) <= 30
-    other = http.post("/feedback", json=wrong, headers={"Authorization": "Bearer s3cr3t-app-0002"})
+    other = http.post("/feedback", json=wrong, headers={"Authorization": "Bearer s3cr3t-app-000002"})
     assert other.status_code == 422                          # its own bucket
     refused = http.get("/health").json()["feedback"]["refused"]
     assert refused["rate_limited"] == 1 and refused["invalid"] == 3

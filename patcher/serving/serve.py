@@ -38,6 +38,7 @@ stays.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import itertools
 import logging
@@ -50,6 +51,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -63,6 +65,7 @@ from .onnx_model import OnnxModel
 log = logging.getLogger("patcher.serving.serve")
 
 TOKENS_ENV = "PATCHER_FEEDBACK_TOKENS"
+MIN_TOKEN = 16                                              # characters: a shorter token is guessed in reach
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")      # it becomes the record's source, feedback:NAME
 SURROGATE = re.compile("[\ud800-\udfff]")                   # JSON's \ud800 escape parses to one; UTF-8 has none
 REFUSALS = {401: "unauthorized", 403: "disabled", 413: "too_large", 422: "invalid", 429: "rate_limited"}
@@ -99,8 +102,14 @@ def feedback_tokens(value: str) -> dict[str, str]:
                              f"and . _ @ -, then a token)")
         if name in tokens:
             raise ValueError(f"{TOKENS_ENV}: {name!r} is named twice")
+        if len(token.strip()) < MIN_TOKEN:
+            raise ValueError(f"{TOKENS_ENV}: {name!r}'s token is shorter than {MIN_TOKEN} characters (guessable)")
         tokens[name] = token.strip()
     return tokens
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 class Refused(Exception):
@@ -135,9 +144,10 @@ class FeedbackGate:
     def __init__(self, tokens: dict[str, str], open_feedback: bool, per_minute: int):
         if per_minute < 1:
             raise ValueError(f"feedback_per_minute must be at least 1, got {per_minute}")
-        self._tokens = {name: token.encode() for name, token in tokens.items()}
+        self._tokens = {name: _digest(token) for name, token in tokens.items()}   # equal lengths: no length leak
         self.open, self.per_minute = open_feedback, per_minute
         self._buckets = {name: Bucket(per_minute) for name in [*tokens, "anonymous"]}
+        self._guesses = Bucket(per_minute)          # wrong tokens, from anyone: guessing is rate-limited too
         self._lock = threading.Lock()
         self.accepted = 0
         self.refused = {reason: 0 for reason in REFUSALS.values()}
@@ -157,11 +167,16 @@ class FeedbackGate:
         if scheme.lower() != "bearer" or not given.strip():
             raise Refused(401, f"feedback needs `Authorization: Bearer TOKEN`: a token from {TOKENS_ENV}",
                           {"WWW-Authenticate": "Bearer"})
-        given_bytes, match = given.strip().encode(), None
+        given_digest, match = _digest(given.strip()), None
         for name, token in self._tokens.items():      # every one compared: the time says nothing of which matched
-            if hmac.compare_digest(given_bytes, token):
+            if hmac.compare_digest(given_digest, token):
                 match = name
         if match is None:
+            with self._lock:
+                wait = self._guesses.take()
+            if wait:
+                raise Refused(429, f"too many wrong tokens: retry in {math.ceil(wait)} s",
+                              {"Retry-After": str(math.ceil(wait))})
             raise Refused(401, f"the bearer token is not one of {TOKENS_ENV}",
                           {"WWW-Authenticate": 'Bearer error="invalid_token"'})
         return match
@@ -374,12 +389,14 @@ def create_app(service: Service) -> FastAPI:
         except Refused as refused:
             raise HTTPException(refused.status, refused.reason, refused.headers) from None
 
+    model_runs: list = []        # the limiter of model runs, made in the server's event loop on first use
+
     @app.get("/health")
-    def health() -> dict:
+    async def health() -> dict:              # on the event loop: answers while every worker thread is busy
         return service.health()
 
     @app.post("/predict")
-    def predict(request: PredictRequest) -> dict:        # sync: FastAPI runs it in its thread pool
+    async def predict(request: PredictRequest) -> dict:
         texts = request.inputs if request.inputs is not None else [request.input] if request.input is not None else []
         if not texts or len(texts) > settings.max_batch or not all(t.strip() for t in texts):
             raise HTTPException(422, f"give `input` or 1-{settings.max_batch} non-empty `inputs`")
@@ -387,7 +404,10 @@ def create_app(service: Service) -> FastAPI:
         check_texts(dict(zip(names, texts)), settings.max_input_chars)
         if request.max_new_tokens > settings.max_new_tokens:
             raise HTTPException(422, f"max_new_tokens is at most {settings.max_new_tokens}")
-        return service.predict(texts, request.max_new_tokens)
+        if not model_runs:
+            model_runs.append(anyio.CapacityLimiter(settings.max_running))
+        # waiting requests wait here, not in worker threads: /feedback keeps its threads under a /predict burst
+        return await anyio.to_thread.run_sync(service.predict, texts, request.max_new_tokens, limiter=model_runs[0])
 
     @app.post("/feedback", status_code=201)
     def feedback(request: FeedbackRequest, client: str = Depends(feedback_client)) -> dict:
