@@ -408,24 +408,10 @@ def write_path_probe(server, root: str) -> list[dict]:
 # --- helpers ------------------------------------------------------------------------------------------------
 
 def _listening_ports(server) -> list[int]:
-    """The TCP ports the server's processes listen on (from /proc: no extra tools)."""
-    pids = {str(server.process.pid)} if getattr(server, "process", None) else set()
-    inodes = set()
-    for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    ports = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in Path(table).read_text().splitlines()[1:]:
-            cols = row.split()
-            if cols[3] == "0A" and cols[9] in inodes:
-                ports.append(int(cols[1].split(":")[1], 16))
-    return ports
+    """The TCP ports the server's process listens on (patcher.pipeline.s3's own /proc reader)."""
+    from patcher.pipeline.s3 import listeners
+
+    return [port for port, pids in listeners().items() if server.process and server.process.pid in pids]
 
 
 def _text_or_b64(line: bytes) -> str:

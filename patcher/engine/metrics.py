@@ -58,12 +58,16 @@ class LocalitySet:
                 "accuracy_before": self.accuracy_before if self.has_targets else None,
                 "changed": changed[:changed_limit]}
 
+    def moved(self, editor: Editor) -> list[tuple[int, str]]:
+        """(index, prediction now) of the examples whose prediction differs from the original model's."""
+        after = editor.predictions(self.cached)
+        return [(i, a) for i, (a, b) in enumerate(zip(after, self.predictions_before)) if a != b]
+
     def changed(self, editor: Editor) -> list[dict]:
         """Examples whose prediction differs from the original model's, each with the edits whose neurons
         fire on it (`fired_by`): who moved it."""
-        after = editor.predictions(self.cached)
-        return [{"input": e.input, "target": e.target, "before": b, "after": a, "fired_by": firing_edits(editor, c)}
-                for e, c, b, a in zip(self.examples, self.cached, self.predictions_before, after) if a != b]
+        return [{"input": self.examples[i].input, "target": self.examples[i].target, "before": self.predictions_before[i],
+                 "after": a, "fired_by": firing_edits(editor, self.cached[i])} for i, a in self.moved(editor)]
 
 
 def firing_edits(editor: Editor, c: Cached, limit: int = 3) -> list[dict]:

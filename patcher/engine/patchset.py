@@ -8,6 +8,7 @@ weights where that is exact. Rollback removes one edit's neurons and leaves ever
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -16,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from .arch import Arch, adapter_for
 from .files import cache_dir, load_pretrained, sha256
@@ -199,17 +200,19 @@ class PatchSet:
 
 def _checked_weights(patch_dir: Path, expected: str | None) -> dict[str, torch.Tensor]:
     """The weights file's tensors, if its sha256 is the manifest's (older manifests have none: then finite values
-    at least), else CorruptPatchSet naming the file."""
+    at least), else CorruptPatchSet naming the file. The file is read once."""
     path = patch_dir / WEIGHTS
-    digest = sha256(path) if path.exists() else None
+    data = path.read_bytes() if path.exists() else None
+    digest = hashlib.sha256(data).hexdigest() if data is not None else None
     if expected is not None and digest != expected:
         raise CorruptPatchSet(f"{path} is corrupt: sha256 {(digest or 'missing')[:12]}, its manifest says "
                               f"{expected[:12]}; fetch this version again (`patcher registry get`, `dvc pull`)")
     try:
-        tensors = load_file(path)
+        tensors = load(data)
     except Exception as error:  # noqa: BLE001 (safetensors' own error types vary by version)
         raise CorruptPatchSet(f"{path} is not a readable safetensors file: {error}") from None
-    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    broken = [k for k, v in tensors.items() if expected is None and v.is_floating_point()
+              and not bool(torch.isfinite(v).all())]
     if broken:
         raise CorruptPatchSet(f"{path} is corrupt: non-finite values in {', '.join(broken)}")
     return tensors

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -57,24 +58,19 @@ def split_lines(data: bytes) -> list[str | dict]:
         line = line[:-1] if line.endswith(b"\r") else line
         try:
             out.append(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            out.append(undecodable(line))
+        except UnicodeDecodeError as error:
+            out.append(undecodable(line, error))
     return out
 
 
-def undecodable(line: bytes) -> dict:
+def undecodable(line: bytes, error: UnicodeDecodeError) -> dict:
     """What a quarantine record keeps of a line that is not UTF-8: the reason and the original bytes."""
-    try:
-        line.decode("utf-8")
-        reason = "not valid UTF-8"
-    except UnicodeDecodeError as e:
-        reason = f"not valid UTF-8 (byte 0x{line[e.start]:02x} at offset {e.start})"
-    return {"record": None, "record_base64": base64.b64encode(line).decode("ascii"), "reasons": [reason]}
+    return {"record": None, "record_base64": base64.b64encode(line).decode("ascii"),
+            "reasons": [f"not valid UTF-8 (byte 0x{line[error.start]:02x} at offset {error.start})"]}
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    keys = [k for k, _ in pairs]
-    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    repeated = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
     if repeated:
         raise ValueError(f"duplicate keys {repeated} (which one counts is ambiguous)")
     return dict(pairs)

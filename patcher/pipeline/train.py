@@ -141,7 +141,7 @@ def train_patches(entry: ModelEntry, records: list[ErrorRecord], base: PatchSet 
     editor, locality, data, known = editor_for_entry(entry, config, base, no_memory)
     train, test = locality.get("train"), locality.get("test")
     # locality examples the base patch set moved already: the report tells them from this run's changes
-    earlier = {name: {c["input"] for c in suite.changed(editor)} for name, suite in locality.items()} \
+    earlier = {name: {suite.examples[i].input for i, _ in suite.moved(editor)} for name, suite in locality.items()} \
         if base is not None and len(base.neurons) else {}
     setup_seconds = time.perf_counter() - start
 
