@@ -29,11 +29,18 @@ def edited_tiny(tmp_path, make_model, tokenizer, kind, config=EditorConfig()):
     return model_dir, to_patchset(editor, outcomes, "tiny", model_dir).save(tmp_path / "patches")
 
 
+def checked_inputs(patches, check) -> int:
+    """The inputs an export's parity check covers: each edit's, the rows it remembered, and the check sample."""
+    edits = json.loads((patches / "manifest.json").read_text())["edits"]
+    return len({*(e["input"] for e in edits), *(r for e in edits for r in e["remembered"]), *(c.input for c in check)})
+
+
 def test_llama_branch_is_in_the_graph_and_a_disagreement_fails_loudly(tmp_path, make_model, tokenizer):
     model_dir, patches = edited_tiny(tmp_path, make_model, tokenizer, "llama")
     manifest = export(model_dir, patches, tmp_path / "onnx", MEMORY)
     assert manifest["patch_set"]["how"] == "branch in the graph" and manifest["patch_set"]["edits"] == 3
-    assert manifest["parity"]["examples"] == 3 + len(MEMORY) and manifest["parity"]["max_abs_diff"] <= 1e-4
+    assert manifest["parity"]["examples"] == checked_inputs(patches, MEMORY) > 3 + len(MEMORY)
+    assert manifest["parity"]["max_abs_diff"] <= 1e-4
     assert not (tmp_path / "onnx.partial").exists()
     unpatched, tok = load_model(model_dir)          # the graph holds the patches; this model does not
     with pytest.raises(ExportParityError, match="differ between onnxruntime and PyTorch"):
@@ -44,7 +51,8 @@ def test_knee_patches_load_and_export_with_their_activation(tmp_path, make_model
     model_dir, patches = edited_tiny(tmp_path, make_model, tokenizer, "llama", EditorConfig(activation="knee"))
     assert json.loads((patches / "manifest.json").read_text())["activation"] == "knee"
     manifest = export(model_dir, patches, tmp_path / "onnx", MEMORY)
-    assert manifest["parity"]["examples"] == 3 + len(MEMORY) and manifest["parity"]["max_abs_diff"] <= 1e-4
+    assert manifest["parity"]["examples"] == checked_inputs(patches, MEMORY)
+    assert manifest["parity"]["max_abs_diff"] <= 1e-4
 
 
 @pytest.mark.real
@@ -99,7 +107,7 @@ def test_real_smollm2_export_with_patches_as_a_branch(tmp_path, smollm2_model):
     torch.set_num_threads(2)
     model, tok = load_model(smollm2_model)
     split = {k: v[:120] for k, v in split_facts(all_facts(), seed=0).items()}    # a small memory: quick
-    editor, _, _ = editor_on_facts(model, tok, EditorConfig(), split)
+    editor, _, _ = editor_on_facts(model, tok, EditorConfig(subject_layer=9), split)   # as in production
     records = read_records("data/errors/facts-smollm2.jsonl")[:3]
     outcomes = run_stream(editor, records, progress=False)
     to_patchset(editor, outcomes, "facts-smollm2", smollm2_model).save(tmp_path / "patches")
@@ -107,10 +115,33 @@ def test_real_smollm2_export_with_patches_as_a_branch(tmp_path, smollm2_model):
     manifest = export(smollm2_model, tmp_path / "patches", tmp_path / "onnx", check, version="v0001")
     torch.set_num_threads(1)
     assert manifest["patch_set"]["how"] == "branch in the graph" and manifest["patch_set"]["edits"] == 3
-    assert manifest["parity"]["examples"] == 3 + 6
+    assert manifest["parity"]["examples"] == checked_inputs(tmp_path / "patches", check)
+
+    assert manifest["cache"] == {"layers": 30, "kv_heads": 3, "head_dim": 64, "subject_layers": 1,
+                                 "subject_neurons": manifest["patch_set"]["neurons"]}
 
     served = OnnxModel(tmp_path / "onnx")                 # a consumer: onnxruntime and the tokenizer only
-    assert served.task == "generation" and served.version == "v0001"
-    answers = served([r.input for r in records], max_new_tokens=6)
+    assert served.task == "generation" and served.version == "v0001" and served.cached
+    texts = [r.input for r in records] + [c.input for c in check]
+    answers = [a["answer"] for a in served(texts, max_new_tokens=6)]            # one left-padded batch
     fixed = {o.error_id for o in outcomes if o.succeeded}
-    assert fixed and all(a["answer"].startswith(r.target) for r, a in zip(records, answers) if r.id in fixed)
+    assert fixed and all(a.startswith(r.target) for r, a in zip(records, answers) if r.id in fixed)
+    alone = [served([t], max_new_tokens=6)[0]["answer"] for t in texts]           # batch of one each
+    assert alone == answers
+
+    # a standard client, unmodified: onnxruntime-genai reads genai_config.json and decodes with the cache
+    import onnxruntime_genai as og
+
+    client = og.Model(str(tmp_path / "onnx"))
+    client_tokenizer = og.Tokenizer(client)
+    for text, answer in zip(texts, answers):
+        ids = client_tokenizer.encode(text)
+        assert list(ids) == tok(text)["input_ids"]
+        params = og.GeneratorParams(client)
+        params.set_search_options(max_length=len(ids) + 6, do_sample=False)
+        generator = og.Generator(client, params)
+        generator.append_tokens(ids)
+        while not generator.is_done():
+            generator.generate_next_token()
+        said = client_tokenizer.decode(generator.get_sequence(0)[len(ids):])
+        assert said.split("\n")[0].strip() == answer.split("\n")[0], text

@@ -35,11 +35,12 @@ def random_neurons(n=3, hidden=32, seed=0):
     return PatchNeurons(r(n, hidden) * 0.3, r(n), r(n, hidden), "relu", r(n, hidden) * 0.3, 0)
 
 
-def test_running_max_and_its_onnx_form(monkeypatch):
-    s = torch.randn(2, 7, 3)
-    expected = torch.stack([s[:, : t + 1].amax(1) for t in range(7)], 1)
+@pytest.mark.parametrize("length", [1, 2, 7, 70, 300])
+def test_running_max_and_its_onnx_form(monkeypatch, length):
+    s = torch.randn(2, length, 3)
+    expected = torch.stack([s[:, : t + 1].amax(1) for t in range(length)], 1)
     assert torch.equal(running_max(s), expected)
-    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)         # the causal-mask form
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)         # the doubling scan
     assert torch.equal(running_max(s), expected)
 
 

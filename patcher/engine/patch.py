@@ -167,7 +167,9 @@ class NewNeurons(Neurons):
 class PatchBranch:
     """Attaches PatchNeurons to a model as a parallel branch of its last FFN (two forward hooks). Neurons with
     a subject key take two more: the subject layer's FFN input, and the model call itself, so that the running
-    max carries on over a KV cache (generation one token at a time) and skips left padding."""
+    max carries on over a KV cache (generation one token at a time) and skips left padding. An exported decoder
+    (serving/export.py) carries the earlier positions' subject scores in its cache instead: it sets
+    `past_scores` before a call and reads `present_scores` after it."""
 
     def __init__(self, arch: Arch, neurons: PatchNeurons):
         self.arch = arch
@@ -176,6 +178,8 @@ class PatchBranch:
         self._subject = None            # (B, T, N) running max of the subject part in this call
         self._carry = None              # (B, N) the running max at the last position so far (KV-cached calls)
         self._call = {}
+        self.past_scores = None         # (B, P, N) earlier positions' subject scores, given by an exported cache
+        self.present_scores = None      # (B, P + T, N) those and this call's, for the cache's next step
         self._handles = [
             arch.ffn_in.register_forward_pre_hook(self._read_q),
             arch.ffn_out.register_forward_hook(self._add_patch),
@@ -203,7 +207,11 @@ class PatchBranch:
             real = mask[:, -z.shape[1]:].bool().unsqueeze(-1)                       # (B, T, 1)
             scores = scores.masked_fill(~real, -1e4)
         running = running_max(scores)
-        if self._call.get("continues") and self._carry is not None:
+        if self.past_scores is not None:            # max over the cached positions; -1e4 when there are none
+            none = torch.full_like(scores[:, :1], -1e4)                              # (B, 1, N)
+            running = torch.maximum(running, torch.cat([self.past_scores, none], 1).amax(1, keepdim=True))
+            self.present_scores = torch.cat([self.past_scores, scores], 1)           # (B, P + T, N)
+        elif self._call.get("continues") and self._carry is not None:
             running = torch.maximum(running, self._carry.unsqueeze(1))
         self._carry = running[:, -1]
         self._subject = running

@@ -16,17 +16,20 @@ import torch
 
 from .prompt import prompt_offsets
 
+SCAN_STEPS = 16     # the exported running max's doubling steps: prompts up to 2**16 positions
+
 
 def running_max(scores: torch.Tensor, dim: int = -2) -> torch.Tensor:
     """max over positions p <= t along `dim` (the positions), for every t. (..., T, n) -> (..., T, n).
-    torch.cummax has no ONNX export: while exporting, the same max over a causal (T, T) mask."""
+    torch.cummax has no ONNX export: while exporting, a doubling scan (each step takes the max with the row 2**i
+    earlier, or the first row), linear in T, exact, for any T up to 2**SCAN_STEPS."""
     if not torch.onnx.is_in_onnx_export():
         return scores.cummax(dim).values
     s = scores.movedim(dim, -2)                                                    # (..., T, n)
-    t = s.shape[-2]
-    causal = torch.ones(t, t, dtype=torch.bool, device=s.device).tril()           # (T, T): p <= t
-    masked = s.unsqueeze(-3).masked_fill(~causal.unsqueeze(-1), float("-inf"))   # (..., T, T, n)
-    return masked.amax(-2).movedim(-2, dim)
+    positions = torch.arange(s.shape[-2], device=s.device)                         # (T,)
+    for step in range(SCAN_STEPS):
+        s = torch.maximum(s, s.index_select(-2, (positions - 2 ** step).clamp(min=0)))
+    return s.movedim(-2, dim)
 
 
 def shared_text(text: str, others: list[str], max_words: int = 64) -> str:

@@ -1,17 +1,22 @@
 """ONNX export of a patched model, for onnxruntime consumers, with a parity check on every export.
 
-The output is an Optimum-style directory: `model.onnx` (inputs `input_ids`, `attention_mask` and, for BERT,
-`token_type_ids`; output `logits`; dynamic `batch_size` and `sequence_length` axes), `config.json`,
-the tokenizer files, and `export.json` (base model and its sha256, the patch set's edits and neurons, whether
-the patches were merged into the FFN weights or exported as a branch, the prompt format its inputs are put to
-the model in (engine/prompt.py), sha256 of every file).
+The output is an Optimum-style directory: `model.onnx`, `config.json`, the tokenizer files, and `export.json`
+(base model and its sha256, the patch set's edits and neurons, whether the patches were merged into the FFN
+weights or exported as a branch, the prompt format its inputs are put to the model in (engine/prompt.py), the
+cache's shape, sha256 of every file). Classifiers (and encoder-decoders): inputs `input_ids`, `attention_mask`
+and, for BERT, `token_type_ids`, output `logits`, dynamic `batch_size` and `sequence_length` axes, as
+ORTModelForSequenceClassification reads them. Decoder-only generation models: one KV-cached graph
+(decoder.py: past_key_values.* in, present.* out, as ORTModelForCausalLM reads them) plus
+`generation_config.json` and onnxruntime-genai's `genai_config.json`.
 
 Patches are merged where that is exact (GELU FFNs with biases), so the patched model costs what the
 unpatched one does; otherwise (Llama's SwiGLU) the branch's hooks run during tracing and are part of the
 graph. Parity: onnxruntime against PyTorch on the edited inputs and a locality sample, logits within
 |onnx - torch| <= tolerance + rtol * max|torch logits at that position| over real tokens (SmolLM2's logits
 reach ~30, where fp32 kernels of the two runtimes differ by ~1.2e-4 with identical answers), and the same
-predicted labels or greedy answers; a miss raises ExportParityError and the directory is not left behind
+predicted labels or greedy answers. A cached graph is checked twice: its prefill against the model's logits, and
+its greedy decoding token by token (left-padded batches, the cache fed back) against the model's logits over
+the same tokens, every step's logits and argmax; a miss raises ExportParityError and the directory is not left behind
 as if it were good.
 """
 from __future__ import annotations
@@ -29,7 +34,8 @@ from patcher.engine.files import sha256
 from patcher.engine.patchset import load_patched, weights_sha256
 from patcher.engine.prompt import check_prompt_format, prompt_ids
 
-from .onnx_model import ONNX, greedy, onnx_logits, session
+from .decoder import CachedDecoder, cache_layout, genai_config, sample_inputs
+from .onnx_model import ONNX, cache_inputs, generate, greedy, max_tokens, onnx_logits, session
 
 
 class ExportParityError(RuntimeError):
@@ -84,27 +90,44 @@ def export(model_dir: str | Path, patch_dir: str | Path | None, out: str | Path,
     staging.mkdir(parents=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    sample = _inputs(tokenizer, ["a short input", "a slightly longer input for the trace"])
-    names = list(sample)
-    axes = {name: {0: "batch_size", 1: "sequence_length"} for name in names}
-    axes["logits"] = {0: "batch_size"} if model.config.architectures[0].endswith("Classification") else \
-        {0: "batch_size", 1: "sequence_length"}
+    classification = model.config.architectures[0].endswith("Classification")
+    branch = getattr(model, "_patch_branch", None)
+    layout = None if classification or model.config.is_encoder_decoder else cache_layout(model, branch)
+    if layout is not None:
+        module, sample = CachedDecoder(model, layout, branch), sample_inputs(layout, model.config.vocab_size)
+        names, outputs, axes = layout.input_names(), layout.output_names(), layout.dynamic_axes()
+    else:
+        inputs = _inputs(tokenizer, ["a short input", "a slightly longer input for the trace"])
+        names, outputs, sample = list(inputs), ["logits"], tuple(inputs.values())
+        module = LogitsOnly(model, names)
+        axes = {name: {0: "batch_size", 1: "sequence_length"} for name in names}
+        axes["logits"] = {0: "batch_size"} if classification else {0: "batch_size", 1: "sequence_length"}
     with torch.no_grad():
-        torch.onnx.export(LogitsOnly(model, names), tuple(sample.values()), str(staging / ONNX), dynamo=False,
-                          opset_version=opset, input_names=names, output_names=["logits"], dynamic_axes=axes)
+        torch.onnx.export(module, sample, str(staging / ONNX), dynamo=False, opset_version=opset,
+                          input_names=names, output_names=outputs, dynamic_axes=axes)
     model.config.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    examples = [Example(e["input"], e["target"]) for e in (patches.edits if patches else [])] + list(check)
-    parity = check_parity(model, tokenizer, staging / ONNX, [e.input for e in examples], tolerance, rtol,
-                          prompt_format=prompt_format)
+    if layout is not None:
+        model.generation_config.save_pretrained(staging)
+        config = genai_config(model.config, model.generation_config, tokenizer, layout, ONNX,
+                              max_tokens(model.config.to_dict(), tokenizer))
+        (staging / "genai_config.json").write_text(json.dumps(config, indent=1) + "\n")
+    edits = patches.edits if patches else []
+    examples = [Example(e["input"], e["target"]) for e in edits] + list(check)
+    texts = list(dict.fromkeys([e.input for e in examples] + [t for e in edits for t in e.get("remembered", [])]))
+    parity = check_parity(model, tokenizer, staging / ONNX, texts, tolerance, rtol, prompt_format=prompt_format)
     manifest = {
         "format": "patcher.onnx/1",
         "base_model": patches.base_model if patches else {"name": str(model_dir), "sha256": weights_sha256(model_dir)},
         "patch_set": None if patches is None else {
             "version": version, "edits": len(patches.edits), "neurons": len(patches),
             "error_ids": patches.error_ids, "layer": patches.layer,
-            "how": "branch in the graph" if getattr(model, "_patch_branch", None) is not None else "merged"},
-        "inputs": names, "output": "logits", "opset": opset, "prompt_format": prompt_format,
+            "how": "branch in the graph" if branch is not None else "merged"},
+        "inputs": names[:3] if layout is not None else names, "output": "logits", "opset": opset,
+        "prompt_format": prompt_format,
+        "cache": None if layout is None else {
+            "layers": layout.layers, "kv_heads": layout.kv_heads, "head_dim": layout.head_dim,
+            "subject_layers": layout.subject_layers, "subject_neurons": layout.neurons},
         "parity": {"max_abs_diff": parity.max_abs_diff, "tolerance": tolerance, "rtol": rtol,
                    "examples": parity.examples},
     }
@@ -120,27 +143,29 @@ def check_parity(model, tokenizer, onnx_path: Path, texts: list[str], tolerance:
     """Raises ExportParityError if logits differ beyond `tolerance` or a prediction differs, on `texts` put to
     the model in `prompt_format`."""
     sess = session(onnx_path)
+    cached = bool(cache_inputs(sess))
     worst, mismatches = 0.0, []
     classification = model.config.architectures[0].endswith("Classification")
     for i in range(0, len(texts), batch_size):
         batch = texts[i:i + batch_size]
         inputs = _inputs(tokenizer, batch, prompt_format)
-        ours = onnx_logits(sess, inputs)
+        if cached:
+            ours, _ = _cached_logits(sess, inputs)
+        else:
+            ours = onnx_logits(sess, inputs)
         with torch.no_grad():
             theirs = LogitsOnly(model, list(inputs))(*inputs.values()).numpy()
-        gap = np.abs(ours - theirs)
-        # fp32 error grows with the scale of the whole logit vector, not of each entry
-        excess = gap - rtol * np.abs(theirs).max(axis=-1, keepdims=True)      # <= tolerance where they agree
-        if classification:
-            diff, over = gap.max(axis=-1), excess.max(axis=-1)
-        else:
-            mask = inputs["attention_mask"].numpy().astype(bool)
-            diff = np.where(mask, gap.max(axis=-1), 0).max(axis=-1)
-            over = np.where(mask, excess.max(axis=-1), 0).max(axis=-1)
+        diff, over = _gaps(ours, theirs, None if classification else inputs["attention_mask"].numpy(), rtol)
         worst = max(worst, float(diff.max()))
+        if cached:
+            steps = _check_decoding(model, tokenizer, sess, batch, max_new_tokens, prompt_format, rtol)
         for j, text in enumerate(batch):
             if classification:
                 a, b = int(ours[j].argmax()), int(theirs[j].argmax())
+            elif cached:
+                a, b, step_diff, step_over = steps[j]
+                diff[j], over[j] = max(diff[j], step_diff), max(over[j], step_over)
+                worst = max(worst, step_diff)
             else:
                 a = greedy(lambda ids: onnx_logits(sess, {"input_ids": ids, "attention_mask": np.ones_like(ids)}),
                            tokenizer, text, max_new_tokens, prompt_format=prompt_format)
@@ -153,3 +178,49 @@ def check_parity(model, tokenizer, onnx_path: Path, texts: list[str], tolerance:
         raise ExportParityError(f"{len(mismatches)} of {len(texts)} inputs differ between onnxruntime and PyTorch "
                                 f"(tolerance {tolerance} + {rtol} x max |logit|); first: {mismatches[0]}")
     return Parity(worst, len(texts), mismatches)
+
+
+def _gaps(ours: np.ndarray, theirs: np.ndarray, mask: np.ndarray | None, rtol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the largest |ours - theirs|, and the largest excess over rtol x max |logit| at that position (fp32
+    error grows with the scale of the whole logit vector, not of each entry), over real tokens where `mask` (B, T)
+    is given. ours/theirs (B, C) or (B, T, V)."""
+    gap = np.abs(ours - theirs)
+    excess = gap - rtol * np.abs(theirs).max(axis=-1, keepdims=True)
+    if mask is None:
+        return gap.max(axis=-1), excess.max(axis=-1)
+    mask = mask.astype(bool)
+    return np.where(mask, gap.max(axis=-1), 0).max(axis=-1), np.where(mask, excess.max(axis=-1), 0).max(axis=-1)
+
+
+def _cached_logits(sess, inputs: dict) -> tuple[np.ndarray, list]:
+    """A cached graph's prefill (empty past) on `inputs` (right-padded): -> (logits (B, T, V), present)."""
+    mask = np.asarray(inputs["attention_mask"], dtype=np.int64)
+    rows = mask.shape[0]
+    past = {i.name: np.zeros((rows, i.shape[1], 0, i.shape[3]), dtype=np.float32) for i in cache_inputs(sess)}
+    logits, *present = sess.run(None, {"input_ids": np.asarray(inputs["input_ids"], dtype=np.int64),
+                                       "attention_mask": mask, "position_ids": np.clip(mask.cumsum(-1) - 1, 0, None),
+                                       **past})
+    return logits, present
+
+
+def _check_decoding(model, tokenizer, sess, texts: list[str], max_new_tokens: int, prompt_format: str,
+                    rtol: float) -> list[tuple]:
+    """Greedy decoding with the cache (a left-padded batch), checked step by step against the model's logits over
+    the same tokens (one uncached pass over prompt + answer): the same argmax at every step is the same greedy
+    answer. -> per text (onnx answer, torch answer, max |diff|, max excess)."""
+    prompts = [prompt_ids(tokenizer, t, prompt_format) for t in texts]
+    new, kept = generate(sess, prompts, max_new_tokens, tokenizer.pad_token_id, tokenizer.eos_token_id,
+                         keep_logits=True)
+    results = []
+    for prompt, ids, steps in zip(prompts, new, kept):
+        sequence = torch.tensor([prompt + ids])
+        with torch.no_grad():
+            logits = model(input_ids=sequence, use_cache=False).logits[0].numpy()                 # (T, V)
+        theirs = logits[len(prompt) - 1: len(prompt) - 1 + len(steps)]                         # (steps, V)
+        ours = np.stack(steps)
+        diff, over = _gaps(ours[None], theirs[None], np.ones((1, len(steps))), rtol)
+        onnx_ids, torch_ids = ours.argmax(-1).tolist(), theirs.argmax(-1).tolist()
+        same = onnx_ids == torch_ids
+        results.append((tokenizer.decode(onnx_ids), tokenizer.decode(torch_ids) + ("" if same else f" {torch_ids}"),
+                        float(diff[0]), float(over[0])))
+    return results

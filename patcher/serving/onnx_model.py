@@ -1,6 +1,8 @@
 """The consumer side of an export directory (patcher/serving/export.py): an onnxruntime session, its tokenizer and
 labels, and predictions as a serving system makes them, with inputs put to the model as in training (export.json's
-prompt_format). Needs onnxruntime, numpy and the tokenizer only."""
+prompt_format): labels, or greedy answers decoded with the graph's KV cache (decoder.py's layout), many prompts
+at once (left-padded). Exports without a cache (older versions) recompute the prefix for each token. Needs
+onnxruntime, numpy and the tokenizer only."""
 from __future__ import annotations
 
 import json
@@ -38,6 +40,48 @@ def onnx_logits(sess, inputs: dict) -> np.ndarray:
     return sess.run(["logits"], {k: np.asarray(v, dtype=np.int64) for k, v in inputs.items() if k in names})[0]
 
 
+def cache_inputs(sess) -> list:
+    """The graph's past_key_values.* inputs (decoder.py's layout); [] for a graph without a cache."""
+    return [i for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
+
+
+def generate(sess, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_id: int | None = None,
+             stop=None, keep_logits: bool = False) -> tuple[list[list[int]], list[list[np.ndarray]]]:
+    """Greedy continuations of `prompts` (token ids) with a KV-cached graph, one left-padded batch: a prefill, then
+    one token per step for every row. A row ends at `eos_id` (not kept), after max_new_tokens, or once
+    `stop(ids)` says so. -> (each row's new ids, and with keep_logits each step's last-position logits (V,))."""
+    past_inputs = cache_inputs(sess)
+    names = ["logits", *(i.name.replace("past_key_values.", "present.", 1) for i in past_inputs)]
+    rows, width = len(prompts), max(map(len, prompts))
+    ids = np.full((rows, width), pad_id, dtype=np.int64)                                  # (B, T)
+    mask = np.zeros((rows, width), dtype=np.int64)                                       # (B, T), 0 on padding
+    for b, prompt in enumerate(prompts):
+        ids[b, width - len(prompt):], mask[b, width - len(prompt):] = prompt, 1
+    positions = np.clip(mask.cumsum(-1) - 1, 0, None)                                    # (B, T)
+    past = {i.name: np.zeros((rows, i.shape[1], 0, i.shape[3]), dtype=np.float32) for i in past_inputs}
+    new, logits_kept, active = [[] for _ in prompts], [[] for _ in prompts], np.ones(rows, dtype=bool)
+    for _ in range(max_new_tokens):
+        logits, *present = sess.run(names, {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+                                            **past})
+        last = logits[:, -1]                                                             # (B, V)
+        token = last.argmax(-1)                                                          # (B,)
+        for b in np.flatnonzero(active):
+            if keep_logits:
+                logits_kept[b].append(last[b])
+            if token[b] == eos_id:
+                active[b] = False
+                continue
+            new[b].append(int(token[b]))
+            if stop is not None and stop(new[b]):
+                active[b] = False
+        if not active.any():
+            break
+        past = dict(zip(past, present))                                                  # (B, kv, P + T, hd) each
+        ids, positions = token[:, None].astype(np.int64), positions[:, -1:] + 1           # (B, 1)
+        mask = np.concatenate([mask, np.ones((rows, 1), dtype=np.int64)], axis=1)        # (B, P + 1)
+    return new, logits_kept
+
+
 def greedy(step, tokenizer, prompt: str, max_new_tokens: int, stop: str | None = None,
            prompt_format: str = "text", max_length: int | None = None) -> str:
     """Greedy answer with `step(input_ids (1, T) int64 array) -> logits (1, T, V)`, full recompute per token;
@@ -53,6 +97,17 @@ def greedy(step, tokenizer, prompt: str, max_new_tokens: int, stop: str | None =
         if stop and stop in tokenizer.decode(ids[0, start:]):
             break
     return tokenizer.decode(ids[0, start:])
+
+
+def token_groups(lengths: list[int], budget: int = TOKENS_PER_RUN) -> list[list[int]]:
+    """Indices of `lengths` in groups of similar length whose padded size (rows x longest) stays within `budget`."""
+    groups, group = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if group and (len(group) + 1) * lengths[i] > budget:
+            groups.append(group)
+            group = []
+        group.append(i)
+    return groups + [group] if group else groups
 
 
 class OnnxModel:
@@ -72,15 +127,29 @@ class OnnxModel:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.session = session(self.directory / ONNX)
+        self.cached = bool(cache_inputs(self.session))                # decoder.py's layout (generation)
         self.max_length = max_tokens(self.config, self.tokenizer)     # inputs are truncated to it
 
     def forward(self, texts: list[str], max_new_tokens: int = 8) -> list[dict]:
         if self.task == "classification":
             return self._classify(texts)
-        step = lambda ids: onnx_logits(self.session, {"input_ids": ids, "attention_mask": np.ones_like(ids)})  # noqa: E731
         room = max(1, self.max_length - max_new_tokens)            # the prompt and the answer fit the positions
+        if self.cached:
+            return self._generate(texts, max_new_tokens, room)
+        step = lambda ids: onnx_logits(self.session, {"input_ids": ids, "attention_mask": np.ones_like(ids)})  # noqa: E731
         return [{"answer": greedy(step, self.tokenizer, text, max_new_tokens, stop="\n",
                                   prompt_format=self.prompt_format, max_length=room).strip()} for text in texts]
+
+    def _generate(self, texts: list[str], max_new_tokens: int, room: int) -> list[dict]:
+        prompts = [prompt_ids(self.tokenizer, t, self.prompt_format, room) for t in texts]
+        stop = lambda ids: "\n" in self.tokenizer.decode(ids)                          # noqa: E731
+        answers = [""] * len(texts)
+        for group in token_groups([len(p) for p in prompts]):      # similar lengths together: little padding
+            new, _ = generate(self.session, [prompts[i] for i in group], max_new_tokens, self.tokenizer.pad_token_id,
+                              self.tokenizer.eos_token_id, stop)
+            for i, ids in zip(group, new):
+                answers[i] = self.tokenizer.decode(ids).strip()
+        return [{"answer": a} for a in answers]
 
     def _classify(self, texts: list[str]) -> list[dict]:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
