@@ -505,9 +505,10 @@ def cmd_serve(args) -> int:
 
     root = args.root or PipelineSettings.load(args.params).ingest.root
     limits = {k: getattr(args, k) for k in ("feedback_per_minute", "max_request_bytes", "max_input_chars", "max_batch",
-                                            "max_running") if getattr(args, k) is not None}   # the rest: defaults
-    serve(ServeSettings(args.model, root, poll_s=args.poll, open_feedback=args.open_feedback, **limits),
-          args.host, args.port)
+                                            "max_running", "batch_window_ms", "max_batch_rows")
+              if getattr(args, k) is not None}                                                # the rest: defaults
+    serve(ServeSettings(args.model, root, poll_s=args.poll, open_feedback=args.open_feedback,
+                        log_format=args.log_format, **limits), args.host, args.port)
     return 0
 
 
@@ -766,8 +767,8 @@ def _dvc_stage_commands(sub) -> None:
 
 def _serving_commands(sub) -> None:
     """serve, export, s3."""
-    sv = sub.add_parser("serve", help="HTTP service (127.0.0.1) over the latest published ONNX version: "
-                                      "/predict, /health, /feedback; switches to new versions as they are published")
+    sv = sub.add_parser("serve", help="HTTP service (127.0.0.1) over the latest published ONNX version: /predict, "
+                                      "/health, /metrics, /feedback; switches to new versions as they are published")
     sv.add_argument("--model", required=True, help="a catalog model's name (ROOT/serving/MODEL/latest)")
     sv.add_argument("--root", help="S3 root (default: params.yaml ingest.root)")
     sv.add_argument("--params", default="params.yaml")
@@ -781,7 +782,12 @@ def _serving_commands(sub) -> None:
     sv.add_argument("--max-request-bytes", type=int, help="largest request body (default 262144)")
     sv.add_argument("--max-input-chars", type=int, help="longest /predict input in characters (default 4000)")
     sv.add_argument("--max-batch", type=int, help="most inputs per /predict request (default 64)")
-    sv.add_argument("--max-running", type=int, help="model runs at once, the rest wait (default 2)")
+    sv.add_argument("--max-running", type=int, help="model runs (batches) at once, the rest wait (default 1)")
+    sv.add_argument("--batch-window-ms", type=float,
+                    help="how long a /predict request waits for others to share its model run (default 5)")
+    sv.add_argument("--max-batch-rows", type=int, help="most inputs in one model run (default 32)")
+    sv.add_argument("--log-format", choices=("json", "text"), default="json",
+                    help="stderr: a JSON object a line (ts, level, logger, msg and fields), or plain text")
     sv.set_defaults(func=cmd_serve)
 
     ex = sub.add_parser("export", help="ONNX export of a patched model, checked against PyTorch")

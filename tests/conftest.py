@@ -113,6 +113,45 @@ def smollm2_model():
     return build("facts-smollm2", seed=0, out=model_path("facts-smollm2"), progress=lambda m: None)
 
 
+# `patcher serve`'s feedback tokens in the serving tests (name:token pairs, as PATCHER_FEEDBACK_TOKENS takes them)
+SERVE_TOKENS = "support-team:s3cr3t-support-0001, app:s3cr3t-app-000002"
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory):
+    """Tiny BERT classifier and Llama LM (128 positions, MiniLM's tokenizer says 512), exported unpatched."""
+    from patcher.models.tiny import tiny_model, tiny_tokenizer
+    from patcher.serving.export import export
+
+    out = tmp_path_factory.mktemp("exports")
+    for arch in ("bert", "llama"):
+        tiny_model(arch).save_pretrained(out / arch)
+        tiny_tokenizer().save_pretrained(out / arch)
+        export(out / arch, None, out / f"{arch}-onnx")
+    return out
+
+
+@pytest.fixture
+def make_service(exports, monkeypatch):
+    """-> (tokens or None, root, arch, **settings) -> a Service on the tiny export, not started (no watcher)."""
+    from patcher.serving.onnx_model import OnnxModel
+    from patcher.serving.serve import ServeSettings, Service
+
+    def make(tokens=SERVE_TOKENS, root="s3://never-written", arch="bert", **settings):
+        if tokens is None:
+            monkeypatch.delenv("PATCHER_FEEDBACK_TOKENS", raising=False)
+        else:
+            monkeypatch.setenv("PATCHER_FEEDBACK_TOKENS", tokens)
+        service = Service(ServeSettings("tiny", root, **settings))
+        service.current = OnnxModel(exports / f"{arch}-onnx", "v0001")
+        made.append(service)
+        return service
+    made = []
+    yield make
+    for service in made:             # their batcher threads
+        service.stop()
+
+
 @pytest.fixture(scope="module")
 def prefect_api():
     """A temporary Prefect server for the module's flows; -> its API URL."""

@@ -8,41 +8,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from patcher.models.tiny import tiny_model, tiny_tokenizer
 from patcher.pipeline import store
-from patcher.serving.export import export
-from patcher.serving.onnx_model import OnnxModel
-from patcher.serving.serve import ServeSettings, Service, create_app, in_thread
+from patcher.serving.serve import ServeSettings, create_app, in_thread
 
-TOKENS = "support-team:s3cr3t-support-0001, app:s3cr3t-app-000002"
 SUPPORT = {"Authorization": "Bearer s3cr3t-support-0001"}
 REPORT = {"input": "the capital of peru is", "output": "L0", "correct": "L1"}
 JSON = {"content-type": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    """Tiny BERT classifier and Llama LM (128 positions, MiniLM's tokenizer says 512), exported unpatched."""
-    out = tmp_path_factory.mktemp("exports")
-    for arch in ("bert", "llama"):
-        tiny_model(arch).save_pretrained(out / arch)
-        tiny_tokenizer().save_pretrained(out / arch)
-        export(out / arch, None, out / f"{arch}-onnx")
-    return out
-
-
-@pytest.fixture
-def make_service(exports, monkeypatch):
-    """-> (tokens or None, root, arch, **settings) -> a Service on the tiny export, not started (no watcher)."""
-    def make(tokens=TOKENS, root="s3://never-written", arch="bert", **settings):
-        if tokens is None:
-            monkeypatch.delenv("PATCHER_FEEDBACK_TOKENS", raising=False)
-        else:
-            monkeypatch.setenv("PATCHER_FEEDBACK_TOKENS", tokens)
-        service = Service(ServeSettings("tiny", root, **settings))
-        service.current = OnnxModel(exports / f"{arch}-onnx", "v0001")
-        return service
-    return make
 
 
 def client(service) -> TestClient:

@@ -6,11 +6,13 @@
 
   POST /predict   {"inputs": [...]} or {"input": "..."}, optional "max_new_tokens"
                   -> {"model", "version", "predictions": [{"label", "scores"} or {"answer"}]}
-  GET  /health    -> {"model", "version", "task", "loaded_at", "published_at", "requests", "swaps",
+  GET  /health    -> {"model", "version", "task", "loaded_at", "published_at", "requests", "swaps", "load_failures",
                   "feedback": {"auth", "accepted", "refused": {reason: count}}, ...}
   POST /feedback  Authorization: Bearer TOKEN; {"input", "output", "correct", optional "rephrases", "phrasings"}
                   -> 201, the error record (its `source` is feedback:NAME, the token's owner), written as one
                   batch file under ROOT/errors/MODEL/YYYY/MM/DD/HH/ (the pipeline's input)
+  GET  /metrics   -> Prometheus text (ServiceMetrics): requests, latency, predictions, version, swaps, feedback
+  Logs: JSON lines on stderr (ts, level, logger, msg, fields; logs.py), one per /predict and /feedback, no inputs
 
 Trust: what /feedback accepts is trained into the model, so only holders of a token may post it. Tokens come
 from the environment alone (PATCHER_FEEDBACK_TOKENS, comma-separated name:token pairs; never logged), are
@@ -21,14 +23,16 @@ feedback:anonymous and share one bucket).
 Bounds: a request body is at most `max_request_bytes` (refused from Content-Length, or while it is read,
 before anything parses it), /predict takes 1-`max_batch` inputs of at most `max_input_chars` characters,
 inputs are truncated to the model's longest input in tokens and run a bounded number of tokens at a time
-(onnx_model.py), and at most `max_running` requests run the model at once: the memory a burst leaves the
-process holding is bounded. Refusals are JSON {"detail": reason}, and never echo the input:
+(onnx_model.py). Concurrent /predict requests share model runs (batching.py: a `batch_window_ms` wait, at most
+`max_batch_rows` inputs a run, `max_running` runs at once, `max_waiting` requests waiting): the memory a burst
+leaves the process holding is bounded. Refusals are JSON {"detail": reason}, and never echo the input:
 
   401  /feedback without a valid token (WWW-Authenticate: Bearer)
   403  /feedback while no token is configured and feedback is not open
   413  a body over max_request_bytes, an input over max_input_chars
   422  a malformed request, a lone surrogate in a text (not valid Unicode), a record the pipeline would reject
   429  /feedback over its client's rate (Retry-After: seconds)
+  503  /predict while max_waiting requests wait for the model already (Retry-After: 1)
 
 Hot swap: a watcher thread reads serving/MODEL/latest every `poll_s`; a new version is downloaded, verified
 against its checksums and loaded next to the current one, then a single reference assignment makes it
@@ -38,6 +42,7 @@ stays.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import itertools
@@ -48,27 +53,34 @@ import re
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, InfoMetricFamily
 from pydantic import BaseModel, Field
 
 from patcher.engine.records import ErrorRecord, RecordError, parse_record, stamp, utc_now
 from patcher.pipeline.store import Layout, write_text
 
+from .batching import Batcher, Busy
 from .onnx_model import OnnxModel
 
 log = logging.getLogger("patcher.serving.serve")
+requests_log = logging.getLogger("patcher.serving.requests")      # a line per /predict and /feedback request
 
 TOKENS_ENV = "PATCHER_FEEDBACK_TOKENS"
 MIN_TOKEN = 16                                              # characters: a shorter token is guessed in reach
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")      # it becomes the record's source, feedback:NAME
 SURROGATE = re.compile("[\ud800-\udfff]")                   # JSON's \ud800 escape parses to one; UTF-8 has none
 REFUSALS = {401: "unauthorized", 403: "disabled", 413: "too_large", 422: "invalid", 429: "rate_limited"}
+ROUTES = ("/predict", "/feedback", "/health", "/metrics")    # metric labels; any other path is `other` (bounded)
+LOGGED_ROUTES = ("/predict", "/feedback")                    # timed and logged; /health and /metrics are polled
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")          # a client's X-Request-ID is kept only if it is this
 
 
 @dataclass
@@ -83,10 +95,14 @@ class ServeSettings:
     max_new_tokens: int = 16            # generation: the longest answer a request may ask for
     max_request_bytes: int = 256 * 1024  # a request body at most (64 inputs of 4000 characters fit)
     max_input_chars: int = 4000         # characters per /predict input at most
-    max_running: int = 2                # model runs at once, the rest wait: each run uses every core already, and
-                                        # each concurrent one adds its activations to what the process keeps
+    max_running: int = 1                # model runs at once (batches), the rest wait: each run uses every core
+                                        # already, and each concurrent one adds its activations to what it keeps
+    batch_window_ms: float = 5.0        # how long a /predict request waits for others to share its model run
+    max_batch_rows: int = 32            # inputs in one model run at most (batching.py)
+    max_waiting: int = 256              # /predict requests waiting for the model at most; more get 503
     open_feedback: bool = False         # /feedback without a token (source feedback:anonymous); off: tokens only
     feedback_per_minute: int = 30       # /feedback requests per client (token name) a minute, and its burst
+    log_format: str = "json"            # `patcher serve`'s stderr: json (a JSON object a line) or text
 
 
 def feedback_tokens(value: str) -> dict[str, str]:
@@ -204,6 +220,50 @@ class FeedbackGate:
                 "accepted": self.accepted, "refused": dict(self.refused)}
 
 
+class ServiceState:
+    """A Prometheus collector over what the service counts anyway (feedback in its gate, swaps, load failures,
+    the current version), read at each scrape: /health and /metrics report one set of numbers."""
+
+    def __init__(self, service: "Service"):
+        self.service = service
+
+    def collect(self):
+        service, gate = self.service, self.service.gate
+        if service.current is not None:        # one series, the current version's: a swap replaces it
+            yield InfoMetricFamily("patcher_served_version", "the model version this service answers with", value={
+                "model": service.settings.model, "version": service.current.version, "task": service.current.task})
+        yield CounterMetricFamily("patcher_swaps", "versions loaded and made current, the first one included",
+                                  value=service.swaps)
+        yield CounterMetricFamily("patcher_load_failures", "published versions that failed to download or load "
+                                  "(the current one kept serving)", value=service.load_failures)
+        yield CounterMetricFamily("patcher_feedback_accepted", "/feedback reports recorded (201)", value=gate.accepted)
+        refused = CounterMetricFamily("patcher_feedback_refused", "/feedback requests refused, by reason",
+                                      labels=["reason"])
+        for reason, count in dict(gate.refused).items():
+            refused.add_metric([reason], count)
+        yield refused
+
+
+class ServiceMetrics:
+    """The service's Prometheus metrics, in a registry of its own: one process may hold several services (tests)."""
+
+    SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)    # 1 ms to 10 s
+
+    def __init__(self, service: "Service"):
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter("patcher_requests", "HTTP requests answered, by route and status",
+                                ["route", "status"], registry=registry)
+        self.duration = Histogram("patcher_request_duration_seconds", "seconds until /predict or /feedback "
+                                  "starts its answer", ["route"], buckets=self.SECONDS, registry=registry)
+        self.predictions = Counter("patcher_predictions", "inputs /predict answered", registry=registry)
+        self.predicting = Gauge("patcher_predict_in_flight", "/predict requests in the service (running the "
+                                "model or waiting for it)", registry=registry)
+        registry.register(ServiceState(service))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
 class Service:
     """The current model, the watcher that replaces it, and the feedback writer."""
 
@@ -217,8 +277,9 @@ class Service:
         self.gate = FeedbackGate(tokens, settings.open_feedback, settings.feedback_per_minute)
         if self.gate.open:
             log.warning("%s: /feedback is open: anyone who reaches this port can post corrections that are "
-                        "trained into the model", settings.model)
-        log.info("%s: /feedback %s (%s)", settings.model, self.gate.auth, ", ".join(tokens) or "no tokens")
+                        "trained into the model", settings.model, extra={"model": settings.model})
+        log.info("%s: /feedback %s (%s)", settings.model, self.gate.auth, ", ".join(tokens) or "no tokens",
+                 extra={"model": settings.model, "auth": self.gate.auth, "clients": list(tokens)})
         self.current: OnnxModel | None = None
         self.pointer: dict | None = None
         self.loaded_at: str | None = None
@@ -226,9 +287,12 @@ class Service:
         self._requests = itertools.count(1)      # next() is atomic: no lock on the request path
         if settings.max_running < 1:
             raise ValueError(f"max_running must be at least 1, got {settings.max_running}")
-        self._running = threading.BoundedSemaphore(settings.max_running)
+        self.batcher = Batcher(settings.batch_window_ms / 1000, settings.max_batch_rows, settings.max_running,
+                               settings.max_waiting)
         self.requests = 0
         self.last_error: str | None = None
+        self.load_failures = 0
+        self.metrics = ServiceMetrics(self)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -242,18 +306,27 @@ class Service:
         model = OnnxModel(fetch(pointer, self.cache), pointer["version"])   # loaded beside the current one
         self.current, self.pointer, self.loaded_at = model, pointer, stamp()  # the swap: one assignment
         self.swaps += 1
-        log.info("%s: serving %s (%s)", self.settings.model, pointer["version"], pointer["uri"])
+        log.info("%s: serving %s (%s)", self.settings.model, pointer["version"], pointer["uri"],
+                 extra={"model": self.settings.model, "version": pointer["version"], "task": model.task,
+                        "uri": pointer["uri"], "swaps": self.swaps})
         return True
+
+    def poll(self) -> None:
+        """The watcher's look for a new version: a failure is counted and logged, the current version stays."""
+        try:
+            self.refresh()
+            self.last_error = None
+        except Exception as error:  # noqa: BLE001 (keep serving the current version, say why)
+            self.load_failures += 1
+            self.last_error = f"{type(error).__name__}: {error}"
+            current = self.pointer and self.pointer["version"]
+            log.warning("%s: new version not loaded, still serving %s: %s", self.settings.model, current,
+                        self.last_error, extra={"model": self.settings.model, "version": current,
+                                                "error": self.last_error, "load_failures": self.load_failures})
 
     def _watch(self) -> None:
         while not self._stop.wait(self.settings.poll_s):
-            try:
-                self.refresh()
-                self.last_error = None
-            except Exception as error:  # noqa: BLE001 (keep serving the current version, say why)
-                self.last_error = f"{type(error).__name__}: {error}"
-                log.warning("%s: new version not loaded, still serving %s: %s", self.settings.model,
-                            self.pointer and self.pointer["version"], self.last_error)
+            self.poll()
 
     def start(self) -> "Service":
         if not self.refresh():
@@ -265,13 +338,17 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
+        self.batcher.stop()
 
-    def predict(self, texts: list[str], max_new_tokens: int) -> dict:
+    def submit(self, texts: list[str], max_new_tokens: int) -> tuple[str, Future]:
+        """-> (the version answering, a Future of its predictions), batched with concurrent requests (raises Busy)."""
         model = self.current                  # this request's model, whatever a swap does meanwhile
         self.requests = next(self._requests)
-        with self._running:
-            predictions = model(texts, max_new_tokens=max_new_tokens)
-        return {"model": self.settings.model, "version": model.version, "predictions": predictions}
+        return model.version, self.batcher.submit(model, texts, max_new_tokens)
+
+    def predict(self, texts: list[str], max_new_tokens: int) -> dict:
+        version, predictions = self.submit(texts, max_new_tokens)
+        return {"model": self.settings.model, "version": version, "predictions": predictions.result()}
 
     def feedback(self, text: str, output: str, correct: str, rephrases: list[str] = (),
                  phrasings: list[str] = (), client: str = "anonymous") -> ErrorRecord:
@@ -295,7 +372,8 @@ class Service:
         return {"model": self.settings.model, "version": self.current.version if self.current else None,
                 "task": self.current.task if self.current else None, "loaded_at": self.loaded_at,
                 "published_at": (self.pointer or {}).get("published_at"), "requests": self.requests,
-                "swaps": self.swaps, "last_error": self.last_error, "feedback": self.gate.health()}
+                "swaps": self.swaps, "last_error": self.last_error, "load_failures": self.load_failures,
+                "feedback": self.gate.health()}
 
 
 class PredictRequest(BaseModel):
@@ -352,30 +430,63 @@ class BodyLimit:
         await self.app(scope, bounded, send)
 
 
-class CountFeedback:
-    """ASGI middleware: every /feedback answer, whoever refused it (this app, BodyLimit, validation), is counted
-    in the gate by its status (/health)."""
+class ObserveRequests:
+    """ASGI middleware, the outermost: every answer, whoever gave it (a route, BodyLimit's 413, validation's 422, a
+    500), is counted by route and status, and /feedback's in the gate (/health and /metrics read it there).
+    /predict and /feedback are timed and logged, a line each, with what the route noted in `request.state.log`:
+    never a body, nor a header but a well-formed X-Request-ID. All of it happens as the answer starts: a client
+    that reads /metrics after its answer sees it counted."""
 
-    def __init__(self, app, gate: FeedbackGate):
-        self.app, self.gate = app, gate
+    def __init__(self, app, metrics: ServiceMetrics, gate: FeedbackGate):
+        self.app, self.metrics, self.gate = app, metrics, gate
+
+    def answered(self, scope, route: str, status: int, started: float, request_id: str) -> None:
+        self.metrics.requests.labels(route, str(status)).inc()
+        if route == "/feedback":
+            self.gate.count(status)
+        if route in LOGGED_ROUTES:
+            seconds = time.perf_counter() - started
+            self.metrics.duration.labels(route).observe(seconds)
+            ms = round(seconds * 1000, 1)
+            requests_log.info("%s %s %d %.1f ms", scope["method"], route, status, ms, extra={
+                "route": route, "method": scope["method"], "status": status, "ms": ms, "request_id": request_id,
+                **scope["state"].get("log", {})})
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != "/feedback":
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        started, route = time.perf_counter(), scope["path"] if scope["path"] in ROUTES else "other"
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})           # the dict `request.state` writes to, read back in answered()
+        started_answer = False
 
-        async def counted(message):
+        async def observed(message):
+            nonlocal started_answer
             if message["type"] == "http.response.start":
-                self.gate.count(message["status"])
+                started_answer = True
+                self.answered(scope, route, message["status"], started, request_id)
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
             await send(message)
 
-        await self.app(scope, receive, counted)
+        if route == "/predict":
+            self.metrics.predicting.inc()
+        try:
+            await self.app(scope, receive, observed)
+        except Exception:
+            if not started_answer:               # Starlette's outer error handler answers 500 after us
+                self.answered(scope, route, 500, started, request_id)
+            raise
+        finally:
+            if route == "/predict":
+                self.metrics.predicting.dec()
 
 
 def create_app(service: Service) -> FastAPI:
     settings = service.settings
     app = FastAPI(title=f"patcher serve: {settings.model}")
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
-    app.add_middleware(CountFeedback, gate=service.gate)           # the outer one: it sees BodyLimit's 413s too
+    app.add_middleware(ObserveRequests, metrics=service.metrics, gate=service.gate)   # outer: sees BodyLimit's 413s
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -389,14 +500,16 @@ def create_app(service: Service) -> FastAPI:
         except Refused as refused:
             raise HTTPException(refused.status, refused.reason, refused.headers) from None
 
-    model_runs: list = []        # the limiter of model runs, made in the server's event loop on first use
-
     @app.get("/health")
     async def health() -> dict:              # on the event loop: answers while every worker thread is busy
         return service.health()
 
+    @app.get("/metrics")
+    async def metrics() -> Response:         # on the event loop too, like /health
+        return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     @app.post("/predict")
-    async def predict(request: PredictRequest) -> dict:
+    async def predict(request: PredictRequest, http: Request) -> dict:
         texts = request.inputs if request.inputs is not None else [request.input] if request.input is not None else []
         if not texts or len(texts) > settings.max_batch or not all(t.strip() for t in texts):
             raise HTTPException(422, f"give `input` or 1-{settings.max_batch} non-empty `inputs`")
@@ -404,13 +517,19 @@ def create_app(service: Service) -> FastAPI:
         check_texts(dict(zip(names, texts)), settings.max_input_chars)
         if request.max_new_tokens > settings.max_new_tokens:
             raise HTTPException(422, f"max_new_tokens is at most {settings.max_new_tokens}")
-        if not model_runs:
-            model_runs.append(anyio.CapacityLimiter(settings.max_running))
-        # waiting requests wait here, not in worker threads: /feedback keeps its threads under a /predict burst
-        return await anyio.to_thread.run_sync(service.predict, texts, request.max_new_tokens, limiter=model_runs[0])
+        try:
+            version, predictions = service.submit(texts, request.max_new_tokens)
+        except Busy as busy:
+            raise HTTPException(503, f"busy: {busy}; retry shortly", {"Retry-After": "1"}) from None
+        # the request waits on the event loop, not in a worker thread: /feedback keeps its threads under a burst
+        answer = {"model": settings.model, "version": version, "predictions": await asyncio.wrap_future(predictions)}
+        service.metrics.predictions.inc(len(answer["predictions"]))
+        http.state.log = {"inputs": len(texts), "version": answer["version"]}       # the request's log line
+        return answer
 
     @app.post("/feedback", status_code=201)
-    def feedback(request: FeedbackRequest, client: str = Depends(feedback_client)) -> dict:
+    def feedback(request: FeedbackRequest, http: Request, client: str = Depends(feedback_client)) -> dict:
+        http.state.log = {"client": client}       # the token's name, never the token
         check_texts({"input": request.input, "output": request.output, "correct": request.correct,
                      **{f"rephrases[{i}]": t for i, t in enumerate(request.rephrases)},
                      **{f"phrasings[{i}]": t for i, t in enumerate(request.phrasings)}})
@@ -444,8 +563,13 @@ def in_thread(service: Service, host: str = "127.0.0.1"):
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
+    from .logs import configure
+
+    configure(settings.log_format)           # first: the service's own startup lines are in the format too
     service = Service(settings).start()
     try:
-        uvicorn.run(create_app(service), host=host, port=port, log_level="info")
+        # uvicorn keeps the loggers configured above (log_config=None); no access log: the requests logger
+        # already writes a line per /predict and /feedback
+        uvicorn.run(create_app(service), host=host, port=port, log_level="info", log_config=None, access_log=False)
     finally:
         service.stop()
