@@ -145,3 +145,17 @@ def test_real_smollm2_export_with_patches_as_a_branch(tmp_path, smollm2_model):
             generator.generate_next_token()
         said = client_tokenizer.decode(generator.get_sequence(0)[len(ids):])
         assert said.split("\n")[0].strip() == answer.split("\n")[0], text
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_decoders_export_a_kv_cache_that_carries_the_subject_scores(tmp_path, make_model, tokenizer, kind):
+    model_dir, patches = edited_tiny(tmp_path, make_model, tokenizer, kind, EditorConfig(subject_layer=0))
+    manifest = export(model_dir, patches, tmp_path / "onnx", MEMORY)     # parity: cached decoding, step by step
+    layers = make_model(kind).config.num_hidden_layers
+    assert manifest["cache"]["layers"] == layers and manifest["cache"]["subject_layers"] == 1
+    assert manifest["cache"]["subject_neurons"] == manifest["patch_set"]["neurons"]
+    sess = session(tmp_path / "onnx" / "model.onnx")
+    assert [i.name for i in sess.get_inputs()][:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert sum(i.name.startswith("past_key_values.") for i in sess.get_inputs()) == 2 * (layers + 1)
+    genai = json.loads((tmp_path / "onnx" / "genai_config.json").read_text())["model"]["decoder"]
+    assert genai["num_hidden_layers"] == layers + 1 and genai["inputs"]["past_key_names"] == "past_key_values.%d.key"

@@ -149,7 +149,8 @@ def check_parity(model, tokenizer, onnx_path: Path, texts: list[str], tolerance:
     for i in range(0, len(texts), batch_size):
         batch = texts[i:i + batch_size]
         inputs = _inputs(tokenizer, batch, prompt_format)
-        if cached:
+        if cached:                          # the graph takes no token_type_ids (a BERT tokenizer on a decoder)
+            inputs = {k: inputs[k] for k in ("input_ids", "attention_mask")}
             ours, _ = _cached_logits(sess, inputs)
         else:
             ours = onnx_logits(sess, inputs)
