@@ -114,7 +114,9 @@ def export(model_dir: str | Path, patch_dir: str | Path | None, out: str | Path,
         (staging / "genai_config.json").write_text(json.dumps(config, indent=1) + "\n")
     edits = patches.edits if patches else []
     examples = [Example(e["input"], e["target"]) for e in edits] + list(check)
-    texts = list(dict.fromkeys([e.input for e in examples] + [t for e in edits for t in e.get("remembered", [])]))
+    # and the first row each edit protected in the memory (its nearest neighbour; all of them: thousands)
+    texts = list(dict.fromkeys([e.input for e in examples] + [e["remembered"][0] for e in edits
+                                                                 if e.get("remembered")]))
     parity = check_parity(model, tokenizer, staging / ONNX, texts, tolerance, rtol, prompt_format=prompt_format)
     manifest = {
         "format": "patcher.onnx/1",
