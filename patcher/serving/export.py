@@ -107,6 +107,7 @@ def export(model_dir: str | Path, patch_dir: str | Path | None, out: str | Path,
                           input_names=names, output_names=outputs, dynamic_axes=axes)
     model.config.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    _portable_tokenizer_config(staging / "tokenizer_config.json", decoder=layout is not None)
     if layout is not None:
         model.generation_config.save_pretrained(staging)
         config = genai_config(model.config, model.generation_config, tokenizer, layout, ONNX,
@@ -138,6 +139,17 @@ def export(model_dir: str | Path, patch_dir: str | Path | None, out: str | Path,
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)                      # readers never see a half-written directory here
     return manifest
+
+
+def _portable_tokenizer_config(path: Path, decoder: bool) -> None:
+    """transformers 5 names its tokenizer class 'TokenizersBackend', which 4.x clients (Optimum's) cannot load: the
+    class both know for a tokenizer.json, and for a decoder no token_type_ids (generate() refuses them)."""
+    config = json.loads(path.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if decoder:
+        config["model_input_names"] = ["input_ids", "attention_mask"]
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def check_parity(model, tokenizer, onnx_path: Path, texts: list[str], tolerance: float = 1e-4, rtol: float = 1e-5,
