@@ -109,3 +109,27 @@ def test_concurrent_http_requests_are_batched_with_the_answers_they_get_alone(ma
         server.should_exit = True
     assert [a["predictions"][0] for a in answers] == alone
     assert service.batcher.rows == len(texts) and service.batcher.batches < len(texts)
+
+
+def test_stopping_answers_every_waiting_request_and_refuses_new_ones():
+    slow, batcher = Recorder(delay=0.5), Batcher(window_s=0, max_rows=1)
+    running = batcher.submit(slow, ["a"], 8)
+    time.sleep(0.1)
+    waiting = batcher.submit(slow, ["b"], 8)
+    batcher.stop()
+    with pytest.raises(Busy, match="stopped"):
+        waiting.result(5)
+    with pytest.raises(Busy, match="stopping"):
+        batcher.submit(slow, ["c"], 8)
+    assert running.result(5) == [{"answer": "1:8"}]               # the run under way finishes
+
+
+def test_a_fast_model_does_not_wait_the_whole_window():
+    fast, batcher = Recorder(), Batcher(window_s=0.5, max_rows=8)
+    try:
+        batcher.submit(fast, ["a"], 8).result(5)                    # the first run waits the window: not yet timed
+        start = time.monotonic()
+        batcher.submit(fast, ["b"], 8).result(5)
+        assert time.monotonic() - start < 0.1                       # a tenth of a run of ~0 s, not 0.5 s
+    finally:
+        batcher.stop()

@@ -160,3 +160,21 @@ def test_decoders_export_a_kv_cache_that_carries_the_subject_scores(tmp_path, ma
     assert sum(i.name.startswith("past_key_values.") for i in sess.get_inputs()) == 2 * (layers + 1)
     genai = json.loads((tmp_path / "onnx" / "genai_config.json").read_text())["model"]["decoder"]
     assert genai["num_hidden_layers"] == layers + 1 and genai["inputs"]["past_key_names"] == "past_key_values.%d.key"
+
+
+def test_an_answer_ends_at_any_end_token_the_generation_config_names(tokenizer):
+    from patcher.serving.onnx_model import end_ids
+
+    assert end_ids({"eos_token_id": [7, 9]}, tokenizer) == {7, 9, tokenizer.eos_token_id} - {None}
+    assert end_ids({"eos_token_id": 7}, tokenizer) == {7, tokenizer.eos_token_id} - {None}
+    assert end_ids(None, tokenizer) == {tokenizer.eos_token_id} - {None}
+
+
+def test_a_left_padding_tokenizer_exports_with_parity(tmp_path, make_model, tokenizer):
+    import copy
+
+    left = copy.deepcopy(tokenizer)
+    left.padding_side = "left"                 # the reference runs at the positions the graph is given
+    model_dir, patches = edited_tiny(tmp_path, make_model, left, "llama", EditorConfig(subject_layer=0))
+    manifest = export(model_dir, patches, tmp_path / "onnx", MEMORY)
+    assert manifest["parity"]["max_abs_diff"] <= 1e-4

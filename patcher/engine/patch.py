@@ -207,9 +207,9 @@ class PatchBranch:
             real = mask[:, -z.shape[1]:].bool().unsqueeze(-1)                       # (B, T, 1)
             scores = scores.masked_fill(~real, -1e4)
         running = running_max(scores)
-        if self.past_scores is not None:            # max over the cached positions; -1e4 when there are none
-            none = torch.full_like(scores[:, :1], -1e4)                              # (B, 1, N)
-            running = torch.maximum(running, torch.cat([self.past_scores, none], 1).amax(1, keepdim=True))
+        if self.past_scores is not None:            # the max over the cached positions (none: running's own first)
+            earlier = torch.cat([self.past_scores, running[:, :1]], 1).amax(1, keepdim=True)    # (B, 1, N)
+            running = torch.maximum(running, earlier)
             self.present_scores = torch.cat([self.past_scores, scores], 1)           # (B, P + T, N)
         elif self._call.get("continues") and self._carry is not None:
             running = torch.maximum(running, self._carry.unsqueeze(1))

@@ -130,18 +130,19 @@ def sample_inputs(layout: CacheLayout, vocab_size: int) -> tuple[torch.Tensor, .
     return (ids, mask, positions, *past)
 
 
-def genai_config(config, generation_config, tokenizer, layout: CacheLayout, filename: str, max_length: int) -> dict:
-    """onnxruntime-genai's genai_config.json for this graph (its 'decoder' model: names, the cache's shape)."""
+def genai_config(config, generation_config, tokenizer, layout: CacheLayout, filename: str) -> dict:
+    """onnxruntime-genai's genai_config.json for this graph (its 'decoder' model: names, the cache's shape); token
+    ids the model does not name are left out."""
     eos = generation_config.eos_token_id if generation_config is not None else None
-    eos = eos if eos is not None else tokenizer.eos_token_id
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    ids = {"bos_token_id": config.bos_token_id if config.bos_token_id is not None else tokenizer.bos_token_id,
+           "eos_token_id": eos if eos is not None else tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     return {
         "model": {
             "type": config.model_type,
-            "bos_token_id": config.bos_token_id if config.bos_token_id is not None else tokenizer.bos_token_id,
-            "eos_token_id": eos,
-            "pad_token_id": tokenizer.pad_token_id,
+            **{k: v for k, v in ids.items() if v is not None},
             "vocab_size": config.vocab_size,
-            "context_length": max_length,
+            "context_length": positions,
             "decoder": {
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
                 "filename": filename,
@@ -157,7 +158,7 @@ def genai_config(config, generation_config, tokenizer, layout: CacheLayout, file
                             "present_value_names": "present.%d.value"},
             },
         },
-        "search": {"do_sample": False, "max_length": max_length, "min_length": 0, "num_beams": 1,
+        "search": {"do_sample": False, "max_length": positions, "min_length": 0, "num_beams": 1,
                    "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
                    "temperature": 1.0, "top_k": 1, "top_p": 1.0, "early_stopping": True, "length_penalty": 1.0,
                    "no_repeat_ngram_size": 0, "diversity_penalty": 0.0},

@@ -35,7 +35,7 @@ from patcher.engine.patchset import load_patched, weights_sha256
 from patcher.engine.prompt import check_prompt_format, prompt_ids
 
 from .decoder import CachedDecoder, cache_layout, genai_config, sample_inputs
-from .onnx_model import ONNX, cache_inputs, generate, greedy, max_tokens, onnx_logits, session
+from .onnx_model import ONNX, cache_inputs, empty_cache, end_ids, generate, greedy, onnx_logits, session
 
 
 class ExportParityError(RuntimeError):
@@ -110,8 +110,7 @@ def export(model_dir: str | Path, patch_dir: str | Path | None, out: str | Path,
     _portable_tokenizer_config(staging / "tokenizer_config.json", decoder=layout is not None)
     if layout is not None:
         model.generation_config.save_pretrained(staging)
-        config = genai_config(model.config, model.generation_config, tokenizer, layout, ONNX,
-                              max_tokens(model.config.to_dict(), tokenizer))
+        config = genai_config(model.config, model.generation_config, tokenizer, layout, ONNX)
         (staging / "genai_config.json").write_text(json.dumps(config, indent=1) + "\n")
     edits = patches.edits if patches else []
     examples = [Example(e["input"], e["target"]) for e in edits] + list(check)
@@ -169,7 +168,11 @@ def check_parity(model, tokenizer, onnx_path: Path, texts: list[str], tolerance:
         else:
             ours = onnx_logits(sess, inputs)
         with torch.no_grad():
-            theirs = LogitsOnly(model, list(inputs))(*inputs.values()).numpy()
+            if cached:                      # at the positions the graph was given: counted from the mask
+                positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+                theirs = model(**inputs, position_ids=positions, use_cache=False).logits.numpy()
+            else:
+                theirs = LogitsOnly(model, list(inputs))(*inputs.values()).numpy()
         diff, over = _gaps(ours, theirs, None if classification else inputs["attention_mask"].numpy(), rtol)
         worst = max(worst, float(diff.max()))
         if cached:
@@ -211,10 +214,9 @@ def _cached_logits(sess, inputs: dict) -> tuple[np.ndarray, list]:
     """A cached graph's prefill (empty past) on `inputs` (right-padded): -> (logits (B, T, V), present)."""
     mask = np.asarray(inputs["attention_mask"], dtype=np.int64)
     rows = mask.shape[0]
-    past = {i.name: np.zeros((rows, i.shape[1], 0, i.shape[3]), dtype=np.float32) for i in cache_inputs(sess)}
     logits, *present = sess.run(None, {"input_ids": np.asarray(inputs["input_ids"], dtype=np.int64),
                                        "attention_mask": mask, "position_ids": np.clip(mask.cumsum(-1) - 1, 0, None),
-                                       **past})
+                                       **empty_cache(sess, rows)})
     return logits, present
 
 
@@ -224,8 +226,8 @@ def _check_decoding(model, tokenizer, sess, texts: list[str], max_new_tokens: in
     the same tokens (one uncached pass over prompt + answer): the same argmax at every step is the same greedy
     answer. -> per text (onnx answer, torch answer, max |diff|, max excess)."""
     prompts = [prompt_ids(tokenizer, t, prompt_format) for t in texts]
-    new, kept = generate(sess, prompts, max_new_tokens, tokenizer.pad_token_id, tokenizer.eos_token_id,
-                         keep_logits=True)
+    new, kept = generate(sess, prompts, max_new_tokens, tokenizer.pad_token_id,
+                         end_ids(model.generation_config.to_dict(), tokenizer), keep_logits=True)
     results = []
     for prompt, ids, steps in zip(prompts, new, kept):
         sequence = torch.tensor([prompt + ids])

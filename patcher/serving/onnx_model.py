@@ -45,10 +45,24 @@ def cache_inputs(sess) -> list:
     return [i for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
 
 
-def generate(sess, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_id: int | None = None,
+def empty_cache(sess, rows: int) -> dict[str, np.ndarray]:
+    """The first step's past: (rows, kv_heads, 0, head_dim) of each cache input's own dtype."""
+    dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+    return {i.name: np.zeros((rows, i.shape[1], 0, i.shape[3]), dtype=dtypes.get(i.type, np.float32))
+            for i in cache_inputs(sess)}
+
+
+def end_ids(generation_config: dict | None, tokenizer) -> set[int]:
+    """The tokens that end an answer: the generation config's eos_token_id (one or a list), and the tokenizer's."""
+    given = (generation_config or {}).get("eos_token_id")
+    ids = set(given if isinstance(given, list) else [] if given is None else [given])
+    return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+
+
+def generate(sess, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_ids: set[int] = frozenset(),
              stop=None, keep_logits: bool = False) -> tuple[list[list[int]], list[list[np.ndarray]]]:
     """Greedy continuations of `prompts` (token ids) with a KV-cached graph, one left-padded batch: a prefill, then
-    one token per step for every row. A row ends at `eos_id` (not kept), after max_new_tokens, or once
+    one token per step for every row. A row ends at one of `eos_ids` (not kept), after max_new_tokens, or once
     `stop(ids)` says so. -> (each row's new ids, and with keep_logits each step's last-position logits (V,))."""
     past_inputs = cache_inputs(sess)
     names = ["logits", *(i.name.replace("past_key_values.", "present.", 1) for i in past_inputs)]
@@ -58,7 +72,7 @@ def generate(sess, prompts: list[list[int]], max_new_tokens: int, pad_id: int, e
     for b, prompt in enumerate(prompts):
         ids[b, width - len(prompt):], mask[b, width - len(prompt):] = prompt, 1
     positions = np.clip(mask.cumsum(-1) - 1, 0, None)                                    # (B, T)
-    past = {i.name: np.zeros((rows, i.shape[1], 0, i.shape[3]), dtype=np.float32) for i in past_inputs}
+    past = empty_cache(sess, rows)
     new, logits_kept, active = [[] for _ in prompts], [[] for _ in prompts], np.ones(rows, dtype=bool)
     for _ in range(max_new_tokens):
         logits, *present = sess.run(names, {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
@@ -68,7 +82,7 @@ def generate(sess, prompts: list[list[int]], max_new_tokens: int, pad_id: int, e
         for b in np.flatnonzero(active):
             if keep_logits:
                 logits_kept[b].append(last[b])
-            if token[b] == eos_id:
+            if token[b] in eos_ids:
                 active[b] = False
                 continue
             new[b].append(int(token[b]))
@@ -128,6 +142,8 @@ class OnnxModel:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.session = session(self.directory / ONNX)
         self.cached = bool(cache_inputs(self.session))                # decoder.py's layout (generation)
+        generation = self.directory / "generation_config.json"
+        self.end_ids = end_ids(json.loads(generation.read_text()) if generation.exists() else None, self.tokenizer)
         self.max_length = max_tokens(self.config, self.tokenizer)     # inputs are truncated to it
 
     def forward(self, texts: list[str], max_new_tokens: int = 8) -> list[dict]:
@@ -146,7 +162,7 @@ class OnnxModel:
         answers = [""] * len(texts)
         for group in token_groups([len(p) for p in prompts]):      # similar lengths together: little padding
             new, _ = generate(self.session, [prompts[i] for i in group], max_new_tokens, self.tokenizer.pad_token_id,
-                              self.tokenizer.eos_token_id, stop)
+                              self.end_ids, stop)
             for i, ids in zip(group, new):
                 answers[i] = self.tokenizer.decode(ids).strip()
         return [{"answer": a} for a in answers]

@@ -24,7 +24,7 @@ Bounds: a request body is at most `max_request_bytes` (refused from Content-Leng
 before anything parses it), /predict takes 1-`max_batch` inputs of at most `max_input_chars` characters,
 inputs are truncated to the model's longest input in tokens and run a bounded number of tokens at a time
 (onnx_model.py). Concurrent /predict requests share model runs (batching.py: a `batch_window_ms` wait, at most
-`max_batch_rows` inputs a run, `max_running` runs at once, `max_waiting` requests waiting): the memory a burst
+`max_batch_rows` inputs a run (or one request's, up to `max_batch`), `max_running` runs at once, `max_waiting` requests waiting): the memory a burst
 leaves the process holding is bounded. Refusals are JSON {"detail": reason}, and never echo the input:
 
   401  /feedback without a valid token (WWW-Authenticate: Bearer)
@@ -93,7 +93,8 @@ class ServeSettings:
     max_input_chars: int = 4000         # characters per /predict input at most
     max_running: int = 1                # model runs at once (batches), the rest wait: each run uses every core
                                         # already, and each concurrent one adds its activations to what it keeps
-    batch_window_ms: float = 5.0        # how long a /predict request waits for others to share its model run
+    batch_window_ms: float = 5.0        # how long a /predict request waits for others to share its model run at
+                                        # most (and at most a tenth of the last run's time)
     max_batch_rows: int = 32            # inputs in one model run at most (batching.py)
     max_waiting: int = 256              # /predict requests waiting for the model at most; more get 503
     open_feedback: bool = False         # /feedback without a token (source feedback:anonymous); off: tokens only
@@ -298,9 +299,6 @@ class Service:
         self.requests = next(self._requests)
         return model.version, self.batcher.submit(model, texts, max_new_tokens)
 
-    def predict(self, texts: list[str], max_new_tokens: int) -> dict:
-        version, predictions = self.submit(texts, max_new_tokens)
-        return {"model": self.settings.model, "version": version, "predictions": predictions.result()}
 
     def feedback(self, text: str, output: str, correct: str, rephrases: list[str] = (),
                  phrasings: list[str] = (), client: str = "anonymous") -> ErrorRecord:
