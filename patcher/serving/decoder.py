@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from .onnx_model import mask_positions
+
 SUBJECT_FILL = -1e4      # an empty or padded position's subject score: the neuron's subject part stays off
 
 
@@ -125,7 +127,7 @@ def sample_inputs(layout: CacheLayout, vocab_size: int) -> tuple[torch.Tensor, .
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab_size, (2, 3), generator=g)
     mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, 2:]
+    positions = mask_positions(mask)[:, 2:]
     past = [torch.randn(2, layout.kv_heads, 2, layout.head_dim, generator=g) for _ in layout.past_names()]
     return (ids, mask, positions, *past)
 

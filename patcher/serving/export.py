@@ -35,7 +35,7 @@ from patcher.engine.patchset import load_patched, weights_sha256
 from patcher.engine.prompt import check_prompt_format, prompt_ids
 
 from .decoder import CachedDecoder, cache_layout, genai_config, sample_inputs
-from .onnx_model import ONNX, cache_inputs, empty_cache, end_ids, generate, greedy, onnx_logits, session
+from .onnx_model import ONNX, cache_inputs, empty_cache, end_ids, generate, greedy, mask_positions, onnx_logits, session
 
 
 class ExportParityError(RuntimeError):
@@ -169,7 +169,7 @@ def check_parity(model, tokenizer, onnx_path: Path, texts: list[str], tolerance:
             ours = onnx_logits(sess, inputs)
         with torch.no_grad():
             if cached:                      # at the positions the graph was given: counted from the mask
-                positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+                positions = mask_positions(inputs["attention_mask"])
                 theirs = model(**inputs, position_ids=positions, use_cache=False).logits.numpy()
             else:
                 theirs = LogitsOnly(model, list(inputs))(*inputs.values()).numpy()
@@ -215,7 +215,7 @@ def _cached_logits(sess, inputs: dict) -> tuple[np.ndarray, list]:
     mask = np.asarray(inputs["attention_mask"], dtype=np.int64)
     rows = mask.shape[0]
     logits, *present = sess.run(None, {"input_ids": np.asarray(inputs["input_ids"], dtype=np.int64),
-                                       "attention_mask": mask, "position_ids": np.clip(mask.cumsum(-1) - 1, 0, None),
+                                       "attention_mask": mask, "position_ids": mask_positions(mask),
                                        **empty_cache(sess, rows)})
     return logits, present
 

@@ -59,6 +59,12 @@ def end_ids(generation_config: dict | None, tokenizer) -> set[int]:
     return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
 
 
+def mask_positions(mask):
+    """Each token's position counted over its row's real tokens (0 on padding), the rule every caller gives the cached
+    graph its position_ids by: (B, T) numpy array or torch tensor -> the same."""
+    return (mask.cumsum(-1) - 1).clip(0)
+
+
 def generate(sess, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_ids: set[int] = frozenset(),
              stop=None, keep_logits: bool = False) -> tuple[list[list[int]], list[list[np.ndarray]]]:
     """Greedy continuations of `prompts` (token ids) with a KV-cached graph, one left-padded batch: a prefill, then
@@ -71,7 +77,7 @@ def generate(sess, prompts: list[list[int]], max_new_tokens: int, pad_id: int, e
     mask = np.zeros((rows, width), dtype=np.int64)                                       # (B, T), 0 on padding
     for b, prompt in enumerate(prompts):
         ids[b, width - len(prompt):], mask[b, width - len(prompt):] = prompt, 1
-    positions = np.clip(mask.cumsum(-1) - 1, 0, None)                                    # (B, T)
+    positions = mask_positions(mask)                                                     # (B, T)
     past = empty_cache(sess, rows)
     new, logits_kept, active = [[] for _ in prompts], [[] for _ in prompts], np.ones(rows, dtype=bool)
     for _ in range(max_new_tokens):
